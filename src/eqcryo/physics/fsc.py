@@ -1,0 +1,81 @@
+"""Fourier shell correlation and resolution estimates.
+
+Shells: shell ``s`` holds the Fourier voxels with ``round(|k|) == s`` (|k| in integer frequency
+units of the centred lattice, :mod:`eqcryo.physics.lattice`), for s = 0 .. L//2. Shell s sits
+at spatial frequency ``s / (L · apix)`` 1/Å, i.e. resolution ``L · apix / s`` Å; the last shell
+is Nyquist (``2 · apix``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .lattice import fft3_centered, radius_3d
+
+__all__ = ["FSCResult", "fsc", "resolution_at"]
+
+
+@dataclass
+class FSCResult:
+    """An FSC curve. ``freq_inv_angstrom`` (S,), ``fsc`` (S,), ``apix``, ``box``."""
+
+    freq_inv_angstrom: np.ndarray
+    fsc: np.ndarray
+    apix: float
+    box: int
+
+    def resolution(self, threshold: float) -> float:
+        """Resolution (Å) where the curve first drops below ``threshold`` (see :func:`resolution_at`)."""
+        return resolution_at(self.freq_inv_angstrom, self.fsc, threshold)
+
+    def to_dict(self) -> dict:
+        return {
+            "box": self.box,
+            "apix": self.apix,
+            "freq_inv_angstrom": [float(x) for x in self.freq_inv_angstrom],
+            "fsc": [float(x) for x in self.fsc],
+            "resolution_0.5": self.resolution(0.5),
+            "resolution_0.143": self.resolution(0.143),
+        }
+
+
+def fsc(vol_a: torch.Tensor, vol_b: torch.Tensor, apix: float = 1.0,
+        mask: torch.Tensor | None = None) -> FSCResult:
+    """FSC between two real volumes (L, L, L), optionally after multiplying both by ``mask``."""
+    if vol_a.shape != vol_b.shape or vol_a.ndim != 3 or len(set(vol_a.shape)) != 1:
+        raise ValueError(f"fsc: volumes must be cubic and the same size, got {tuple(vol_a.shape)} "
+                         f"and {tuple(vol_b.shape)}")
+    a, b = vol_a.to(torch.float64), vol_b.to(torch.float64)
+    if mask is not None:
+        a, b = a * mask, b * mask
+    L = a.shape[-1]
+    Fa, Fb = fft3_centered(a), fft3_centered(b)
+    shell = torch.round(radius_3d(L)).long().reshape(-1)
+    n = L // 2 + 1
+    keep = shell < n
+    shell = shell[keep]
+
+    def ssum(x):
+        return torch.zeros(n, dtype=torch.float64).index_add_(0, shell, x.reshape(-1)[keep])
+
+    num = ssum((Fa * Fb.conj()).real)
+    den = torch.sqrt(ssum(Fa.abs() ** 2) * ssum(Fb.abs() ** 2))
+    curve = torch.where(den > 0, num / den.clamp_min(1e-300), torch.zeros_like(num))
+    freqs = np.arange(n) / (L * apix)
+    return FSCResult(freqs, curve.numpy(), apix, L)
+
+
+def resolution_at(freq: np.ndarray, curve: np.ndarray, threshold: float) -> float:
+    """Resolution (Å) at the first crossing of ``threshold`` after the DC shell, linearly
+    interpolated in frequency between the shells on either side. If the curve never drops
+    below the threshold, returns the Nyquist resolution ``1 / freq[-1]`` (a bound, not a measurement).
+    """
+    for i in range(1, len(curve)):
+        if curve[i] < threshold:
+            f0, f1, c0, c1 = freq[i - 1], freq[i], curve[i - 1], curve[i]
+            f = f0 + (c0 - threshold) / (c0 - c1) * (f1 - f0) if c0 != c1 else f1
+            return float(1.0 / f) if f > 0 else float("inf")
+    return float(1.0 / freq[-1])
