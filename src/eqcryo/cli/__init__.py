@@ -1,0 +1,1 @@
+"""The ``eqcryo`` command line: one verb per task (see ``eqcryo --help``)."""

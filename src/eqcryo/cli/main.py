@@ -1,0 +1,56 @@
+"""``eqcryo VERB ...``: the command-line entry point.
+
+Each verb lives in its own module with ``add_parser(subparsers)`` and ``run(args)``; bad input
+(:class:`~eqcryo.data.errors.InputError`) is reported in one line, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .. import __version__
+from ..data.errors import InputError
+
+#: verb -> module, in the order ``eqcryo --help`` lists them.
+VERBS = {
+    "info": "info",
+    "convert": "convert",
+    "project": "project",
+    "downsample": "downsample",
+    "fsc": "fsc",
+}
+
+DESCRIPTION = """\
+eqcryo: cryo-EM ab initio reconstruction by equivariant amortized pose inference.
+
+Run `eqcryo VERB --help` for the inputs, outputs, units and an example of each verb.
+Units: Å for lengths and shifts, degrees for angles, kV, mm (Cs); poses follow RELION."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="eqcryo", description=DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"eqcryo {__version__}")
+    sub = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for verb, mod in VERBS.items():
+        importlib.import_module(f"eqcryo.cli.{mod}").add_parser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except InputError as e:
+        print(f"eqcryo {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"eqcryo {args.verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Atomic output: write to a temporary file in the destination folder, then rename over it.
+
+A killed process never leaves a half-written file under the final name, and the rename is
+atomic on POSIX file systems (same directory => same file system).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it to ``path``, else delete it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix or ".tmp",
+                               dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True when two paths name the same file (resolving links), whether or not ``b`` exists."""
+    pa, pb = Path(a), Path(b)
+    if pa.exists() and pb.exists():
+        return os.path.samefile(pa, pb)
+    return pa.resolve() == pb.resolve()
+
+
+def refuse_overwriting_inputs(output: str | os.PathLike, inputs: list) -> None:
+    """Raise :class:`InputError` if ``output`` names any of ``inputs`` (never clobber user data)."""
+    from .errors import InputError
+
+    for i in inputs:
+        if i is not None and same_file(output, i):
+            raise InputError(f"{output}: refusing to overwrite the input file {i}; choose another output path")

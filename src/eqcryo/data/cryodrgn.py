@@ -1,0 +1,106 @@
+"""cryoDRGN pickles: poses ``(rot (N, 3, 3), trans (N, 2))`` and CTF ``(N, 9)``.
+
+- ``rot`` is the RELION matrix; ``trans`` is RELION's origin divided by the box size (a
+  fraction of the box), exactly what cryoDRGN's ``parse_pose_star`` / ``parse_pose_csparc``
+  write. A bare ``rot`` array (no translations) is accepted on reading.
+- CTF columns: box (px), pixel size (Å), defocus U, defocus V (Å), astigmatism angle (°),
+  voltage (kV), Cs (mm), amplitude contrast, phase shift (°); float32 as cryoDRGN writes.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_path
+from .errors import InputError
+from .particles import ParticleTable
+
+__all__ = ["read_pose_pkl", "write_pose_pkl", "read_ctf_pkl", "write_ctf_pkl", "ctf_to_array", "ctf_from_array"]
+
+CTF_COLUMNS = ("box_px", "apix_angstrom", "defocus_u_angstrom", "defocus_v_angstrom", "defocus_angle_degrees",
+               "voltage_kv", "cs_mm", "amplitude_contrast", "phase_shift_degrees")
+
+
+def _load(path: Path):
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    try:
+        with open(path, "rb") as fh:
+            return pickle.load(fh)
+    except Exception as e:
+        raise InputError(f"{path}: not a readable pickle: {e}") from None
+
+
+def read_pose_pkl(path: str | os.PathLike, box: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(rotations (N, 3, 3) float64, origins in **pixels** (N, 2) or None) from a cryoDRGN pose pkl."""
+    path = Path(path)
+    obj = _load(path)
+    if isinstance(obj, (tuple, list)):
+        if len(obj) not in (1, 2):
+            raise InputError(f"{path}: expected (rot, trans) in a cryoDRGN pose pickle, got a tuple of {len(obj)}")
+        rot, trans = obj[0], (obj[1] if len(obj) == 2 else None)
+    else:
+        rot, trans = obj, None
+    rot = np.asarray(rot, dtype=np.float64)
+    if rot.ndim != 3 or rot.shape[1:] != (3, 3):
+        raise InputError(f"{path}: rotations must have shape (N, 3, 3), got {rot.shape}")
+    if not np.isfinite(rot).all():
+        raise InputError(f"{path}: particle {int(np.nonzero(~np.isfinite(rot).all((1, 2)))[0][0])}: non-finite rotation")
+    if trans is not None:
+        trans = np.asarray(trans, dtype=np.float64)
+        if trans.shape != (len(rot), 2):
+            raise InputError(f"{path}: translations must have shape ({len(rot)}, 2), got {trans.shape}")
+        trans = trans * box
+    return rot, trans
+
+
+def write_pose_pkl(path: str | os.PathLike, t: ParticleTable, dtype=np.float64) -> None:
+    """Write ``(rot, trans)`` with ``trans = origin_px / box`` atomically."""
+    if t.rotations is None:
+        raise InputError(f"{t.source}: no poses to write")
+    box = t.require_box()
+    sh = t.shifts_px() if t.shifts_angstrom is not None else np.zeros((t.n, 2))
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            pickle.dump((np.asarray(t.rotations, dtype=dtype), np.asarray(sh / box, dtype=dtype)), fh)
+
+
+def ctf_to_array(t: ParticleTable) -> np.ndarray:
+    """The (N, 9) float32 cryoDRGN CTF array of a table."""
+    c = t.ctf_array()
+    if t.apix is None:
+        raise InputError(f"{t.source}: pixel size unknown; give it with --apix")
+    box = t.require_box()
+    cols = [np.full(t.n, box), t.apix, c["defocus_u_angstrom"], c["defocus_v_angstrom"], c["defocus_angle_degrees"],
+            c["voltage_kv"], c["cs_mm"], c["amplitude_contrast"], c["phase_shift_degrees"]]
+    return np.stack(cols, 1).astype(np.float32)
+
+
+def ctf_from_array(arr: np.ndarray, path: str = "") -> tuple[dict[str, np.ndarray], int, np.ndarray]:
+    """(ctf dict, box, apix (N,)) from a (N, 9) array."""
+    arr = np.asarray(arr)
+    if arr.ndim != 2 or arr.shape[1] != 9:
+        raise InputError(f"{path}: a cryoDRGN CTF array must have shape (N, 9), got {arr.shape}")
+    if not np.isfinite(arr).all():
+        i = int(np.nonzero(~np.isfinite(arr).all(1))[0][0])
+        raise InputError(f"{path}: particle {i}: non-finite CTF parameters")
+    a = arr.astype(np.float64)
+    ctf = {k: a[:, j] for j, k in enumerate(CTF_COLUMNS) if j >= 2}
+    ctf["bfactor_angstrom2"] = np.zeros(len(a))
+    return ctf, int(a[0, 0]), a[:, 1].copy()
+
+
+def read_ctf_pkl(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], int, np.ndarray]:
+    path = Path(path)
+    return ctf_from_array(_load(path), str(path))
+
+
+def write_ctf_pkl(path: str | os.PathLike, t: ParticleTable) -> None:
+    arr = ctf_to_array(t)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            pickle.dump(arr, fh)

@@ -1,0 +1,93 @@
+"""cryoSPARC ``.cs`` particle files (numpy structured arrays).
+
+- ``blob/path`` (a leading ``>`` is stripped) + ``blob/idx`` (0-based) -> images; paths are
+  looked up under ``--datadir`` (full relative path, then basename), then beside the .cs file.
+- ``ctf/*``: defocus ``df1_A``/``df2_A`` (Å), ``df_angle_rad`` and ``phase_shift_rad`` (radians
+  -> degrees), ``accel_kv``, ``cs_mm``, ``amp_contrast``, ``bfactor`` when present.
+- ``alignments3D/pose`` (axis-angle; its exponential is the transpose of the RELION matrix) and
+  ``alignments3D/shift`` (px, taken as RELION origins, as cryoDRGN does). Files with only
+  ``alignments2D`` carry no 3-D poses.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..physics.rotations import cryosparc_pose_to_matrix
+from .errors import InputError
+from .particles import ImageSource, ParticleTable
+
+__all__ = ["read_cs"]
+
+
+def _resolve(p: str, cs_path: Path, datadir) -> str:
+    cands = []
+    if datadir is not None:
+        cands += [Path(datadir) / p, Path(datadir) / Path(p).name]
+    cands += [cs_path.parent / p, cs_path.parent / Path(p).name]
+    for c in cands:
+        if c.exists():
+            return str(c.resolve())
+    return str(cands[0])
+
+
+def read_cs(path: str | os.PathLike, datadir: str | os.PathLike | None = None, box: int | None = None,
+            apix: float | None = None) -> ParticleTable:
+    """Read a cryoSPARC ``.cs`` file into a :class:`ParticleTable`."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    try:
+        a = np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise InputError(f"{path}: not a cryoSPARC .cs (numpy structured array) file: {e}") from None
+    if a.dtype.names is None:
+        raise InputError(f"{path}: not a cryoSPARC .cs file (no named fields)")
+    names = set(a.dtype.names)
+    n = len(a)
+    notes = []
+    for req in ("blob/path", "blob/idx"):
+        if req not in names:
+            raise InputError(f"{path}: missing required field {req}")
+    raw = [p.decode() if isinstance(p, bytes) else str(p) for p in a["blob/path"]]
+    raw = [p[1:] if p.startswith(">") else p for p in raw]
+    cache: dict[str, str] = {}
+    paths = np.array([cache.setdefault(p, _resolve(p, path, datadir)) for p in raw], dtype=object)
+    idx = a["blob/idx"].astype(np.int64)
+    images = ImageSource(paths, idx, origin=str(path))
+    image_names = np.array([f"{i + 1:06d}@{p}" for i, p in zip(idx, raw)], dtype=object)
+
+    bx = int(box) if box is not None else (int(a["blob/shape"][0][0]) if "blob/shape" in names else None)
+    px = np.full(n, float(apix)) if apix is not None else (
+        a["blob/psize_A"].astype(np.float64) if "blob/psize_A" in names else None)
+
+    ctf = None
+    if "ctf/df1_A" in names:
+        def f(k, default=0.0):
+            return a[k].astype(np.float64) if k in names else np.full(n, default)
+        ctf = {
+            "defocus_u_angstrom": f("ctf/df1_A"),
+            "defocus_v_angstrom": f("ctf/df2_A"),
+            "defocus_angle_degrees": np.degrees(f("ctf/df_angle_rad")),
+            "voltage_kv": f("ctf/accel_kv"),
+            "cs_mm": f("ctf/cs_mm"),
+            "amplitude_contrast": f("ctf/amp_contrast"),
+            "phase_shift_degrees": np.degrees(f("ctf/phase_shift_rad")),
+            "bfactor_angstrom2": f("ctf/bfactor"),
+        }
+    rot = shifts = None
+    if "alignments3D/pose" in names:
+        rot = cryosparc_pose_to_matrix(torch.from_numpy(a["alignments3D/pose"].astype(np.float64))).numpy()
+        if "alignments3D/shift" in names:
+            sp = a["alignments3D/psize_A"].astype(np.float64) if "alignments3D/psize_A" in names else px
+            if sp is None:
+                raise InputError(f"{path}: shifts need a pixel size; give it with --apix")
+            shifts = a["alignments3D/shift"].astype(np.float64) * sp[:, None]
+    elif "alignments2D/pose" in names:
+        notes.append("only 2-D alignments (no 3-D poses)")
+    return ParticleTable(n=n, box=bx, apix=px, images=images, image_names=image_names, ctf=ctf, rotations=rot,
+                         shifts_angstrom=shifts, source=str(path), source_format="cs", notes=notes)

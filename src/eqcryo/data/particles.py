@@ -1,0 +1,232 @@
+"""The one in-memory particle table every stage of eqcryo uses.
+
+Units are in the field names. Poses follow :mod:`eqcryo.physics.rotations` (RELION matrices);
+shifts are RELION *origins* in Å (``rlnOriginXAngst``: the particle sits at ``-origin`` from
+the box centre); CTF parameters follow RELION (:mod:`eqcryo.physics.ctf`).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import InputError
+from .mrc import ImageStack
+
+__all__ = ["CTF_FIELDS", "ImageSource", "ParticleTable"]
+
+#: Per-particle CTF fields, each an (N,) float64 array.
+CTF_FIELDS = (
+    "defocus_u_angstrom",
+    "defocus_v_angstrom",
+    "defocus_angle_degrees",
+    "voltage_kv",
+    "cs_mm",
+    "amplitude_contrast",
+    "phase_shift_degrees",
+    "bfactor_angstrom2",
+)
+
+
+class ImageSource:
+    """Images addressed as (file, 0-based index) per particle, read lazily from MRC stacks.
+
+    Files are opened (memory-mapped) on first use and kept in a small LRU cache, so a million
+    particles spread over thousands of micrograph stacks is fine.
+    """
+
+    def __init__(self, paths: np.ndarray, indices: np.ndarray, origin: str = "", max_open: int = 64):
+        self.paths = np.asarray(paths, dtype=object)
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.origin = origin  # the metadata file these came from, for error messages
+        self._open: OrderedDict[str, ImageStack] = OrderedDict()
+        self._max_open = max_open
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _stack(self, path: str) -> ImageStack:
+        st = self._open.get(path)
+        if st is None:
+            st = ImageStack(path)
+            self._open[path] = st
+            if len(self._open) > self._max_open:
+                self._open.popitem(last=False)[1].close()
+        else:
+            self._open.move_to_end(path)
+        return st
+
+    def _where(self, i: int) -> str:
+        src = f" (listed in {self.origin})" if self.origin else ""
+        return f"particle {i}{src}"
+
+    def get(self, i: int) -> np.ndarray:
+        """Image of particle i as float32 (L, L); raises :class:`InputError` naming file and index."""
+        path, idx = self.paths[i], int(self.indices[i])
+        try:
+            st = self._stack(path)
+        except InputError as e:
+            raise InputError(f"{e} -- needed by {self._where(i)}") from None
+        if not 0 <= idx < len(st):
+            raise InputError(f"{path}: {self._where(i)} refers to image {idx + 1} (1-based) but the stack "
+                             f"holds only {len(st)} images")
+        try:
+            return st[idx]
+        except InputError as e:
+            raise InputError(f"{e} -- {self._where(i)}") from None
+
+    def read(self, ids) -> np.ndarray:
+        """Images of particles ``ids`` -> float32 (k, L, L)."""
+        return np.stack([self.get(int(i)) for i in ids])
+
+    def box(self) -> int:
+        """Box size from the first file's header (all files are checked by :meth:`validate`)."""
+        return self._stack(self.paths[0]).box
+
+    def header_apix(self) -> float | None:
+        return self._stack(self.paths[0]).apix
+
+    def validate(self, check_pixels: bool = False) -> None:
+        """Check every file exists, is a square stack of one box size, and every index is in
+        range (headers only), optionally that every pixel is finite. Raises on the first problem."""
+        box = None
+        for path in pd.unique(self.paths):
+            sel = np.nonzero(self.paths == path)[0]
+            try:
+                st = self._stack(path)
+            except InputError as e:
+                raise InputError(f"{e} -- needed by {self._where(int(sel[0]))}") from None
+            if box is None:
+                box = st.box
+            elif st.box != box:
+                raise InputError(f"{path}: box {st.box} px differs from {box} px of the other stacks "
+                                 f"({self._where(int(sel[0]))})")
+            bad = sel[(self.indices[sel] < 0) | (self.indices[sel] >= len(st))]
+            if len(bad):
+                i = int(bad[0])
+                raise InputError(f"{path}: {self._where(i)} refers to image {int(self.indices[i]) + 1} (1-based) "
+                                 f"but the stack holds only {len(st)} images")
+            if check_pixels:
+                for i in sel:
+                    self.get(int(i))
+
+
+@dataclass
+class ParticleTable:
+    """N particles: image source, optics, CTF, and (optionally) poses.
+
+    Attributes
+    ----------
+    n : number of particles.
+    box : image size in pixels, or None if not known yet.
+    apix : (N,) pixel size in Å per particle (optics groups may differ), or None.
+    images : lazily read image source, or None (metadata only).
+    image_names : (N,) RELION-style ``"idx@path"`` names as given in the source file, or None.
+    ctf : dict of :data:`CTF_FIELDS` -> (N,) float64, or None when the data carry no CTF.
+    rotations : (N, 3, 3) float64 RELION pose matrices, or None.
+    shifts_angstrom : (N, 2) float64 RELION origins (x, y) in Å, or None.
+    optics_group : (N,) int, 1-based RELION optics group.
+    optics_extra : per-optics-group columns kept for writing back (RELION), indexed by group.
+    extra : per-particle columns not interpreted by eqcryo, kept for round trips.
+    euler_degrees : (N, 3) source Euler angles (rot, tilt, psi), written back verbatim while
+        they still describe ``rotations`` (so STAR -> table -> STAR is exact).
+    source : the metadata file this came from.
+    source_format : "star", "cs", "pkl", "mrcs", ...
+    """
+
+    n: int
+    box: int | None = None
+    apix: np.ndarray | None = None
+    images: ImageSource | None = None
+    image_names: np.ndarray | None = None
+    ctf: dict[str, np.ndarray] | None = None
+    rotations: np.ndarray | None = None
+    shifts_angstrom: np.ndarray | None = None
+    optics_group: np.ndarray | None = None
+    optics_extra: pd.DataFrame | None = None
+    extra: pd.DataFrame | None = None
+    euler_degrees: np.ndarray | None = None
+    source: str = ""
+    source_format: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.optics_group is None:
+            self.optics_group = np.ones(self.n, dtype=np.int64)
+        for name, arr, shape in (("rotations", self.rotations, (self.n, 3, 3)),
+                                 ("shifts_angstrom", self.shifts_angstrom, (self.n, 2)),
+                                 ("apix", self.apix, (self.n,))):
+            if arr is not None and arr.shape != shape:
+                raise InputError(f"{self.source}: {name} has shape {arr.shape}, expected {shape}")
+        if self.ctf is not None:
+            for k in CTF_FIELDS:
+                if k not in self.ctf or self.ctf[k].shape != (self.n,):
+                    raise InputError(f"{self.source}: CTF field {k} missing or not of length {self.n}")
+
+    # -- convenience -------------------------------------------------------------------
+    def pixel_size(self) -> float:
+        """The single pixel size (Å) of the data set; error if unknown or mixed."""
+        if self.apix is None:
+            raise InputError(f"{self.source}: pixel size unknown; give it with --apix")
+        u = np.unique(np.round(self.apix, 6))
+        if len(u) > 1:
+            raise InputError(f"{self.source}: optics groups have different pixel sizes {list(u)} Å; "
+                             f"this step needs one (re-extract or rescale to a common pixel size)")
+        return float(u[0])
+
+    def require_box(self) -> int:
+        if self.box is None:
+            raise InputError(f"{self.source}: box size unknown (no readable images); give it with --box")
+        return self.box
+
+    def shifts_px(self) -> np.ndarray | None:
+        if self.shifts_angstrom is None:
+            return None
+        if self.apix is None:
+            raise InputError(f"{self.source}: shifts need a pixel size; give it with --apix")
+        return self.shifts_angstrom / self.apix[:, None]
+
+    def ctf_array(self, i: np.ndarray | slice = slice(None)) -> dict[str, np.ndarray]:
+        if self.ctf is None:
+            raise InputError(f"{self.source}: no CTF parameters in this file; pass them with --ctf CTF.pkl")
+        return {k: v[i] for k, v in self.ctf.items()}
+
+    def subset(self, idx: np.ndarray) -> "ParticleTable":
+        """A new table with particles ``idx`` (shares the image files)."""
+        idx = np.asarray(idx)
+
+        def take(a):
+            return None if a is None else a[idx]
+
+        imgs = None if self.images is None else ImageSource(self.images.paths[idx], self.images.indices[idx],
+                                                            self.images.origin)
+        return ParticleTable(
+            n=len(idx), box=self.box, apix=take(self.apix), images=imgs, image_names=take(self.image_names),
+            ctf=None if self.ctf is None else {k: v[idx] for k, v in self.ctf.items()},
+            rotations=take(self.rotations), shifts_angstrom=take(self.shifts_angstrom),
+            optics_group=take(self.optics_group), optics_extra=self.optics_extra,
+            extra=None if self.extra is None else self.extra.iloc[idx].reset_index(drop=True),
+            euler_degrees=take(self.euler_degrees), source=self.source, source_format=self.source_format)
+
+    def summary(self) -> dict:
+        """What a user wants to know about the file (``eqcryo info``)."""
+        s = {"file": self.source, "format": self.source_format, "particles": self.n, "box_px": self.box}
+        if self.apix is not None:
+            u = np.unique(np.round(self.apix, 6))
+            s["apix_angstrom"] = float(u[0]) if len(u) == 1 else [float(x) for x in u]
+        s["optics_groups"] = int(len(np.unique(self.optics_group)))
+        s["images"] = "none (metadata only)" if self.images is None else f"{len(pd.unique(self.images.paths))} file(s)"
+        s["ctf"] = self.ctf is not None
+        if self.ctf is not None:
+            d = (self.ctf["defocus_u_angstrom"] + self.ctf["defocus_v_angstrom"]) / 2
+            s["defocus_angstrom_range"] = [float(d.min()), float(d.max())]
+            s["voltage_kv"] = sorted({float(x) for x in self.ctf["voltage_kv"]})
+        s["poses"] = self.rotations is not None
+        s["shifts"] = self.shifts_angstrom is not None
+        if self.notes:
+            s["notes"] = list(self.notes)
+        return s

@@ -1,0 +1,282 @@
+"""RELION STAR files (3.0 without optics table, 3.1+ and 5 with one) through ``starfile``.
+
+Reading maps columns to :class:`~eqcryo.data.particles.ParticleTable` fields:
+
+=======================================  =====================================================
+RELION                                   eqcryo
+=======================================  =====================================================
+rlnImageName ``idx@path`` (1-based)      images (path resolved against --datadir, then the
+                                         STAR file's folder)
+rlnAngleRot/Tilt/Psi (deg)               rotations (via :mod:`eqcryo.physics.rotations`)
+rlnOriginXAngst/YAngst (Å), or           shifts_angstrom (RELION origin)
+rlnOriginX/Y (px, RELION 3.0)
+rlnDefocusU/V (Å), rlnDefocusAngle (deg) ctf defocus_u/v_angstrom, defocus_angle_degrees
+rlnVoltage, rlnSphericalAberration,      ctf voltage_kv, cs_mm, amplitude_contrast
+rlnAmplitudeContrast (optics or particle)
+rlnPhaseShift (deg), rlnCtfBfactor (Å²)  ctf phase_shift_degrees, bfactor_angstrom2
+rlnImagePixelSize / rlnDetectorPixelSize apix (per optics group)
+·1e4/rlnMagnification
+rlnImageSize                             box
+=======================================  =====================================================
+
+A missing amplitude contrast defaults to 0.1 (as cryoDRGN); a note is recorded.
+Writing produces the RELION 3.1 layout (``data_optics`` + ``data_particles``, origins in Å),
+which RELION 3.1-5 and cryoSPARC import.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import starfile
+import torch
+
+from ..physics.rotations import euler_relion_to_matrix, matrix_to_euler_relion
+from .atomic import atomic_path
+from .errors import InputError
+from .particles import CTF_FIELDS, ImageSource, ParticleTable
+
+__all__ = ["read_star", "write_star", "parse_image_names", "DEFAULT_AMPLITUDE_CONTRAST"]
+
+DEFAULT_AMPLITUDE_CONTRAST = 0.1
+
+_CTF_COLS = {
+    "rlnDefocusU": "defocus_u_angstrom",
+    "rlnDefocusV": "defocus_v_angstrom",
+    "rlnDefocusAngle": "defocus_angle_degrees",
+    "rlnVoltage": "voltage_kv",
+    "rlnSphericalAberration": "cs_mm",
+    "rlnAmplitudeContrast": "amplitude_contrast",
+    "rlnPhaseShift": "phase_shift_degrees",
+    "rlnCtfBfactor": "bfactor_angstrom2",
+}
+_OPTICS_OWNED = {"rlnOpticsGroup", "rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast",
+                 "rlnImagePixelSize", "rlnImageSize", "rlnImageDimensionality"}
+_PARTICLE_OWNED = {"rlnImageName", "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginX", "rlnOriginY",
+                   "rlnOriginXAngst", "rlnOriginYAngst", "rlnOpticsGroup", *_CTF_COLS}
+
+
+def parse_image_names(names, star_path: Path, datadir: str | os.PathLike | None) -> tuple[np.ndarray, np.ndarray]:
+    """``"idx@path"`` names (1-based idx) -> (absolute paths, 0-based indices).
+
+    A relative path is looked up under ``datadir`` (if given), then beside the STAR file, then
+    ``datadir`` + basename (cryoDRGN's habit for moved data); the first that exists wins, else
+    the STAR-relative path is kept (a later read reports it missing).
+    """
+    paths, idx = [], []
+    cache: dict[str, str] = {}
+    for i, name in enumerate(names):
+        s = str(name)
+        if "@" in s:
+            a, p = s.split("@", 1)
+            try:
+                k = int(a)
+            except ValueError:
+                raise InputError(f"{star_path}: particle {i}: rlnImageName {s!r} is not of the form idx@path") from None
+        else:
+            k, p = 1, s
+        if k < 1:
+            raise InputError(f"{star_path}: particle {i}: image index {k} in {s!r} must be >= 1 (RELION counts from 1)")
+        if p not in cache:
+            cands = [Path(p)] if os.path.isabs(p) else []
+            if datadir is not None:
+                cands += [Path(datadir) / p, Path(datadir) / Path(p).name]
+            cands += [star_path.parent / p]
+            found = next((c for c in cands if c.exists()), cands[-1] if not os.path.isabs(p) else Path(p))
+            cache[p] = str(found.resolve() if found.exists() else found)
+        paths.append(cache[p])
+        idx.append(k - 1)
+    return np.array(paths, dtype=object), np.array(idx, dtype=np.int64)
+
+
+def _blocks(path: Path) -> tuple[pd.DataFrame | None, pd.DataFrame]:
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    try:
+        d = starfile.read(path, always_dict=True)
+    except Exception as e:
+        raise InputError(f"{path}: could not parse as a STAR file: {e}") from None
+    d = {k: v for k, v in d.items() if isinstance(v, pd.DataFrame)}
+    optics = d.get("optics")
+    parts = d.get("particles")
+    if parts is None:
+        others = [v for k, v in d.items() if k != "optics"]
+        if len(others) != 1:
+            raise InputError(f"{path}: expected a data_particles block (or one data block), found {list(d)}")
+        parts = others[0]
+    return optics, parts.reset_index(drop=True)
+
+
+def read_star(path: str | os.PathLike, datadir: str | os.PathLike | None = None, box: int | None = None,
+              apix: float | None = None, amplitude_contrast: float | None = None) -> ParticleTable:
+    """Read a RELION STAR file into a :class:`ParticleTable` (images are not opened yet).
+
+    ``box`` / ``apix`` override (or supply) what the file and image headers say.
+    """
+    path = Path(path)
+    optics, parts = _blocks(path)
+    n = len(parts)
+    notes: list[str] = []
+    if n == 0:
+        raise InputError(f"{path}: the particle block is empty")
+
+    if "rlnOpticsGroup" in parts:
+        og = parts["rlnOpticsGroup"].to_numpy().astype(np.int64)
+    else:
+        og = np.ones(n, dtype=np.int64)
+
+    # Per-particle view of optics columns (optics table joined on the group).
+    def col(name: str) -> np.ndarray | None:
+        if name in parts:
+            return parts[name].to_numpy()
+        if optics is not None and name in optics:
+            if "rlnOpticsGroup" not in optics:
+                raise InputError(f"{path}: data_optics has no rlnOpticsGroup column")
+            table = dict(zip(optics["rlnOpticsGroup"].astype(np.int64), optics[name]))
+            missing = set(np.unique(og)) - set(table)
+            if missing:
+                raise InputError(f"{path}: particles use optics group(s) {sorted(missing)} that data_optics lacks")
+            return np.array([table[g] for g in og])
+        return None
+
+    # Pixel size.
+    px = col("rlnImagePixelSize")
+    if px is None and col("rlnDetectorPixelSize") is not None and col("rlnMagnification") is not None:
+        px = col("rlnDetectorPixelSize").astype(float) * 1e4 / col("rlnMagnification").astype(float)
+    if apix is not None:
+        px = np.full(n, float(apix))
+    px = None if px is None else px.astype(np.float64)
+
+    # Images.
+    images = names = None
+    if "rlnImageName" in parts:
+        names = parts["rlnImageName"].astype(str).to_numpy()
+        paths, idx = parse_image_names(names, path, datadir)
+        images = ImageSource(paths, idx, origin=str(path))
+    bx = col("rlnImageSize")
+    if box is not None:
+        bx = int(box)
+    elif bx is not None:
+        u = np.unique(bx.astype(np.int64))
+        if len(u) > 1:
+            raise InputError(f"{path}: optics groups have different image sizes {list(u)}")
+        bx = int(u[0])
+    elif images is not None and Path(images.paths[0]).exists():
+        bx = images.box()
+    if px is None and images is not None and Path(images.paths[0]).exists():
+        hp = images.header_apix()
+        if hp:
+            px = np.full(n, hp)
+            notes.append(f"pixel size {hp} Å taken from the MRC header of {images.paths[0]}")
+
+    # Poses.
+    rot = euler = None
+    angle_cols = ["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]
+    present = [c for c in angle_cols if c in parts]
+    if present and len(present) < 3:
+        raise InputError(f"{path}: has {present} but is missing required column(s) "
+                         f"{[c for c in angle_cols if c not in parts]} for poses")
+    if present:
+        euler = parts[angle_cols].to_numpy(dtype=np.float64)
+        rot = euler_relion_to_matrix(*torch.from_numpy(euler).T).numpy()
+    shifts = None
+    if "rlnOriginXAngst" in parts or "rlnOriginYAngst" in parts:
+        shifts = parts[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy(dtype=np.float64)
+    elif "rlnOriginX" in parts or "rlnOriginY" in parts:
+        for c in ("rlnOriginX", "rlnOriginY"):
+            if c not in parts:
+                raise InputError(f"{path}: missing required column {c} (the other origin column is present)")
+        if px is None:
+            raise InputError(f"{path}: origins are in pixels (rlnOriginX/Y) but the pixel size is unknown; "
+                             f"give it with --apix")
+        shifts = parts[["rlnOriginX", "rlnOriginY"]].to_numpy(dtype=np.float64) * px[:, None]
+
+    # CTF.
+    ctf = None
+    if any(c in parts for c in ("rlnDefocusU", "rlnDefocusV")):
+        ctf = {}
+        for c in ("rlnDefocusU", "rlnDefocusV", "rlnVoltage", "rlnSphericalAberration"):
+            v = col(c)
+            if v is None:
+                raise InputError(f"{path}: CTF column {c} is missing (needed with rlnDefocusU)")
+            ctf[_CTF_COLS[c]] = v.astype(np.float64)
+        for c, default in (("rlnDefocusAngle", 0.0), ("rlnPhaseShift", 0.0), ("rlnCtfBfactor", 0.0),
+                           ("rlnAmplitudeContrast", None)):
+            v = col(c)
+            if v is None:
+                if c == "rlnAmplitudeContrast":
+                    default = DEFAULT_AMPLITUDE_CONTRAST if amplitude_contrast is None else amplitude_contrast
+                    notes.append(f"no rlnAmplitudeContrast: using {default}")
+                v = np.full(n, default)
+            ctf[_CTF_COLS[c]] = np.asarray(v, dtype=np.float64)
+        if amplitude_contrast is not None:
+            ctf["amplitude_contrast"] = np.full(n, float(amplitude_contrast))
+        for k, v in ctf.items():
+            if not np.isfinite(v).all():
+                i = int(np.nonzero(~np.isfinite(v))[0][0])
+                raise InputError(f"{path}: particle {i}: CTF field {k} is not finite")
+
+    extra = parts[[c for c in parts.columns if c not in _PARTICLE_OWNED]].copy()
+    optics_extra = None
+    if optics is not None:
+        optics_extra = optics.set_index(optics["rlnOpticsGroup"].astype(np.int64))
+        optics_extra = optics_extra[[c for c in optics_extra.columns if c not in _OPTICS_OWNED]]
+    return ParticleTable(n=n, box=bx, apix=px, images=images, image_names=names, ctf=ctf, rotations=rot,
+                         shifts_angstrom=shifts, optics_group=og, optics_extra=optics_extra, extra=extra,
+                         euler_degrees=euler, source=str(path), source_format="star", notes=notes)
+
+
+def _euler_for_write(t: ParticleTable) -> np.ndarray:
+    if t.euler_degrees is not None:
+        R = euler_relion_to_matrix(*torch.from_numpy(t.euler_degrees).T).numpy()
+        if np.allclose(R, t.rotations, atol=1e-9):
+            return t.euler_degrees
+    return matrix_to_euler_relion(torch.from_numpy(np.asarray(t.rotations, np.float64))).numpy()
+
+
+def star_blocks(t: ParticleTable, image_names: np.ndarray | None = None) -> dict[str, pd.DataFrame]:
+    """The ``optics`` and ``particles`` blocks (RELION 3.1 layout) for a table."""
+    names = image_names if image_names is not None else t.image_names
+    if t.apix is None:
+        raise InputError(f"{t.source}: pixel size unknown; give it with --apix to write a STAR file")
+    box = t.require_box()
+    groups = np.unique(t.optics_group)
+    orows = []
+    for g in groups:
+        i = int(np.nonzero(t.optics_group == g)[0][0])
+        row = {"rlnOpticsGroup": int(g), "rlnOpticsGroupName": f"opticsGroup{g}"}
+        if t.optics_extra is not None and g in t.optics_extra.index:
+            row.update(t.optics_extra.loc[g].to_dict())
+        if t.ctf is not None:
+            row.update({"rlnVoltage": t.ctf["voltage_kv"][i], "rlnSphericalAberration": t.ctf["cs_mm"][i],
+                        "rlnAmplitudeContrast": t.ctf["amplitude_contrast"][i]})
+        row.update({"rlnImagePixelSize": float(t.apix[i]), "rlnImageSize": int(box), "rlnImageDimensionality": 2})
+        orows.append(row)
+    optics = pd.DataFrame(orows)
+    p: dict[str, np.ndarray] = {}
+    if names is not None:
+        p["rlnImageName"] = np.asarray(names, dtype=object)
+    p["rlnOpticsGroup"] = t.optics_group.astype(np.int64)
+    if t.ctf is not None:
+        for c in ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnPhaseShift"):
+            p[c] = t.ctf[_CTF_COLS[c]]
+        p["rlnCtfBfactor"] = t.ctf["bfactor_angstrom2"]
+    if t.rotations is not None:
+        e = _euler_for_write(t)
+        p["rlnAngleRot"], p["rlnAngleTilt"], p["rlnAnglePsi"] = e[:, 0], e[:, 1], e[:, 2]
+    if t.shifts_angstrom is not None:
+        p["rlnOriginXAngst"], p["rlnOriginYAngst"] = t.shifts_angstrom[:, 0], t.shifts_angstrom[:, 1]
+    parts = pd.DataFrame(p)
+    if t.extra is not None and len(t.extra.columns):
+        parts = pd.concat([t.extra.reset_index(drop=True), parts], axis=1)
+    return {"optics": optics, "particles": parts}
+
+
+def write_star(path: str | os.PathLike, t: ParticleTable, image_names: np.ndarray | None = None) -> None:
+    """Write a RELION 3.1-layout STAR file atomically."""
+    blocks = star_blocks(t, image_names)
+    with atomic_path(path) as tmp:
+        starfile.write(blocks, tmp, float_format="%.10g")

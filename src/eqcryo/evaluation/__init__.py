@@ -1,0 +1,1 @@
+"""Evaluation: pose metrics, map alignment, FSC reports, figures."""
