@@ -10,11 +10,12 @@ def verb_parser(sub, name: str, help: str, description: str, example: str) -> ar
                           formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-def add_particle_options(p: argparse.ArgumentParser) -> None:
+def add_particle_options(p: argparse.ArgumentParser, particles_option: bool = True) -> None:
     p.add_argument("--datadir", help="folder to look for image stacks named in the metadata "
                                       "(default: relative to the metadata file)")
     p.add_argument("--box", type=int, help="box size in pixels (overrides the file; needed for pose .pkl input)")
     p.add_argument("--apix", type=float, help="pixel size in Å (overrides the file)")
     p.add_argument("--poses", help="cryoDRGN pose .pkl replacing/supplying the poses")
     p.add_argument("--ctf", help="cryoDRGN CTF .pkl replacing/supplying the CTF")
-    p.add_argument("--particles", help="image stack (.mrcs/.star/.txt) when INPUT is a pose .pkl")
+    if particles_option:
+        p.add_argument("--particles", help="image stack (.mrcs/.star/.txt) when INPUT is a pose .pkl")

@@ -17,7 +17,9 @@ from ..data.errors import InputError
 VERBS = {
     "info": "info",
     "convert": "convert",
+    "simulate": "simulate",
     "project": "project",
+    "backproject": "backproject",
     "downsample": "downsample",
     "fsc": "fsc",
 }

@@ -130,6 +130,12 @@ def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, float | None]:
     return v, (vs if vs > 0 else None)
 
 
+def _fixed_label(m) -> None:
+    """Replace mrcfile's time-stamped label: the same data must give the same bytes."""
+    m.header.label[0] = b"eqcryo".ljust(80)
+    m.header.nlabl = 1
+
+
 def write_volume(path: str | os.PathLike, volume: np.ndarray, apix: float) -> None:
     """Write a volume (L, L, L) as float32 MRC with voxel size ``apix`` Å, atomically."""
     volume = np.asarray(volume, dtype=np.float32)
@@ -138,6 +144,7 @@ def write_volume(path: str | os.PathLike, volume: np.ndarray, apix: float) -> No
             m.set_data(volume)
             m.voxel_size = apix
             m.set_volume()
+            _fixed_label(m)
 
 
 def write_stack(path: str | os.PathLike, images: np.ndarray, apix: float) -> None:
@@ -162,6 +169,7 @@ class StackWriter:
         self._mrc = mrcfile.new_mmap(self._tmp, shape=(self.n, self.box, self.box), mrc_mode=2, overwrite=True)
         self._mrc.set_image_stack()
         self._mrc.voxel_size = self.apix
+        _fixed_label(self._mrc)
         return self
 
     def write(self, start: int, images: np.ndarray) -> None:

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 import starfile
 import torch
+from starfile.writer import StarWriter
 
 from ..physics.rotations import euler_relion_to_matrix, matrix_to_euler_relion
 from .atomic import atomic_path
@@ -278,5 +279,9 @@ def star_blocks(t: ParticleTable, image_names: np.ndarray | None = None) -> dict
 def write_star(path: str | os.PathLike, t: ParticleTable, image_names: np.ndarray | None = None) -> None:
     """Write a RELION 3.1-layout STAR file atomically."""
     blocks = star_blocks(t, image_names)
+    text = StarWriter(blocks, filename=None, float_format="%.10g").to_string()
+    # starfile's first line carries the time of writing; RELION's own header keeps outputs
+    # byte-identical for identical inputs.
+    text = "# version 30001 (written by eqcryo)\n" + text.split("\n", 1)[1]
     with atomic_path(path) as tmp:
-        starfile.write(blocks, tmp, float_format="%.10g")
+        tmp.write_text(text)

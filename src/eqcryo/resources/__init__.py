@@ -1,0 +1,1 @@
+"""Bundled data: the demo structure (PDB 5NRL heavy atoms, public domain)."""
