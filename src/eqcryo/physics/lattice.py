@@ -26,6 +26,7 @@ __all__ = [
     "radius_2d",
     "radius_3d",
     "nyquist_mask_2d",
+    "disc_mask_2d",
     "fft2_centered",
     "ifft2_centered",
     "fft3_centered",
@@ -84,6 +85,12 @@ def nyquist_mask_2d(L: int, dtype: torch.dtype = torch.float64, device=None) -> 
         m[0, :] = 0
         m[:, 0] = 0
     return m
+
+
+def disc_mask_2d(L: int, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
+    """1 where |k| < L/2, else 0, (L, L): D4-symmetric, excludes the unpaired Nyquist samples and
+    the corners a 3-D map on the L³ lattice cannot represent for every rotation."""
+    return (radius_2d(L, dtype, device) < L / 2).to(dtype)
 
 
 def fft2_centered(x: torch.Tensor) -> torch.Tensor:

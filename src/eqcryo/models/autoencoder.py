@@ -1,0 +1,106 @@
+"""The amortized autoencoder: encoder -> pose -> decoder slice × CTF × shift -> image.
+
+``Γ(I) = render(E(I))`` uses :func:`eqcryo.physics.projection.render_images`, the simulator's
+own image model, keeping the frequencies |k| < L/2 (a disc: D4-symmetric, without the unpaired
+even-L Nyquist samples, and only frequencies the exported L³ map holds for every rotation):
+then ``Γ(L_g I) = L_g Γ(I)`` exactly for g in the encoder's group (for D4-invariant CTFs, e.g.
+without astigmatism; an astigmatic CTF turns with the image, see :func:`transform_ctf`).
+
+Losses (per image, mean squared error over pixels):
+
+- ``l2``: ``‖Γ(Y) - Y‖²``;
+- ``symmetric`` (cryoAI, L_π) / ``mirror`` (L_f): the batch and its transformed copy go through
+  the model as one 2B batch; each image keeps the better branch, and the returned pose is
+  mapped back to the original image (``R = φ_r(g)⁻¹ R'``, ``d = φ_t(g)⁻¹ d'``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from ..physics.group import displacement_to_origin, image_action, phi_r, phi_t
+from ..physics.lattice import disc_mask_2d
+from ..physics.projection import render_images
+
+__all__ = ["CryoModel", "ModelOutput", "transform_ctf", "LOSSES"]
+
+#: loss name -> the D4 element of the second branch (None: plain L2)
+LOSSES = {"l2": None, "symmetric": 2, "mirror": 4}
+
+
+def transform_ctf(ctf: torch.Tensor, e: int) -> torch.Tensor:
+    """CTF images (B, L, L) (centred Fourier lattice) of the images transformed by element e.
+
+    An image rotated/flipped by g has its spectrum rotated/flipped the same way about DC; for
+    the π rotation a CTF is unchanged (it is even in k).
+    """
+    if e == 0 or e == 2:
+        return ctf
+    L = ctf.shape[-1]
+    out = image_action(ctf, e)  # acts about (L-1)/2; DC sits at L//2 ...
+    if L % 2 == 0:
+        # ... so re-centre: the transformed DC lands at L-1-L//2 = L//2 - 1 along each axis the
+        # element reverses; rolling by +1 there puts it back at L//2.
+        probe = torch.zeros(L, L, dtype=ctf.dtype, device=ctf.device)
+        probe[L // 2, L // 2] = 1
+        r, c = divmod(int(image_action(probe, e).argmax()), L)
+        out = torch.roll(out, (L // 2 - r, L // 2 - c), (-2, -1))
+    return out
+
+
+@dataclass
+class ModelOutput:
+    """``pred`` (B, L, L) the reconstructed images of the winning branch; ``loss`` (B,) per image;
+    ``R`` (B, 3, 3) and ``d`` (B, 2) px the poses for the *original* images; ``branch`` (B,) 0/1."""
+
+    pred: torch.Tensor
+    loss: torch.Tensor
+    R: torch.Tensor
+    d: torch.Tensor
+    branch: torch.Tensor
+
+
+class CryoModel(nn.Module):
+    """Encoder + decoder + loss. ``model.encoder(images) -> (R (B,3,3), d (B,2) px)``."""
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, loss: str = "l2", name: str = ""):
+        super().__init__()
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; expected one of {list(LOSSES)}")
+        self.encoder, self.decoder, self.loss_name, self.name = encoder, decoder, loss, name
+        self.box = decoder.box
+        self.register_buffer("mask", disc_mask_2d(self.box, torch.float32))
+
+    def render(self, R: torch.Tensor, d: torch.Tensor, ctf: torch.Tensor | None = None) -> torch.Tensor:
+        """Images (B, L, L) of the decoder's map at rotations R, displacements d (px), CTFs (B, L, L)."""
+        slices = self.decoder.slice(R) * self.mask.to(R.dtype)
+        origin = displacement_to_origin(d, self.box)
+        return render_images(slices, ctf, origin)
+
+    def forward(self, images: torch.Tensor, ctf: torch.Tensor | None = None) -> ModelOutput:
+        e = LOSSES[self.loss_name]
+        B = images.shape[0]
+        if e is None:
+            R, d = self.encoder(images)
+            pred = self.render(R, d, ctf)
+            loss = ((pred - images) ** 2).mean(dim=(-2, -1))
+            return ModelOutput(pred, loss, R, d, torch.zeros(B, dtype=torch.long, device=images.device))
+        y2 = torch.cat([images, image_action(images, e)])
+        c2 = None if ctf is None else torch.cat([ctf, transform_ctf(ctf, e)])
+        R2, d2 = self.encoder(y2)
+        pred2 = self.render(R2, d2, c2)
+        l2 = ((pred2 - y2) ** 2).mean(dim=(-2, -1))
+        loss, branch = torch.stack([l2[:B], l2[B:]]).min(0)
+        pr, pt = phi_r(e, R2.dtype).to(R2.device), phi_t(e, d2.dtype).to(d2.device)
+        R = torch.where(branch[:, None, None] == 1, pr.T @ R2[B:], R2[:B])
+        d = torch.where(branch[:, None] == 1, d2[B:] @ pt, d2[:B])  # row-vector form of φ_t⁻¹ d
+        pred = torch.where(branch[:, None, None] == 1, image_action(pred2[B:], _inv(e)), pred2[:B])
+        return ModelOutput(pred, loss, R, d, branch)
+
+
+def _inv(e: int) -> int:
+    from ..physics.group import inverse
+    return inverse(e)

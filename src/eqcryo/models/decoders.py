@@ -1,0 +1,122 @@
+"""Decoders: the 3-D map, read on central slices.
+
+Both decoders answer ``decoder.slice(R) -> (B, L, L)`` complex Fourier slices on the centred
+lattice (rows ``(kx, ky, 0) @ R``, :mod:`eqcryo.physics.lattice`) and export a real volume.
+
+- :class:`FourierNet` (cryoAI): ``V̂(k) = exp(envelope(k)) ⊙ modulant(k)``, two SIRENs
+  3 -> 2 read as (real, imag); Hermitian by definition: for k in the "negative" half space
+  (kx < 0, ties broken on kx = 0 by ky, then kz) ``V̂(k) = conj(V̂(-k))``, and V̂(0) is real.
+  Coordinates are frequencies in units where Nyquist is 1 (``k / (L/2)``).
+- :class:`VoxelDecoder`: a learnable real-space volume (L³), Fourier-transformed (2× padded,
+  gridding-corrected) and sliced by the same trilinear operator as the simulator. Fast on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from ..physics.lattice import _crop_or_pad_centered, fft3_centered, freq_index, ifft3_centered, plane_coords
+from ..physics.projection import gridding_correction, slice_fourier_volume
+
+__all__ = ["Siren", "FourierNet", "VoxelDecoder"]
+
+
+class SineLayer(nn.Module):
+    def __init__(self, n_in: int, n_out: int, omega0: float, first: bool):
+        super().__init__()
+        self.omega0 = omega0
+        self.linear = nn.Linear(n_in, n_out)
+        with torch.no_grad():
+            bound = 1.0 / n_in if first else math.sqrt(6.0 / n_in) / omega0
+            self.linear.weight.uniform_(-bound, bound)
+
+    def forward(self, x):
+        return torch.sin(self.omega0 * self.linear(x))
+
+
+class Siren(nn.Module):
+    """SIREN (Sitzmann et al. 2020): ``hidden_layers`` sine layers of ``width``, then linear."""
+
+    def __init__(self, n_in: int, n_out: int, width: int, hidden_layers: int, omega0: float):
+        super().__init__()
+        layers = [SineLayer(n_in, width, omega0, True)]
+        layers += [SineLayer(width, width, omega0, False) for _ in range(hidden_layers - 1)]
+        self.net = nn.Sequential(*layers)
+        self.out = nn.Linear(width, n_out)
+        with torch.no_grad():
+            b = math.sqrt(6.0 / width) / omega0
+            self.out.weight.uniform_(-b, b)
+
+    def forward(self, x):
+        return self.out(self.net(x))
+
+
+class FourierNet(nn.Module):
+    """cryoAI's FourierNet. Defaults are the paper's (width 256; modulant 3 hidden layers, ω0 40;
+    envelope 2 hidden layers, ω0 30)."""
+
+    def __init__(self, box: int, width: int = 256, modulant_layers: int = 3, envelope_layers: int = 2,
+                 omega_modulant: float = 40.0, omega_envelope: float = 30.0):
+        super().__init__()
+        self.box = box
+        self.modulant = Siren(3, 2, width, modulant_layers, omega_modulant)
+        self.envelope = Siren(3, 2, width, envelope_layers, omega_envelope)
+        self.register_buffer("plane", plane_coords(box, torch.float32) / (box / 2))
+
+    def evaluate(self, k: torch.Tensor) -> torch.Tensor:
+        """V̂ at coordinates k (..., 3) (Nyquist = 1) -> complex (...)."""
+        kx, ky, kz = k[..., 0], k[..., 1], k[..., 2]
+        neg = (kx < 0) | ((kx == 0) & ((ky < 0) | ((ky == 0) & (kz < 0))))
+        kk = torch.where(neg[..., None], -k, k)
+        out = torch.exp(self.envelope(kk)) * self.modulant(kk)
+        re, im = out[..., 0], out[..., 1]
+        im = torch.where(neg, -im, im)
+        im = torch.where((kx == 0) & (ky == 0) & (kz == 0), torch.zeros_like(im), im)
+        return torch.complex(re, im)
+
+    def slice(self, R: torch.Tensor) -> torch.Tensor:
+        """Slices (B, L, L) complex at rotations R (B, 3, 3)."""
+        k = self.plane.to(R.dtype) @ R
+        return self.evaluate(k).reshape(-1, self.box, self.box)
+
+    @torch.no_grad()
+    def volume(self, chunk: int = 65536) -> torch.Tensor:
+        """The real-space map (L, L, L): V̂ on the L³ lattice in chunks (unpaired Nyquist planes
+        zeroed, so the lattice values are exactly Hermitian), inverse FFT."""
+        L = self.box
+        dt = self.modulant.out.weight.dtype
+        k = freq_index(L, dt, self.plane.device) / (L / 2)
+        kz, ky, kx = torch.meshgrid(k, k, k, indexing="ij")
+        pts = torch.stack([kx, ky, kz], -1).reshape(-1, 3)
+        vals = torch.cat([self.evaluate(pts[i:i + chunk]) for i in range(0, len(pts), chunk)]).reshape(L, L, L)
+        if L % 2 == 0:  # the unpaired Nyquist planes have no Hermitian partner on the lattice
+            vals[0], vals[:, 0], vals[:, :, 0] = 0, 0, 0
+        return ifft3_centered(vals.to(torch.complex128)).real.to(dt)
+
+
+class VoxelDecoder(nn.Module):
+    """A learnable real-space map (L, L, L), read through a 2× padded, gridding-corrected DFT."""
+
+    def __init__(self, box: int, pad: int = 2, init: torch.Tensor | None = None):
+        super().__init__()
+        self.box, self.pad = box, pad
+        self.vol = nn.Parameter(torch.zeros(box, box, box) if init is None else init.clone().float())
+        self.register_buffer("grid_corr", gridding_correction(box, pad, torch.float32))
+        self.register_buffer("plane", plane_coords(box, torch.float32))
+
+    def fourier(self) -> torch.Tensor:
+        v = _crop_or_pad_centered(self.vol * self.grid_corr, self.pad * self.box, 3)
+        return fft3_centered(v)
+
+    def slice(self, R: torch.Tensor, vol_ft: torch.Tensor | None = None) -> torch.Tensor:
+        """Slices (B, L, L) complex at rotations R (B, 3, 3); pass ``vol_ft`` to reuse a DFT."""
+        vf = self.fourier() if vol_ft is None else vol_ft
+        coords = (self.plane.to(R.dtype) @ R) * self.pad
+        return slice_fourier_volume(vf, coords).reshape(-1, self.box, self.box)
+
+    @torch.no_grad()
+    def volume(self) -> torch.Tensor:
+        return self.vol.detach().clone()

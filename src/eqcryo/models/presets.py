@@ -1,0 +1,63 @@
+"""The paper's four models (SPEC §3) at two scales: ``build_model(preset, profile, box)``.
+
+========== ============================ ==========
+preset      encoder                      loss
+========== ============================ ==========
+standard    cryoAI CNN (not equivariant) symmetric
+c4-l2       C4 steerable CNN             l2
+c4-mirror   C4 steerable CNN             mirror
+d4-l2       D4 steerable CNN             l2
+========== ============================ ==========
+
+Profiles: ``paper`` = cryoAI's sizes (channels 64-128-256-256-256; equivariant fields chosen so
+the channel counts match: D4 8-16-32-32-32 fields × 8, C4 16-32-64-64-64 × 4) and FourierNet
+(width 256); ``cpu`` = a quarter of the widths and the voxel decoder, for 64 px on 2 cores.
+"""
+
+from __future__ import annotations
+
+from .autoencoder import CryoModel
+from .decoders import FourierNet, VoxelDecoder
+from .encoders import EquivariantEncoder, StandardEncoder
+
+__all__ = ["PRESETS", "PROFILES", "build_model", "build_encoder", "build_decoder"]
+
+PRESETS = {"standard": (None, "symmetric"), "c4-l2": ("C4", "l2"), "c4-mirror": ("C4", "mirror"),
+           "d4-l2": ("D4", "l2")}
+PROFILES = {
+    "paper": dict(std_channels=(64, 128, 256, 256, 256), std_hidden=(512, 256),
+                  fields={"C4": (16, 32, 64, 64, 64), "D4": (8, 16, 32, 32, 32)},
+                  final={"C4": 128, "D4": 64}, head={"C4": 64, "D4": 32}, decoder="fouriernet", fn_width=256),
+    "cpu": dict(std_channels=(16, 32, 64, 64, 64), std_hidden=(128, 64),
+                fields={"C4": (4, 8, 16, 16, 16), "D4": (2, 4, 8, 8, 8)},
+                final={"C4": 32, "D4": 16}, head={"C4": 16, "D4": 8}, decoder="voxel", fn_width=64),
+}
+
+
+def build_encoder(preset: str, profile: str, box: int, so3: str = "gram_schmidt"):
+    if preset not in PRESETS:
+        raise ValueError(f"unknown model {preset!r}; expected one of {', '.join(PRESETS)}")
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}")
+    group, _ = PRESETS[preset]
+    p = PROFILES[profile]
+    if group is None:
+        return StandardEncoder(box, channels=p["std_channels"], hidden=p["std_hidden"], so3=so3)
+    return EquivariantEncoder(box, group, fields=p["fields"][group], final_fields=p["final"][group],
+                              head_fields=p["head"][group])
+
+
+def build_decoder(kind: str, box: int, profile: str = "cpu"):
+    if kind == "voxel":
+        return VoxelDecoder(box)
+    if kind == "fouriernet":
+        return FourierNet(box, width=PROFILES[profile]["fn_width"])
+    raise ValueError(f"unknown decoder {kind!r}; expected voxel or fouriernet")
+
+
+def build_model(preset: str, profile: str = "cpu", box: int = 64, decoder: str | None = None,
+                so3: str = "gram_schmidt") -> CryoModel:
+    """One of the four models of the paper's Table 1 (see module docstring)."""
+    enc = build_encoder(preset, profile, box, so3)
+    dec = build_decoder(decoder or PROFILES[profile]["decoder"], box, profile)
+    return CryoModel(enc, dec, PRESETS[preset][1], name=preset)

@@ -1,0 +1,220 @@
+"""Models: exact C4/D4 equivariance layer by layer and end to end (float64, eval mode,
+randomised batch-norm statistics), Hermitian FourierNet, losses, one training step."""
+
+import pytest
+import torch
+
+from eqcryo.models.autoencoder import CryoModel, transform_ctf
+from eqcryo.models.decoders import FourierNet, VoxelDecoder
+from eqcryo.models.encoders import EquivariantEncoder, GaussianPyramid, StandardEncoder
+from eqcryo.models.gconv import (FieldBatchNorm, Group, GroupConv2d, LiftingConv2d, RegularLinear, RegularToRep,
+                                 act_on_regular, field_max_pool)
+from eqcryo.models.presets import PRESETS, build_model
+from eqcryo.physics.ctf import ctf_2d
+from eqcryo.physics.group import image_action, phi_r, phi_t
+from eqcryo.physics.lattice import nyquist_mask_2d
+
+TOL = 1e-10
+
+
+def randomise_bn(module):
+    g = torch.Generator().manual_seed(0)
+    for m in module.modules():
+        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)):
+            m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) * 2 - 1)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
+    return module.eval()
+
+
+@pytest.mark.parametrize("group", ["C4", "D4"])
+def test_each_layer_is_exactly_equivariant(group):
+    torch.manual_seed(1)
+    G = Group(group)
+    x0 = torch.randn(2, 3, 16, 16, dtype=torch.float64)  # trivial fields
+    x = torch.randn(2, 3 * G.order, 16, 16, dtype=torch.float64)  # regular fields
+    lift = LiftingConv2d(G, 3, 4, 3, padding=1).double()
+    conv = GroupConv2d(G, 3, 4, 3, padding=1).double()
+    conv2 = GroupConv2d(G, 3, 4, 2).double()
+    bn = randomise_bn(FieldBatchNorm(G, 3).double())
+    lin = RegularLinear(G, 3, 5).double()
+    to_t, to_r = RegularToRep(G, 3, "t").double(), RegularToRep(G, 3, "r", copies=2).double()
+    pyr = GaussianPyramid().double()
+    v = torch.randn(2, 3 * G.order, dtype=torch.float64)
+    for i, e in enumerate(G.elements):
+        gx = act_on_regular(x, G, i)
+        assert (lift(image_action(x0, e)) - act_on_regular(lift(x0), G, i)).abs().max() < TOL
+        assert (conv(gx) - act_on_regular(conv(x), G, i)).abs().max() < TOL
+        assert (conv2(gx) - act_on_regular(conv2(x), G, i)).abs().max() < TOL
+        assert (bn(gx) - act_on_regular(bn(x), G, i)).abs().max() < TOL
+        assert (field_max_pool(gx) - act_on_regular(field_max_pool(x), G, i)).abs().max() < TOL
+        gv = act_on_regular(v[..., None, None], G, i)[..., 0, 0]
+        assert (lin(gv) - act_on_regular(lin(v)[..., None, None], G, i)[..., 0, 0]).abs().max() < TOL
+        assert (to_t(gv) - to_t(v) @ phi_t(e).T).abs().max() < TOL
+        r = to_r(v).reshape(2, 2, 3)
+        assert (to_r(gv).reshape(2, 2, 3) - r @ phi_r(e).T).abs().max() < TOL
+        img = torch.randn(2, 20, 20, dtype=torch.float64)
+        assert (pyr(image_action(img, e)) - image_action(pyr(img), e)).abs().max() < 1e-8
+
+
+@pytest.mark.parametrize("group,box", [("C4", 64), ("D4", 64), ("D4", 48)])
+def test_encoder_is_exactly_equivariant(group, box):
+    torch.manual_seed(2)
+    enc = randomise_bn(EquivariantEncoder(box, group, fields=(3, 4, 6, 6), final_fields=12, head_fields=12).double())
+    x = torch.randn(3, box, box, dtype=torch.float64)
+    assert (enc.features(x).abs().sum(1) > 0).all()  # non-degenerate
+    R, d = enc(x)
+    assert torch.allclose(R @ R.transpose(1, 2), torch.eye(3, dtype=torch.float64).expand(3, 3, 3), atol=1e-10)
+    for e in enc.G.elements:
+        R2, d2 = enc(image_action(x, e))
+        assert (R2 - phi_r(e) @ R).abs().max() < TOL
+        assert (d2 - d @ phi_t(e).T).abs().max() < TOL
+
+
+def test_standard_encoder_is_not_equivariant():
+    torch.manual_seed(3)
+    enc = randomise_bn(StandardEncoder(32, channels=(4, 4, 4, 4, 4), hidden=(8, 8)).double())
+    x = torch.randn(2, 32, 32, dtype=torch.float64)
+    R, _ = enc(x)
+    R2, _ = enc(image_action(x, 1))
+    assert (R2 - phi_r(1) @ R).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("decoder", ["fouriernet", "voxel"])
+@pytest.mark.parametrize("group", ["C4", "D4"])
+def test_autoencoder_commutes_with_the_group(decoder, group):
+    """Γ(L_g I) = L_g Γ(I) for g in H, with an (isotropic) CTF and the half-pixel centre."""
+    torch.manual_seed(4)
+    L = 32
+    enc = EquivariantEncoder(L, group, fields=(4, 6, 8), final_fields=12, head_fields=12)
+    dec = FourierNet(L, width=16) if decoder == "fouriernet" else VoxelDecoder(L, init=torch.randn(L, L, L))
+    m = randomise_bn(CryoModel(enc, dec, "l2").double())
+    x = torch.randn(2, L, L, dtype=torch.float64)
+    # non-degenerate: the 6-vector of every image has rank 2 (else the closest rotation is not unique)
+    f = enc.features(x)
+    assert (f.abs().sum(1) > 0).all()
+    ctf = ctf_2d(L, 5.0, {"defocus_u_angstrom": torch.tensor([1.5e4, 2e4]), "defocus_v_angstrom": torch.tensor([1.5e4, 2e4]),
+                          "defocus_angle_degrees": torch.zeros(2), "voltage_kv": torch.full((2,), 300.0),
+                          "cs_mm": torch.full((2,), 2.7), "amplitude_contrast": torch.full((2,), 0.1)}, torch.float64)
+    out = m(x, ctf).pred
+    for e in enc.G.elements:
+        out2 = m(image_action(x, e), ctf).pred
+        assert (out2 - image_action(out, e)).abs().max() < TOL * out.abs().max()
+
+
+def test_fouriernet_is_exactly_hermitian_and_its_map_real():
+    torch.manual_seed(5)
+    fn = FourierNet(16, width=32).double()
+    k = torch.randn(500, 3, dtype=torch.float64)
+    k[:50, 0] = 0  # the tie-break planes
+    k[:10, 1] = 0
+    v, vm = fn.evaluate(k), fn.evaluate(-k)
+    assert torch.equal(v, vm.conj())
+    assert fn.evaluate(torch.zeros(1, 3, dtype=torch.float64)).imag.item() == 0
+    vol = fn.volume()
+    assert vol.shape == (16, 16, 16) and vol.dtype == torch.float64
+    # the exported real map's DFT gives back V̂ on the lattice (Nyquist planes excluded)
+    from eqcryo.physics.lattice import fft3_centered, freq_index
+    k = freq_index(16) / 8
+    kz, ky, kx = torch.meshgrid(k, k, k, indexing="ij")
+    lattice = fn.evaluate(torch.stack([kx, ky, kz], -1))
+    Fv = fft3_centered(vol)
+    torch.testing.assert_close(Fv[1:, 1:, 1:], lattice[1:, 1:, 1:], atol=1e-10, rtol=1e-10)
+
+
+def test_transform_ctf_matches_ctf_of_transformed_parameters():
+    L, apix = 32, 4.0
+    p = {"defocus_u_angstrom": torch.tensor([2.2e4]), "defocus_v_angstrom": torch.tensor([1.6e4]),
+         "defocus_angle_degrees": torch.tensor([25.0]), "voltage_kv": torch.tensor([300.0]),
+         "cs_mm": torch.tensor([2.7]), "amplitude_contrast": torch.tensor([0.1])}
+    c = ctf_2d(L, apix, p, torch.float64)
+    flipped = dict(p, defocus_angle_degrees=-p["defocus_angle_degrees"])  # row flip: ky -> -ky
+    # equal except on the unpaired Nyquist row/column (ky = -L/2 has no +L/2 partner), which
+    # the image model masks out
+    m = nyquist_mask_2d(L)
+    torch.testing.assert_close(transform_ctf(c, 4) * m, ctf_2d(L, apix, flipped, torch.float64) * m, atol=1e-12, rtol=0)
+    for e in (1, 3, 5):  # rotations by ±90° turn the astigmatism angle by ∓90° (about DC)
+        ang = {1: -90.0, 3: 90.0, 5: None}[e]
+        if ang is not None:
+            rot = dict(p, defocus_angle_degrees=p["defocus_angle_degrees"] + ang)
+            torch.testing.assert_close(transform_ctf(c, e) * m, ctf_2d(L, apix, rot, torch.float64) * m,
+                                       atol=1e-12, rtol=0)
+    torch.testing.assert_close(transform_ctf(c, 2), c)
+
+
+def test_symmetric_loss_of_a_pi_symmetric_image_equals_l2():
+    torch.manual_seed(6)
+    L = 32
+    enc = StandardEncoder(L, channels=(4, 4, 4, 4, 4), hidden=(8, 8))
+    dec = VoxelDecoder(L, init=torch.randn(L, L, L))
+    x = torch.randn(3, L, L)
+    x = x + image_action(x, 2)  # L_π x = x
+    sym = randomise_bn(CryoModel(enc, dec, "symmetric"))
+    l2 = randomise_bn(CryoModel(enc, dec, "l2"))
+    torch.testing.assert_close(sym(x).loss, l2(x).loss)
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_one_training_step_lowers_the_loss(preset):
+    torch.manual_seed(7)
+    L = 32
+    m = build_model(preset, "cpu", L)
+    x = torch.randn(8, L, L) * 0.1 + torch.exp(-((torch.arange(L) - 14.0) ** 2)[:, None] / 20
+                                               - ((torch.arange(L) - 17.0) ** 2)[None] / 40)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    m.train()
+    before = m(x).loss.mean()
+    opt.zero_grad()
+    before.backward()
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+    opt.step()
+    with torch.no_grad():
+        after = m(x).loss.mean()
+    assert after < before
+
+
+def test_symmetric_branch_pose_is_mapped_back_to_the_original_image():
+    """If the π-rotated copy wins, the returned pose must explain the *original* image."""
+    torch.manual_seed(8)
+    L = 32
+    enc = StandardEncoder(L, channels=(4, 4, 4, 4, 4), hidden=(8, 8))
+    dec = VoxelDecoder(L, init=torch.randn(L, L, L))
+    m = randomise_bn(CryoModel(enc, dec, "symmetric").double())
+    x = torch.randn(4, L, L, dtype=torch.float64)
+    out = m(x)
+    torch.testing.assert_close(m.render(out.R, out.d), out.pred)
+
+
+def test_group_conv_agrees_with_escnn_when_installed():
+    """Optional cross-check (escnn is not a dependency): escnn's C4 regular R2Conv must commute
+    with *our* regular-field action for some ordering of its group channels, i.e. both libraries
+    implement the same transformation law. Skipped when escnn is absent."""
+    import itertools
+
+    escnn = pytest.importorskip("escnn")
+    from escnn import gspaces, nn as enn
+
+    torch.manual_seed(9)
+    gs = gspaces.rot2dOnR2(N=4)
+    ft_in = enn.FieldType(gs, 2 * [gs.regular_repr])
+    ft_out = enn.FieldType(gs, 3 * [gs.regular_repr])
+    conv = enn.R2Conv(ft_in, ft_out, kernel_size=3, padding=1).double().eval()
+    w, b = conv.expand_parameters()
+    G = Group("C4")
+    x = torch.randn(2, 8, 12, 12, dtype=torch.float64)
+
+    def f(z):
+        return torch.nn.functional.conv2d(z, w.double(), None if b is None else b.double(), padding=1)
+
+    best = float("inf")
+    for perm in itertools.permutations(range(4)):
+        p = torch.tensor(perm)
+        idx_in = (torch.arange(2)[:, None] * 4 + p[None]).reshape(-1)
+        idx_out = (torch.arange(3)[:, None] * 4 + p[None]).reshape(-1)
+
+        def F(z):  # escnn's layer seen in our channel ordering
+            return f(z[:, idx_in])[:, torch.argsort(idx_out)]
+        err = max((F(act_on_regular(x, G, i)) - act_on_regular(F(x), G, i)).abs().max().item() for i in range(4))
+        best = min(best, err)
+    assert best < 1e-8
