@@ -139,6 +139,11 @@ def test_mrc_write_read_keeps_voxel_size(tmp_path):
     st = ImageStack(tmp_path / "s.mrcs")
     assert len(st) == 8 and st.apix == pytest.approx(1.5)
     assert list(tmp_path.glob(".*")) == []  # no temp files left behind
+    import os
+    import stat
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(tmp_path / "v.mrc").st_mode) == 0o666 & ~umask  # not mkstemp's 0600
 
 
 # --------------------------------------------------------------------------- bad input

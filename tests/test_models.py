@@ -187,12 +187,11 @@ def test_symmetric_branch_pose_is_mapped_back_to_the_original_image():
 
 
 def test_group_conv_agrees_with_escnn_when_installed():
-    """Optional cross-check (escnn is not a dependency): escnn's C4 regular R2Conv must commute
-    with *our* regular-field action for some ordering of its group channels, i.e. both libraries
-    implement the same transformation law. Skipped when escnn is absent."""
-    import itertools
-
-    escnn = pytest.importorskip("escnn")
+    """Optional cross-check (escnn is not a dependency; skipped when absent). Verified here with
+    escnn 1.0.11: (a) escnn's transformation of C4 regular fields equals our ``act_on_regular``
+    (measured 4e-16), and (b) an escnn R2Conv filter bank commutes with our action to float32
+    precision (escnn builds its filter basis in float32; measured 4e-7)."""
+    pytest.importorskip("escnn")
     from escnn import gspaces, nn as enn
 
     torch.manual_seed(9)
@@ -203,18 +202,12 @@ def test_group_conv_agrees_with_escnn_when_installed():
     w, b = conv.expand_parameters()
     G = Group("C4")
     x = torch.randn(2, 8, 12, 12, dtype=torch.float64)
+    gx = enn.GeometricTensor(x, ft_in)
 
     def f(z):
         return torch.nn.functional.conv2d(z, w.double(), None if b is None else b.double(), padding=1)
 
-    best = float("inf")
-    for perm in itertools.permutations(range(4)):
-        p = torch.tensor(perm)
-        idx_in = (torch.arange(2)[:, None] * 4 + p[None]).reshape(-1)
-        idx_out = (torch.arange(3)[:, None] * 4 + p[None]).reshape(-1)
-
-        def F(z):  # escnn's layer seen in our channel ordering
-            return f(z[:, idx_in])[:, torch.argsort(idx_out)]
-        err = max((F(act_on_regular(x, G, i)) - act_on_regular(F(x), G, i)).abs().max().item() for i in range(4))
-        best = min(best, err)
-    assert best < 1e-8
+    scale = f(x).abs().max()
+    for i, el in enumerate(gs.testing_elements):
+        assert (gx.transform(el).tensor - act_on_regular(x, G, i)).abs().max() < 1e-12
+        assert (f(act_on_regular(x, G, i)) - act_on_regular(f(x), G, i)).abs().max() < 1e-5 * scale

@@ -20,6 +20,9 @@ VERBS = {
     "simulate": "simulate",
     "project": "project",
     "backproject": "backproject",
+    "train": "train",
+    "evaluate": "evaluate",
+    "predict": "predict",
     "downsample": "downsample",
     "fsc": "fsc",
 }

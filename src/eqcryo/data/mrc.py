@@ -156,6 +156,10 @@ def write_stack(path: str | os.PathLike, images: np.ndarray, apix: float) -> Non
 class StackWriter:
     """Stream a large stack to disk chunk by chunk with bounded memory; atomic on close.
 
+    The header is written by ``mrcfile`` (voxel size, stack flag); image data go to their
+    offsets with plain positional writes (not a memory map, whose resident pages would grow
+    with the file), and the header statistics are accumulated on the way.
+
     >>> with StackWriter("p.mrcs", n=100000, box=128, apix=1.0) as w:
     ...     w.write(start, chunk)      # chunk (k, 128, 128)
     """
@@ -166,19 +170,33 @@ class StackWriter:
 
     def __enter__(self) -> "StackWriter":
         self._tmp = self._ctx.__enter__()
-        self._mrc = mrcfile.new_mmap(self._tmp, shape=(self.n, self.box, self.box), mrc_mode=2, overwrite=True)
-        self._mrc.set_image_stack()
-        self._mrc.voxel_size = self.apix
-        _fixed_label(self._mrc)
+        with mrcfile.new_mmap(self._tmp, shape=(self.n, self.box, self.box), mrc_mode=2, overwrite=True) as m:
+            m.set_image_stack()
+            m.voxel_size = self.apix
+            _fixed_label(m)
+            self._offset = m.header.nbytes + int(m.header.nsymbt)
+            self._dtype = m.data.dtype
+        self._fh = open(self._tmp, "r+b")
+        self._min, self._max, self._sum, self._sumsq = np.inf, -np.inf, 0.0, 0.0
         return self
 
     def write(self, start: int, images: np.ndarray) -> None:
-        self._mrc.data[start:start + len(images)] = np.asarray(images, dtype=np.float32)
+        a = np.ascontiguousarray(images, dtype=self._dtype)
+        self._fh.seek(self._offset + start * self.box * self.box * a.itemsize)
+        self._fh.write(a.tobytes())
+        a64 = a.astype(np.float64)
+        self._min, self._max = min(self._min, float(a64.min())), max(self._max, float(a64.max()))
+        self._sum += float(a64.sum())
+        self._sumsq += float((a64 ** 2).sum())
 
     def __exit__(self, exc_type, exc, tb):
         try:
+            self._fh.close()
             if exc_type is None:
-                self._mrc.update_header_stats()
-            self._mrc.close()
+                count = self.n * self.box * self.box
+                mean = self._sum / count
+                with mrcfile.mmap(self._tmp, mode="r+") as m:
+                    m.header.dmin, m.header.dmax, m.header.dmean = self._min, self._max, mean
+                    m.header.rms = float(np.sqrt(max(self._sumsq / count - mean ** 2, 0.0)))
         finally:
             return self._ctx.__exit__(exc_type, exc, tb)

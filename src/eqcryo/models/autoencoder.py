@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from ..physics.group import displacement_to_origin, image_action, phi_r, phi_t
-from ..physics.lattice import disc_mask_2d
+from ..physics.lattice import disc_mask_2d, fft2_centered
 from ..physics.projection import render_images
 
 __all__ = ["CryoModel", "ModelOutput", "transform_ctf", "LOSSES"]
@@ -73,6 +73,17 @@ class CryoModel(nn.Module):
         self.encoder, self.decoder, self.loss_name, self.name = encoder, decoder, loss, name
         self.box = decoder.box
         self.register_buffer("mask", disc_mask_2d(self.box, torch.float32))
+        #: optional (L, L) Fourier weight for the loss (frequency marching); None = plain MSE
+        self.loss_weight: torch.Tensor | None = None
+
+    def image_loss(self, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-image mean squared error (B,). With ``loss_weight`` set, the error is measured on
+        the weighted spectrum instead (Parseval: equal to the MSE of the filtered images)."""
+        if self.loss_weight is None:
+            return ((pred - y) ** 2).mean(dim=(-2, -1))
+        E = fft2_centered(pred - y)
+        L = self.box
+        return ((E.real ** 2 + E.imag ** 2) * self.loss_weight.to(pred.dtype)).sum(dim=(-2, -1)) / L ** 4
 
     def render(self, R: torch.Tensor, d: torch.Tensor, ctf: torch.Tensor | None = None) -> torch.Tensor:
         """Images (B, L, L) of the decoder's map at rotations R, displacements d (px), CTFs (B, L, L)."""
@@ -86,13 +97,13 @@ class CryoModel(nn.Module):
         if e is None:
             R, d = self.encoder(images)
             pred = self.render(R, d, ctf)
-            loss = ((pred - images) ** 2).mean(dim=(-2, -1))
+            loss = self.image_loss(pred, images)
             return ModelOutput(pred, loss, R, d, torch.zeros(B, dtype=torch.long, device=images.device))
         y2 = torch.cat([images, image_action(images, e)])
         c2 = None if ctf is None else torch.cat([ctf, transform_ctf(ctf, e)])
         R2, d2 = self.encoder(y2)
         pred2 = self.render(R2, d2, c2)
-        l2 = ((pred2 - y2) ** 2).mean(dim=(-2, -1))
+        l2 = self.image_loss(pred2, y2)
         loss, branch = torch.stack([l2[:B], l2[B:]]).min(0)
         pr, pt = phi_r(e, R2.dtype).to(R2.device), phi_t(e, d2.dtype).to(d2.device)
         R = torch.where(branch[:, None, None] == 1, pr.T @ R2[B:], R2[:B])

@@ -56,6 +56,14 @@ def act_on_regular(x: torch.Tensor, G: Group, g_pos: int) -> torch.Tensor:
     return image_action(x, G.elements[g_pos]).reshape(B, CG, H, W)
 
 
+def _expansion_index(expand, shape) -> torch.Tensor:
+    """Precompute the gather index of a filter-bank expansion: rot90/flip of a kernel and the
+    channel permutations only move entries, so expanding ``arange`` once tells, for every entry
+    of the bank, which base weight it is."""
+    n = math.prod(shape)
+    return expand(torch.arange(n, dtype=torch.float64).reshape(shape)).round().long()
+
+
 class LiftingConv2d(nn.Module):
     """Trivial fields (B, C_in, H, W) -> regular fields (B, C_out·|G|, H', W').
 
@@ -68,10 +76,14 @@ class LiftingConv2d(nn.Module):
         self.weight = nn.Parameter(torch.empty(c_out, c_in, kernel_size, kernel_size))
         nn.init.kaiming_normal_(self.weight, nonlinearity="relu")
         self.bias = nn.Parameter(torch.zeros(c_out)) if bias else None
+        self.register_buffer("index", _expansion_index(self._expand, self.weight.shape), persistent=False)
+
+    def _expand(self, w: torch.Tensor) -> torch.Tensor:
+        w = torch.stack([image_action(w, h) for h in self.G.elements], 1)  # (C_out, G, C_in, k, k)
+        return w.reshape(self.c_out * self.G.order, self.c_in, self.k, self.k)
 
     def expanded(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        w = torch.stack([image_action(self.weight, h) for h in self.G.elements], 1)  # (C_out, G, C_in, k, k)
-        w = w.reshape(self.c_out * self.G.order, self.c_in, self.k, self.k)
+        w = self.weight.reshape(-1)[self.index]
         b = None if self.bias is None else self.bias.repeat_interleave(self.G.order)
         return w, b
 
@@ -97,15 +109,19 @@ class GroupConv2d(nn.Module):
         fan_in = c_in * n * kernel_size * kernel_size
         nn.init.normal_(self.weight, 0.0, math.sqrt(2.0 / fan_in))
         self.bias = nn.Parameter(torch.zeros(c_out)) if bias else None
+        self.register_buffer("index", _expansion_index(self._expand, self.weight.shape), persistent=False)
 
-    def expanded(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _expand(self, weight: torch.Tensor) -> torch.Tensor:
         G, n = self.G, self.G.order
         banks = []
         for i, h in enumerate(G.elements):
-            w = self.weight[:, :, G.filter_perm[i]]  # (C_out, C_in, G, k, k), input channels permuted
+            w = weight[:, :, G.filter_perm[i]]  # (C_out, C_in, G, k, k), input channels permuted
             banks.append(image_action(w, h))
-        w = torch.stack(banks, 1).reshape(self.c_out * n, self.c_in * n, self.k, self.k)
-        b = None if self.bias is None else self.bias.repeat_interleave(n)
+        return torch.stack(banks, 1).reshape(self.c_out * n, self.c_in * n, self.k, self.k)
+
+    def expanded(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        w = self.weight.reshape(-1)[self.index]  # one gather: the whole bank from one filter per field
+        b = None if self.bias is None else self.bias.repeat_interleave(self.G.order)
         return w, b
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -120,11 +136,12 @@ class FieldBatchNorm(nn.Module):
     def __init__(self, G: Group, c: int):
         super().__init__()
         self.G, self.c = G, c
-        self.bn = nn.BatchNorm3d(c)
+        self.bn = nn.BatchNorm2d(c)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (B, C, |G|·H, W): statistics per field over batch, group channels and space
         B, CG, H, W = x.shape
-        return self.bn(x.reshape(B, self.c, self.G.order, H, W)).reshape(B, CG, H, W)
+        return self.bn(x.reshape(B, self.c, self.G.order * H, W)).reshape(B, CG, H, W)
 
 
 def field_max_pool(x: torch.Tensor) -> torch.Tensor:

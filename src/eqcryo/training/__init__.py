@@ -1,0 +1,1 @@
+"""Training: the ab initio loop, checkpoints, resume."""

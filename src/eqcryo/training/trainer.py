@@ -1,0 +1,400 @@
+"""Ab initio training: encoder + decoder through the image model, with honest evaluation.
+
+- Data stream from disk (lazy MRC stacks) in a deterministic order: epoch e is the permutation
+  ``randperm(seed, e)`` of the training particles, read ahead by one background thread.
+- A fixed held-out subset (``eval_n`` particles, never trained on) is evaluated in eval mode
+  every ``eval_every`` seconds of *training* time; evaluation time is excluded from the clock.
+- Checkpoints (``RUN/checkpoint.pt``) are written atomically every ``checkpoint_every`` seconds
+  and at the end, with model, optimiser, RNG and loader state: a resumed run on CPU continues
+  exactly as an uninterrupted one would.
+- A NaN/Inf loss stops the run with a clear message; the last good checkpoint is left as it
+  was (nothing is written after the bad step).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import queue
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from ..data.atomic import atomic_path
+from ..data.errors import InputError
+from ..data.io import load_particles
+from ..data.mrc import read_volume, write_volume
+from ..data.particles import ParticleTable
+from ..evaluation.metrics import fsc_to_ground_truth, pose_metrics
+from ..models.presets import PRESETS, PROFILES, build_model
+from ..physics.ctf import ctf_2d
+from ..physics.group import displacement_to_origin, origin_to_displacement
+
+__all__ = ["TrainConfig", "Trainer", "TrainingDiverged"]
+
+METRIC_COLUMNS = ["step", "train_seconds", "images_seen", "loss", "lowpass_shells", "pose_mse", "pose_medse", "geodesic_median_deg",
+                  "view_median_deg", "shift_rmse_angstrom", "resolution_0.5_angstrom", "resolution_0.143_angstrom",
+                  "hand_flipped"]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or Inf."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; written to ``RUN/config.yaml``. Units in names."""
+
+    particles: str = ""
+    out: str = ""
+    ctf: str | None = None
+    poses: str | None = None  # only to read metadata-less stacks' box, never used for training
+    datadir: str | None = None
+    gt_poses: str | None = None
+    gt_volume: str | None = None
+    model: str = "d4-l2"
+    profile: str = "cpu"
+    decoder: str | None = None
+    so3: str = "gram_schmidt"
+    steps: int | None = None
+    time_budget: float | None = None
+    seed: int = 0
+    batch_size: int = 64
+    lr: float = 1e-4
+    lr_decoder: float | None = None
+    clip: float = 1.0
+    device: str = "cpu"
+    threads: int | None = None
+    eval_every: float = 60.0  # seconds of training time
+    eval_n: int = 256
+    checkpoint_every: float = 300.0
+    apix: float | None = None
+    # Frequency marching: the loss sees |k| < r shells, r growing linearly from
+    # ``lowpass_start`` to Nyquist over ``lowpass_images`` training images (None: full band).
+    lowpass_start: float | None = None
+    lowpass_images: int = 50000
+    extra: dict = field(default_factory=dict)
+
+
+def _ctf_params(t: ParticleTable, ids: np.ndarray) -> dict[str, torch.Tensor] | None:
+    if t.ctf is None:
+        return None
+    return {k: torch.from_numpy(np.ascontiguousarray(v[ids])) for k, v in t.ctf.items()}
+
+
+class _Prefetcher:
+    """Reads batches (images, ids) ahead in a background thread, in the given order."""
+
+    def __init__(self, t: ParticleTable, order: np.ndarray, batch: int, scale: float, depth: int = 4):
+        self.q: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = False
+
+        def work():
+            try:
+                for s in range(0, len(order) - batch + 1, batch):
+                    if self._stop:
+                        return
+                    ids = order[s:s + batch]
+                    self.q.put((torch.from_numpy(t.images.read(ids) * scale), ids))
+                self.q.put(None)
+            except Exception as e:  # surfaced in the main thread
+                self.q.put(e)
+
+        self.th = threading.Thread(target=work, daemon=True)
+        self.th.start()
+
+    def __iter__(self):
+        while True:
+            item = self.q.get()
+            if item is None:
+                return
+            if isinstance(item, Exception):
+                raise item
+            yield item
+
+    def close(self):
+        self._stop = True
+        while not self.q.empty():
+            self.q.get_nowait()
+
+
+class Trainer:
+    """Builds data, model and optimiser from a :class:`TrainConfig`; :meth:`run` trains."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False, read_only: bool = False):
+        """``resume``: continue from RUN/checkpoint.pt; ``read_only``: build for evaluation or
+        prediction without touching RUN (the caller loads a checkpoint)."""
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        if cfg.model not in PRESETS:
+            raise InputError(f"unknown model {cfg.model!r}; expected one of {', '.join(PRESETS)}")
+        if cfg.profile not in PROFILES:
+            raise InputError(f"unknown profile {cfg.profile!r}; expected one of {', '.join(PROFILES)}")
+        if cfg.steps is None and cfg.time_budget is None:
+            raise InputError("give --steps and/or --time-budget")
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.t = load_particles(cfg.particles, ctf=cfg.ctf, datadir=cfg.datadir, apix=cfg.apix)
+        if self.t.images is None:
+            raise InputError(f"{cfg.particles}: no images")
+        self.t.images.validate()
+        self.L = self.t.images.box()
+        if self.L % 2:
+            raise InputError(f"{cfg.particles}: box {self.L} is odd; eqcryo trains on even boxes (crop or pad by one)")
+        self.apix = self.t.pixel_size() if self.t.apix is not None else 1.0
+        if self.t.ctf is None and cfg.ctf is None and self.t.source_format == "star":
+            raise InputError(f"{cfg.particles}: no CTF columns in the STAR file; give --ctf CTF.pkl "
+                             f"(or convert the data without CTF to .mrcs and train without one)")
+        self.gt_R = self.gt_shift = self.gt_vol = None
+        if cfg.gt_poses:
+            from ..data.cryodrgn import read_pose_pkl
+            R, tr = read_pose_pkl(cfg.gt_poses, self.L)
+            if len(R) != self.t.n:
+                raise InputError(f"{cfg.gt_poses}: {len(R)} poses but {cfg.particles} has {self.t.n} particles")
+            self.gt_R = torch.from_numpy(R)
+            self.gt_shift = None if tr is None else torch.from_numpy(tr * self.apix)
+        if cfg.gt_volume:
+            v, _ = read_volume(cfg.gt_volume)
+            if v.shape[0] != self.L:
+                raise InputError(f"{cfg.gt_volume}: box {v.shape[0]} differs from the particles' {self.L}")
+            self.gt_vol = torch.from_numpy(v).double()
+        # Held-out evaluation subset and the training pool (fixed by the seed).
+        g = torch.Generator().manual_seed(cfg.seed)
+        perm = torch.randperm(self.t.n, generator=g).numpy()
+        n_eval = min(cfg.eval_n, max(1, self.t.n // 10))
+        self.eval_ids, self.train_ids = np.sort(perm[:n_eval]), perm[n_eval:]
+        if len(self.train_ids) < cfg.batch_size:
+            raise InputError(f"{cfg.particles}: {len(self.train_ids)} training particles < batch size {cfg.batch_size}")
+        # Global intensity scale from a fixed sample (so that losses are O(1)).
+        sample = self.t.images.read(self.train_ids[:min(512, len(self.train_ids))])
+        self.scale = float(1.0 / (sample.std() + 1e-12))
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(cfg.model, cfg.profile, self.L, cfg.decoder, cfg.so3).to(cfg.device)
+        lr_dec = cfg.lr_decoder if cfg.lr_decoder is not None else cfg.lr
+        self.opt = torch.optim.Adam([{"params": self.model.encoder.parameters(), "lr": cfg.lr},
+                                     {"params": self.model.decoder.parameters(), "lr": lr_dec}], amsgrad=True)
+        self.step, self.train_seconds, self.images_seen, self.epoch, self.pos = 0, 0.0, 0, 0, 0
+        self.converged: dict | None = None
+        self.last_eval_t = 0.0
+        self._tb = None
+        if read_only:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self._load_checkpoint()
+        else:
+            with atomic_path(self.out / "config.yaml") as tmp:
+                d = asdict(cfg)
+                d["resolved"] = {"box": self.L, "apix": self.apix, "n_particles": self.t.n, "n_eval": len(self.eval_ids),
+                                 "intensity_scale": self.scale, "loss": self.model.loss_name,
+                                 "decoder": type(self.model.decoder).__name__}
+                tmp.write_text(yaml.safe_dump(d, sort_keys=False))
+            if (self.out / "metrics.csv").exists():
+                (self.out / "metrics.csv").unlink()
+
+    # ------------------------------------------------------------------ state
+    def _state(self) -> dict:
+        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "step": self.step,
+                "train_seconds": self.train_seconds, "images_seen": self.images_seen, "epoch": self.epoch,
+                "pos": self.pos, "converged": self.converged, "last_eval_t": self.last_eval_t,
+                "torch_rng": torch.get_rng_state(), "scale": self.scale}
+
+    def save_checkpoint(self) -> None:
+        with atomic_path(self.out / "checkpoint.pt") as tmp:
+            torch.save(self._state(), tmp)
+
+    def _load_checkpoint(self, path: Path | None = None) -> None:
+        p = path or self.out / "checkpoint.pt"
+        if not p.exists():
+            raise InputError(f"{p}: no checkpoint to resume from")
+        s = torch.load(p, map_location=self.cfg.device, weights_only=False)
+        self.model.load_state_dict(s["model"])
+        self.opt.load_state_dict(s["opt"])
+        for k in ("step", "train_seconds", "images_seen", "epoch", "pos", "converged", "last_eval_t", "scale"):
+            setattr(self, k, s[k])
+        torch.set_rng_state(s["torch_rng"])
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def predict(self, ids: np.ndarray, batch: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+        """Poses for particles ``ids`` in eval mode: (R (k, 3, 3), RELION origins (k, 2) Å),
+        with the symmetric/mirror branch correction applied."""
+        was = self.model.training
+        self.model.eval()
+        Rs, ds = [], []
+        for s in range(0, len(ids), batch):
+            b = ids[s:s + batch]
+            x = torch.from_numpy(self.t.images.read(b) * self.scale).to(self.cfg.device)
+            ctf = self._ctf(b)
+            out = self.model(x, ctf)
+            Rs.append(out.R.double().cpu())
+            ds.append(out.d.double().cpu())
+        self.model.train(was)
+        d = torch.cat(ds)
+        return torch.cat(Rs), displacement_to_origin(d, self.L) * self.apix
+
+    def _ctf(self, ids):
+        p = _ctf_params(self.t, ids)
+        if p is None:
+            return None
+        return ctf_2d(self.L, self.apix, p, torch.float32, self.cfg.device)
+
+    def evaluate(self, log: bool = True) -> dict:
+        """Metrics on the held-out subset (and the map against the truth when given)."""
+        row: dict = {"step": self.step, "train_seconds": round(self.train_seconds, 2), "images_seen": self.images_seen}
+        self._set_lowpass()
+        row["lowpass_shells"] = self.lowpass_radius()
+        R, origin = self.predict(self.eval_ids)
+        x = torch.from_numpy(self.t.images.read(self.eval_ids) * self.scale)
+        with torch.no_grad():
+            self.model.eval()
+            losses = []
+            for s in range(0, len(self.eval_ids), 128):
+                b = self.eval_ids[s:s + 128]
+                losses.append(self.model(x[s:s + 128].to(self.cfg.device), self._ctf(b)).loss.cpu())
+            self.model.train()
+        row["loss"] = torch.cat(losses).mean().item()
+        self.alignment = None
+        if self.gt_R is not None and len(self.gt_R) == self.t.n:
+            d_gt = None if self.gt_shift is None else -self.gt_shift[self.eval_ids]
+            m, al = pose_metrics(R, self.gt_R[self.eval_ids], -origin, d_gt)
+            self.alignment = al
+            row.update({k: m.get(k) for k in METRIC_COLUMNS if k in m})
+            if self.converged is None and m["pose_mse"] < 0.1:
+                self.converged = {"step": self.step, "train_seconds": self.train_seconds,
+                                  "images_seen": self.images_seen}
+            if self.gt_vol is not None:
+                r, _ = fsc_to_ground_truth(self.model.decoder.volume().double().cpu(), self.gt_vol, al, self.apix)
+                row["resolution_0.5_angstrom"] = r.resolution(0.5)
+                row["resolution_0.143_angstrom"] = r.resolution(0.143)
+                self.last_fsc = r
+        if log:
+            self._log(row)
+        return row
+
+    def _log(self, row: dict) -> None:
+        path = self.out / "metrics.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in METRIC_COLUMNS})
+        try:
+            if self._tb is None:
+                from torch.utils.tensorboard import SummaryWriter
+                self._tb = SummaryWriter(str(self.out / "tensorboard"))
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step":
+                    self._tb.add_scalar(f"eval/{k}", v, self.step)
+            self._tb.flush()
+        except ImportError:
+            pass
+
+    # ------------------------------------------------------------------ training
+    def _order(self, epoch: int) -> np.ndarray:
+        g = torch.Generator().manual_seed(self.cfg.seed * 1000003 + epoch)
+        return self.train_ids[torch.randperm(len(self.train_ids), generator=g).numpy()]
+
+    def lowpass_radius(self) -> float | None:
+        """Current loss band limit in Fourier shells (None: full band)."""
+        c = self.cfg
+        if c.lowpass_start is None:
+            return None
+        r = c.lowpass_start + (self.L / 2 - c.lowpass_start) * min(1.0, self.images_seen / max(1, c.lowpass_images))
+        return None if r >= self.L / 2 else r
+
+    def _set_lowpass(self) -> None:
+        from ..physics.lattice import radius_2d
+        r = self.lowpass_radius()
+        self.model.loss_weight = None if r is None else \
+            (radius_2d(self.L, torch.float32, self.cfg.device) < r).float()
+
+    def _done(self) -> bool:
+        c = self.cfg
+        return (c.steps is not None and self.step >= c.steps) or \
+               (c.time_budget is not None and self.train_seconds >= c.time_budget)
+
+    def run(self, progress: bool = True) -> dict:
+        c = self.cfg
+        self.model.train()
+        if self.step == 0 and not (self.out / "metrics.csv").exists():
+            self.evaluate()
+        bar = tqdm(desc=f"train {c.model}", unit="img", disable=not progress, initial=self.images_seen,
+                   total=None if c.steps is None else c.steps * c.batch_size)
+        last_ckpt = self.train_seconds
+        try:
+            while not self._done():
+                order = self._order(self.epoch)
+                fetch = _Prefetcher(self.t, order[self.pos:], c.batch_size, self.scale)
+                for x, ids in fetch:
+                    t0 = time.perf_counter()
+                    x = x.to(c.device)
+                    self._set_lowpass()
+                    out = self.model(x, self._ctf(ids))
+                    loss = out.loss.mean()
+                    if not torch.isfinite(loss):
+                        fetch.close()
+                        raise TrainingDiverged(
+                            f"loss became {loss.item()} at step {self.step + 1}; stopping. The last good checkpoint "
+                            f"({self.out / 'checkpoint.pt'}) is left as it was: lower --lr or check the data")
+                    self.opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.clip)
+                    self.opt.step()
+                    self.step += 1
+                    self.pos += len(ids)
+                    self.images_seen += len(ids)
+                    self.train_seconds += time.perf_counter() - t0
+                    bar.update(len(ids))
+                    bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{self.images_seen / max(self.train_seconds, 1e-9):.0f}",
+                                    mse=getattr(self, "_last_mse", "-"))
+                    if self.train_seconds - self.last_eval_t >= c.eval_every:
+                        self.last_eval_t = self.train_seconds
+                        r = self.evaluate()
+                        self._last_mse = f"{r['pose_mse']:.3f}" if r.get("pose_mse") is not None else "-"
+                    if self.train_seconds - last_ckpt >= c.checkpoint_every:
+                        self.save_checkpoint()
+                        last_ckpt = self.train_seconds
+                    if self._done():
+                        fetch.close()
+                        break
+                else:
+                    self.epoch += 1
+                    self.pos = 0
+        finally:
+            bar.close()
+        self.evaluate()
+        self.save_checkpoint()
+        return self.finish()
+
+    # ------------------------------------------------------------------ outputs
+    def finish(self) -> dict:
+        """Write the map, predicted poses for every particle, figures and the report."""
+        from ..data.cryodrgn import write_pose_pkl
+        from ..data.star import write_star
+        from ..evaluation.report import write_report
+
+        vol = self.model.decoder.volume().float().cpu().numpy()
+        write_volume(self.out / "reconstruction.mrc", vol, self.apix)
+        R, origin = self.predict(np.arange(self.t.n))
+        pred = ParticleTable(n=self.t.n, box=self.L, apix=np.full(self.t.n, self.apix), images=self.t.images,
+                             image_names=self.t.image_names, ctf=self.t.ctf, rotations=R.numpy(),
+                             shifts_angstrom=origin.numpy(), source=self.cfg.particles, source_format="pred")
+        write_pose_pkl(self.out / "predicted_poses.pkl", pred)
+        if pred.image_names is not None:
+            write_star(self.out / "predicted_particles.star", pred)
+        summary = {"steps": self.step, "train_seconds": self.train_seconds, "images_seen": self.images_seen,
+                   "converged": self.converged}
+        with atomic_path(self.out / "summary.json") as tmp:
+            tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        write_report(self)
+        return summary
