@@ -23,6 +23,8 @@ VERBS = {
     "train": "train",
     "evaluate": "evaluate",
     "predict": "predict",
+    "experiment": "experiment",
+    "analyze": "analyze",
     "downsample": "downsample",
     "fsc": "fsc",
 }

@@ -57,6 +57,8 @@ def add_parser(sub):
                    help="frequency marching: start the loss at this many Fourier shells (e.g. 8) and widen it "
                         "linearly to Nyquist over --lowpass-images training images (default: full band)")
     p.add_argument("--lowpass-images", type=int, default=50000, help="images over which the band reaches Nyquist")
+    p.add_argument("--track-mirror", action="store_true",
+                   help="log the map's best mirror-plane correlation (spurious symmetry) at each evaluation")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -84,7 +86,8 @@ def run(args) -> int:
                           seed=args.seed, batch_size=args.batch_size, lr=args.lr, lr_decoder=args.lr_decoder,
                           device=args.device, threads=args.threads, eval_every=args.eval_every, eval_n=args.eval_n,
                           checkpoint_every=args.checkpoint_every, apix=args.apix,
-                          lowpass_start=args.lowpass_start, lowpass_images=args.lowpass_images)
+                          lowpass_start=args.lowpass_start, lowpass_images=args.lowpass_images,
+                          track_mirror=args.track_mirror)
         trainer = Trainer(cfg)
     try:
         summary = trainer.run(progress=not args.no_progress)

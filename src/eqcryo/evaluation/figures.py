@@ -25,3 +25,59 @@ def plot_fsc(path, curves, thresholds=(0.5, 0.143)) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format=str(path).rsplit(".", 1)[-1])
     plt.close(fig)
+
+
+def plot_joy(path, times, sizes, n_total: int) -> None:
+    """Joy plot (paper Fig. 7): one histogram of |S_i| per evaluation, stacked over time."""
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6, 0.35 * len(times) + 1.5))
+    bins = np.linspace(0, n_total, 31)
+    for k, (t, s) in enumerate(zip(times, sizes)):
+        h, _ = np.histogram(s, bins=bins)
+        h = h / max(h.max(), 1)
+        ax.fill_between(bins[:-1], k, k + 0.9 * h, step="post", alpha=0.8)
+    ax.set_yticks(range(len(times)))
+    ax.set_yticklabels([f"{t:.0f} s" for t in times], fontsize=6)
+    ax.set_xlabel("|S_i| (images consistent with image i's alignment)")
+    ax.set_ylabel("training time")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def plot_projective_plane(path, xy_gt, xy_pred) -> None:
+    """Predicted vs true viewing directions on the projective plane, coloured by the truth
+    (paper Figs. 8-10); poses aligned to the truth first."""
+    import numpy as np
+
+    colour = np.stack([(xy_gt[:, 0] + 1) / 2, (xy_gt[:, 1] + 1) / 2, 0.5 * np.ones(len(xy_gt))], 1).clip(0, 1)
+    fig, ax = plt.subplots(1, 2, figsize=(8, 4))
+    for a, xy, title in ((ax[0], xy_gt, "ground truth"), (ax[1], xy_pred, "predicted (aligned)")):
+        a.scatter(xy[:, 0], xy[:, 1], c=colour, s=8)
+        a.add_patch(plt.Circle((0, 0), 1, fill=False, color="grey"))
+        a.set_aspect("equal")
+        a.set_xlim(-1.05, 1.05)
+        a.set_ylim(-1.05, 1.05)
+        a.set_title(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def plot_series(path, series, ylabel: str, logy: bool = True, hline: float | None = None) -> None:
+    """Lines [(label, x, y), ...] against training time."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, x, y in series:
+        (ax.semilogy if logy else ax.plot)(x, y, label=label)
+    if hline is not None:
+        ax.axhline(hline, color="grey", ls=":")
+    ax.set_xlabel("training time (s)")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)

@@ -42,7 +42,7 @@ __all__ = ["TrainConfig", "Trainer", "TrainingDiverged"]
 
 METRIC_COLUMNS = ["step", "train_seconds", "images_seen", "loss", "lowpass_shells", "pose_mse", "pose_medse", "geodesic_median_deg",
                   "view_median_deg", "shift_rmse_angstrom", "resolution_0.5_angstrom", "resolution_0.143_angstrom",
-                  "hand_flipped"]
+                  "hand_flipped", "mirror_score"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -81,6 +81,7 @@ class TrainConfig:
     # ``lowpass_start`` to Nyquist over ``lowpass_images`` training images (None: full band).
     lowpass_start: float | None = None
     lowpass_images: int = 50000
+    track_mirror: bool = False  # log the map's best mirror-plane correlation at each evaluation
     extra: dict = field(default_factory=dict)
 
 
@@ -262,6 +263,11 @@ class Trainer:
                 losses.append(self.model(x[s:s + 128].to(self.cfg.device), self._ctf(b)).loss.cpu())
             self.model.train()
         row["loss"] = torch.cat(losses).mean().item()
+        if self.cfg.track_mirror:
+            from ..evaluation.analysis import mirror_symmetry_score
+            row["mirror_score"] = mirror_symmetry_score(self.model.decoder.volume().double().cpu(), 32)[0]
+        if log:
+            self._save_eval_poses(R)
         self.alignment = None
         if self.gt_R is not None and len(self.gt_R) == self.t.n:
             d_gt = None if self.gt_shift is None else -self.gt_shift[self.eval_ids]
@@ -279,6 +285,17 @@ class Trainer:
         if log:
             self._log(row)
         return row
+
+    def _save_eval_poses(self, R: torch.Tensor) -> None:
+        """Append this evaluation's held-out predictions to RUN/eval_poses.npz (for App. G)."""
+        path = self.out / "eval_poses.npz"
+        old = dict(np.load(path)) if path.exists() else {}
+        steps = np.append(old.get("steps", np.zeros(0, np.int64)), self.step)
+        secs = np.append(old.get("train_seconds", np.zeros(0)), self.train_seconds)
+        rots = np.concatenate([old.get("rotations", np.zeros((0, len(self.eval_ids), 3, 3), np.float32)),
+                               R.float().numpy()[None]])
+        with atomic_path(path, suffix=".npz") as tmp:
+            np.savez(tmp, steps=steps, train_seconds=secs, rotations=rots, eval_ids=self.eval_ids)
 
     def _log(self, row: dict) -> None:
         path = self.out / "metrics.csv"
@@ -394,6 +411,9 @@ class Trainer:
             write_star(self.out / "predicted_particles.star", pred)
         summary = {"steps": self.step, "train_seconds": self.train_seconds, "images_seen": self.images_seen,
                    "converged": self.converged}
+        if getattr(self, "last_fsc", None) is not None:
+            with atomic_path(self.out / "fsc.json") as tmp:
+                tmp.write_text(json.dumps(self.last_fsc.to_dict(), indent=2) + "\n")
         with atomic_path(self.out / "summary.json") as tmp:
             tmp.write_text(json.dumps(summary, indent=2) + "\n")
         write_report(self)

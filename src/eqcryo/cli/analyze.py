@@ -1,0 +1,66 @@
+"""``eqcryo analyze RUN``: the failure-mode figures of paper App. G for one training run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.errors import InputError
+from ..evaluation.analysis import consistent_subset_sizes, projective_plane_coords
+from ..evaluation.figures import plot_joy, plot_projective_plane, plot_series
+from ..evaluation.metrics import align_poses
+from ..evaluation.report import read_metrics
+from .common import verb_parser
+
+
+def add_parser(sub):
+    p = verb_parser(sub, "analyze", "App. G figures for a run: consistent subsets, projective plane, mirror score",
+                    "From RUN's held-out predictions at every evaluation (eval_poses.npz) and its ground truth: "
+                    "a joy plot of |S_i| (Eq. 32: images consistent with image i's own alignment to the truth) for "
+                    "the first --n images over time (two halves of N/2 = two internally consistent subsets), the "
+                    "projective-plane view of predicted vs true viewing directions at the last evaluation, and the "
+                    "map's mirror-symmetry score over time (if the run used --track-mirror). Writes PNGs and "
+                    "analysis.json into RUN (or --outdir).",
+                    "eqcryo analyze run")
+    p.add_argument("run", help="run folder written by eqcryo train (with --gt-poses)")
+    p.add_argument("--n", type=int, default=300, help="images for the joy plot (default 300)")
+    p.add_argument("--eps", type=float, default=0.5, help="Frobenius threshold of Eq. 32 (0.5 ≈ 20°)")
+    p.add_argument("--outdir", help="where to write (default RUN)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from .evaluate import load_run
+
+    rd = Path(args.run)
+    ep = rd / "eval_poses.npz"
+    if not ep.exists():
+        raise InputError(f"{ep}: not found; the run has no recorded evaluations")
+    tr = load_run(str(rd))
+    if tr.gt_R is None:
+        raise InputError(f"{rd}: the run has no ground-truth poses (--gt-poses); nothing to compare with")
+    d = np.load(ep)
+    ids = d["eval_ids"][: args.n]
+    R_gt = tr.gt_R[ids]
+    out = Path(args.outdir or rd)
+    out.mkdir(parents=True, exist_ok=True)
+    sizes = [consistent_subset_sizes(torch.from_numpy(Rk[: len(ids)]).double(), R_gt, args.eps).numpy()
+             for Rk in d["rotations"]]
+    plot_joy(out / "consistent_subsets.png", d["train_seconds"], sizes, len(ids))
+    R_last = torch.from_numpy(d["rotations"][-1][: len(ids)]).double()
+    al = align_poses(R_last, R_gt)
+    plot_projective_plane(out / "projective_plane.png", projective_plane_coords(R_gt).numpy(),
+                          projective_plane_coords(al.apply(R_last)).numpy())
+    m = read_metrics(rd / "metrics.csv")
+    if "mirror_score" in m and np.isfinite(m["mirror_score"]).any():
+        plot_series(out / "mirror_score.png", [("best mirror-plane correlation", m["train_seconds"],
+                                                m["mirror_score"])], "correlation", logy=False)
+    summary = {"eval_seconds": [float(t) for t in d["train_seconds"]],
+               "median_subset_size": [float(np.median(s)) for s in sizes], "n": int(len(ids)), "eps": args.eps}
+    (out / "analysis.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"wrote consistent_subsets.png, projective_plane.png{', mirror_score.png' if 'mirror_score' in m else ''} "
+          f"and analysis.json to {out}")
+    return 0

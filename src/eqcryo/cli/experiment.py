@@ -1,0 +1,88 @@
+"""``eqcryo experiment SPEC.yaml -o DIR`` and ``eqcryo experiment report DIR``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..data.errors import InputError
+from ..experiments.grid import load_spec, run_grid
+from ..experiments.report import write_report
+from .common import verb_parser
+
+
+def add_parser(sub):
+    p = verb_parser(sub, "experiment", "run a grid of data sets × models × seeds; tabulate it like the paper",
+                    "eqcryo experiment SPEC.yaml -o DIR [--jobs N] [--only INDEX]\n"
+                    "    runs every (data set, model, seed) of SPEC as an ordinary `eqcryo train` folder under DIR/runs/;\n"
+                    "    finished runs are skipped, interrupted ones resumed; --jobs runs several at once (threads\n"
+                    "    split); --only runs one cell (0-based, see DIR/grid.json) for a scheduler's array job.\n"
+                    "eqcryo experiment report DIR [--spec SPEC.yaml]\n"
+                    "    writes the paper's Table 1 (mean ± std over the 3 best seeds by final MSE, a dash when one\n"
+                    "    of them did not converge) and, for data sets with an `snr`, Table 2 (best seed), as\n"
+                    "    DIR/report.md and DIR/table1.csv, plus pose-error curves of every seed and FSC curves.\n"
+                    "The SPEC format is documented in eqcryo/experiments/grid.py and docs/experiments.md.",
+                    "eqcryo experiment grid.yaml -o exp --jobs 2 && eqcryo experiment report exp --spec grid.yaml")
+    p.add_argument("target", help="SPEC.yaml, or the word 'report'")
+    p.add_argument("dir", nargs="?", help="with 'report': the experiment folder")
+    p.add_argument("-o", "--outdir", help="experiment folder (for a SPEC)")
+    p.add_argument("--spec", help="with 'report': the spec (for SNR labels)")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
+    p.add_argument("--only", type=int, help="run only this grid index")
+    p.add_argument("--threads", type=int, help="(internal) threads per run")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    if args.target == "report":
+        if not args.dir:
+            raise InputError("experiment report: give the experiment folder")
+        if not (Path(args.dir) / "grid.json").exists():
+            raise InputError(f"{args.dir}: no grid.json; is it an experiment folder?")
+        spec = load_spec(args.spec) if args.spec else None
+        print(write_report(args.dir, spec))
+        _figures(Path(args.dir))
+        return 0
+    if not args.outdir:
+        raise InputError("experiment: give the output folder with -o DIR")
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    status = run_grid(args.target, args.outdir, jobs=args.jobs, only=args.only, progress=not args.no_progress)
+    print(json.dumps({"runs": len(status), "status": status}))
+    return 0
+
+
+def _figures(d: Path) -> None:
+    """Pose-error curves per (data set, model) for every seed; FSC of the best d4-l2 vs standard."""
+    from ..evaluation.figures import plot_series
+    from ..evaluation.report import read_metrics
+    from ..experiments.report import read_run
+    from ..physics.fsc import FSCResult
+
+    grid = json.loads((d / "grid.json").read_text())
+    for ds in dict.fromkeys(g["dataset"] for g in grid):
+        for m in dict.fromkeys(g["model"] for g in grid):
+            series = []
+            for g in grid:
+                if g["dataset"] == ds and g["model"] == m and (Path(g["path"]) / "metrics.csv").exists():
+                    mm = read_metrics(Path(g["path"]) / "metrics.csv")
+                    series += [(f"seed {g['seed']} MSE", mm["train_seconds"], mm["pose_mse"]),
+                               (f"seed {g['seed']} MedSE", mm["train_seconds"], mm["pose_medse"])]
+            if series:
+                plot_series(d / f"pose_error_{ds}_{m}.png", series, "pose error", hline=0.1)
+        curves = []
+        for m in ("d4-l2", "standard"):
+            rs = [(read_run(Path(g["path"]), ds, m, g["seed"]), g) for g in grid if g["dataset"] == ds and g["model"] == m]
+            rs = [(r, g) for r, g in rs if r is not None and (Path(g["path"]) / "fsc.json").exists()]
+            if rs:
+                r, g = min(rs, key=lambda x: x[0].mse)
+                f = json.loads((Path(g["path"]) / "fsc.json").read_text())
+                curves.append((f"{m} seed {g['seed']}", FSCResult(np.array(f["freq_inv_angstrom"]), np.array(f["fsc"]),
+                                                                  f["apix"], f["box"])))
+        if curves:
+            from ..evaluation.figures import plot_fsc
+            plot_fsc(d / f"fsc_best_{ds}.png", curves)

@@ -1,0 +1,80 @@
+"""Failure-mode analysis (paper App. G): internally consistent subsets, the projective-plane
+view of viewing directions, and spurious planar (mirror) symmetry of a map.
+
+Our alignment convention is ``R_gt ≈ R_pred Q`` (see :mod:`eqcryo.evaluation.metrics`); the
+paper writes ``R_rel R_pred = R_gt``. The per-image alignment is therefore
+``Q_i = R_pred_iᵀ R_gt_i`` and Eq. 32 becomes
+
+    S_i = { j : ‖R_pred_j Q_i − R_gt_j‖_F < ε }.
+
+|S_i| = N for every i when the encoder is globally consistent; two internally consistent halves
+(e.g. one mirrored) give |S_i| ≈ N/2.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..physics.projection import flip_hand, rotate_volume
+
+__all__ = ["consistent_subset_sizes", "projective_plane_coords", "fibonacci_hemisphere", "mirror_symmetry_score"]
+
+
+def consistent_subset_sizes(R_pred: torch.Tensor, R_gt: torch.Tensor, eps: float = 0.5) -> torch.Tensor:
+    """|S_i| (N,) of Eq. 32 for predictions and truth (N, 3, 3). ``eps`` is a Frobenius distance
+    (‖I − Q‖_F = √8 sin(θ/2): 0.5 ≈ 20°)."""
+    R_pred, R_gt = R_pred.double(), R_gt.double()
+    Q = R_pred.transpose(-1, -2) @ R_gt  # (N, 3, 3): Q_i
+    # D[i, j] = ‖R_pred_j Q_i − R_gt_j‖_F
+    aligned = torch.einsum("jab,ibc->ijac", R_pred, Q)
+    dist = (aligned - R_gt[None]).pow(2).sum((-2, -1)).sqrt()
+    return (dist < eps).sum(1)
+
+
+def projective_plane_coords(R: torch.Tensor) -> torch.Tensor:
+    """Points (N, 2) on the projective plane: the viewing direction z = R[2, :] (map frame),
+    antipodes identified by flipping to z3 >= 0, projected on the xy-plane (paper Fig. 8)."""
+    z = R.double()[:, 2, :]
+    s = torch.where(z[:, 2] < 0, -1.0, 1.0).to(z.dtype)
+    return z[:, :2] * s[:, None]
+
+
+def fibonacci_hemisphere(n: int) -> torch.Tensor:
+    """``n`` nearly uniform unit vectors (n, 3) with z >= 0 (plane normals up to sign)."""
+    i = torch.arange(n, dtype=torch.float64) + 0.5
+    z = i / n
+    phi = i * math.pi * (3 - math.sqrt(5))
+    r = torch.sqrt(1 - z ** 2)
+    return torch.stack([r * torch.cos(phi), r * torch.sin(phi), z], -1)
+
+
+def _rotation_to_z(n: torch.Tensor) -> torch.Tensor:
+    """A rotation R with R n = e_z."""
+    z = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+    v = torch.linalg.cross(n, z)
+    c = float(n @ z)
+    if v.norm() < 1e-12:
+        return torch.eye(3, dtype=torch.float64) if c > 0 else torch.diag(torch.tensor([1.0, -1.0, -1.0],
+                                                                                        dtype=torch.float64))
+    vx = torch.tensor([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]], dtype=torch.float64)
+    return torch.eye(3, dtype=torch.float64) + vx + vx @ vx / (1 + c)
+
+
+def mirror_symmetry_score(volume: torch.Tensor, n_normals: int = 64) -> tuple[float, torch.Tensor]:
+    """Best correlation between a map and its mirror image through a plane containing the
+    centre, over ``n_normals`` plane orientations: (score, best normal (3,)). Near 1 for a
+    map with a (spurious) mirror plane; a chiral molecule scores clearly lower."""
+    v = volume.double() - volume.double().mean()
+    best, best_n = -1.0, None
+    for n in fibonacci_hemisphere(n_normals):
+        R = _rotation_to_z(n)
+        # W(x) = V(M x), M = I − 2nnᵀ = Rᵀ D R: rotate_volume(V, R)(x) = V(Rᵀx), then mirror z,
+        # then rotate by Rᵀ
+        w = rotate_volume(flip_hand(rotate_volume(v, R)), R.T.contiguous())
+        c = float((v * w).sum() / (v.norm() * w.norm() + 1e-30))
+        if c > best:
+            best, best_n = c, n
+    return best, best_n

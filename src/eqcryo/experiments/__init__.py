@@ -1,0 +1,1 @@
+"""Experiments: grids of data sets × models × seeds, and the paper's tables from their runs."""

@@ -1,0 +1,166 @@
+"""A grid of ``eqcryo train`` runs from a YAML spec, resumable and parallel.
+
+Spec (YAML)::
+
+    time_budget: 600              # seconds of training per run
+    seeds: [0, 1, 2]
+    models: [standard, c4-l2, c4-mirror, d4-l2]
+    profile: cpu
+    train: {batch_size: 32, lr: 1.0e-3}     # any TrainConfig field
+    datasets:
+      spliceosome-noiseless:
+        particles: data/particles.star      # or: simulate: {recipe: spliceosome-noiseless-cpu}
+        gt_poses: data/gt_poses.pkl
+        gt_volume: data/gt_volume.mrc
+        snr: null                            # for the SNR-sweep table (optional)
+
+Each run is an ordinary ``eqcryo train`` folder ``DIR/runs/<dataset>__<model>__seed<k>``.
+Finished runs (``summary.json`` with the budget reached) are skipped, interrupted ones (a
+checkpoint) resumed, the rest started; ``--only INDEX`` runs one grid cell (for a cluster
+scheduler's array job); ``--jobs N`` runs N processes at once with the threads split.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from ..data.errors import InputError
+from ..training.trainer import TrainConfig
+
+__all__ = ["GridRun", "load_spec", "grid_runs", "run_status", "run_one", "run_grid"]
+
+
+@dataclass
+class GridRun:
+    index: int
+    dataset: str
+    model: str
+    seed: int
+    path: Path
+
+
+def load_spec(path: str | os.PathLike) -> dict:
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: experiment spec not found")
+    try:
+        spec = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise InputError(f"{p}: not valid YAML: {e}") from None
+    for key in ("datasets", "models", "seeds"):
+        if key not in spec:
+            raise InputError(f"{p}: missing required key {key!r}")
+    if spec.get("time_budget") is None and spec.get("steps") is None:
+        raise InputError(f"{p}: give time_budget (seconds per run) or steps")
+    fields = set(TrainConfig.__dataclass_fields__)
+    bad = set(spec.get("train", {})) - fields
+    if bad:
+        raise InputError(f"{p}: unknown train option(s) {sorted(bad)}")
+    spec["_base"] = str(p.parent.resolve())
+    return spec
+
+
+def grid_runs(spec: dict, out: str | os.PathLike) -> list[GridRun]:
+    runs = []
+    for ds in spec["datasets"]:
+        for m in spec["models"]:
+            for s in spec["seeds"]:
+                runs.append(GridRun(len(runs), ds, m, int(s), Path(out) / "runs" / f"{ds}__{m}__seed{s}"))
+    return runs
+
+
+def run_status(run: GridRun, spec: dict) -> str:
+    """"done", "interrupted" or "new"."""
+    summ = run.path / "summary.json"
+    if summ.exists():
+        d = json.loads(summ.read_text())
+        if (spec.get("steps") is not None and d["steps"] >= spec["steps"]) or \
+                (spec.get("time_budget") is not None and d["train_seconds"] >= spec["time_budget"]):
+            return "done"
+    return "interrupted" if (run.path / "checkpoint.pt").exists() else "new"
+
+
+def _dataset_paths(spec: dict, name: str, out: Path) -> dict:
+    d = dict(spec["datasets"][name])
+    base = Path(spec["_base"])
+    if "simulate" in d:
+        from ..data.simulate import RECIPES, SimulationConfig, simulate
+        sim = dict(d.pop("simulate"))
+        target = out / "data" / name
+        if not (target / "dataset.json").exists():
+            cfg = SimulationConfig()
+            if "recipe" in sim:
+                for k, v in RECIPES[sim.pop("recipe")].items():
+                    setattr(cfg, k, v)
+            for k, v in sim.items():
+                setattr(cfg, k, tuple(v) if isinstance(v, list) else v)
+            simulate(cfg, target, progress=False)
+        d.update(particles=str(target / "particles.star"), gt_poses=str(target / "gt_poses.pkl"),
+                 gt_volume=str(target / "gt_volume.mrc"))
+    for k in ("particles", "gt_poses", "gt_volume", "ctf"):
+        if d.get(k) and not os.path.isabs(d[k]):
+            d[k] = str(base / d[k])
+    return d
+
+
+def run_one(spec: dict, run: GridRun, out: Path, threads: int | None = None, progress: bool = False) -> str:
+    """Run (or resume, or skip) one grid cell in this process; returns its status before."""
+    from ..training.trainer import Trainer
+
+    status = run_status(run, spec)
+    if status == "done":
+        return status
+    ds = _dataset_paths(spec, run.dataset, out)
+    if status == "interrupted":
+        import yaml as _y
+        d = _y.safe_load((run.path / "config.yaml").read_text())
+        d.pop("resolved", None)
+        cfg = TrainConfig(**d)
+        cfg.time_budget, cfg.steps = spec.get("time_budget"), spec.get("steps")
+        tr = Trainer(cfg, resume=True)
+    else:
+        kw = dict(spec.get("train", {}))
+        kw.update(particles=ds["particles"], out=str(run.path), gt_poses=ds.get("gt_poses"),
+                  gt_volume=ds.get("gt_volume"), ctf=ds.get("ctf"), model=run.model, seed=run.seed,
+                  profile=spec.get("profile", "cpu"), time_budget=spec.get("time_budget"), steps=spec.get("steps"),
+                  threads=threads)
+        tr = Trainer(TrainConfig(**kw))
+    tr.run(progress=progress)
+    return status
+
+
+def run_grid(spec_path: str, out: str, jobs: int = 1, only: int | None = None, progress: bool = True) -> list[str]:
+    spec = load_spec(spec_path)
+    out_p = Path(out)
+    out_p.mkdir(parents=True, exist_ok=True)
+    runs = grid_runs(spec, out_p)
+    (out_p / "grid.json").write_text(json.dumps([{"index": r.index, "dataset": r.dataset, "model": r.model,
+                                                  "seed": r.seed, "path": str(r.path)} for r in runs], indent=2))
+    if only is not None:
+        if not 0 <= only < len(runs):
+            raise InputError(f"--only {only}: the grid has {len(runs)} runs (0..{len(runs) - 1})")
+        return [run_one(spec, runs[only], out_p, progress=progress)]
+    # datasets first (simulation is not thread-safe to race on)
+    for ds in spec["datasets"]:
+        _dataset_paths(spec, ds, out_p)
+    todo = [r for r in runs if run_status(r, spec) != "done"]
+    if jobs <= 1:
+        return [run_one(spec, r, out_p, progress=progress) for r in todo]
+    threads = max(1, (os.cpu_count() or 2) // jobs)
+
+    def sub(r: GridRun) -> str:
+        cmd = [sys.executable, "-m", "eqcryo.cli.main", "experiment", spec_path, "-o", out, "--only", str(r.index),
+               "--threads", str(threads), "--no-progress"]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        return "ok" if res.returncode == 0 else f"failed: {res.stderr.strip().splitlines()[-1:]}"
+
+    with ThreadPoolExecutor(jobs) as ex:
+        return list(ex.map(sub, todo))

@@ -1,0 +1,122 @@
+"""The paper's tables from a grid of runs (``eqcryo experiment report DIR``).
+
+Table 1 (per data set × model): final pose MSE and MedSE, convergence time (s) and steps (first
+evaluation with MSE < 0.1), resolution at FSC 0.5, % of seeds converged; mean ± std over the 3
+best seeds by final MSE, and a dash for time/steps when one of those 3 did not converge.
+Table 2 (SNR sweep): per data set with an ``snr`` and model, the best seed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["RunResult", "read_run", "aggregate", "table1_markdown", "table2_markdown", "write_report"]
+
+CONVERGED = 0.1
+
+
+@dataclass
+class RunResult:
+    dataset: str
+    model: str
+    seed: int
+    mse: float
+    medse: float
+    resolution: float
+    conv_seconds: float | None
+    conv_step: int | None
+
+
+def _f(x):
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def read_run(path: Path, dataset: str, model: str, seed: int) -> RunResult | None:
+    """Final metrics and convergence of one run folder (None if it has no evaluation yet)."""
+    mfile = Path(path) / "metrics.csv"
+    if not mfile.exists():
+        return None
+    rows = [r for r in csv.DictReader(open(mfile)) if r.get("pose_mse") not in (None, "")]
+    if not rows:
+        return None
+    conv = next((r for r in rows if _f(r["pose_mse"]) < CONVERGED), None)
+    last = rows[-1]
+    return RunResult(dataset, model, seed, _f(last["pose_mse"]), _f(last["pose_medse"]),
+                     _f(last.get("resolution_0.5_angstrom")),
+                     None if conv is None else _f(conv["train_seconds"]), None if conv is None else int(_f(conv["step"])))
+
+
+def _ms(vals, fmt):
+    a = np.array(vals, dtype=float)
+    if len(a) == 1:
+        return fmt.format(a[0])
+    return f"{fmt.format(a.mean())} ± {fmt.format(a.std(ddof=0))}"
+
+
+def aggregate(results: list[RunResult], best: int = 3) -> list[dict]:
+    """Table-1 rows: one per (dataset, model) in first-seen order."""
+    keys = []
+    for r in results:
+        if (r.dataset, r.model) not in keys:
+            keys.append((r.dataset, r.model))
+    rows = []
+    for ds, m in keys:
+        rs = sorted([r for r in results if (r.dataset, r.model) == (ds, m)], key=lambda r: r.mse)
+        top = rs[:best]
+        conv_all = all(r.conv_seconds is not None for r in top)
+        rows.append({
+            "dataset": ds, "model": m, "seeds": len(rs), "best_seeds": [r.seed for r in top],
+            "mse": _ms([r.mse for r in top], "{:.4f}"), "medse": _ms([r.medse for r in top], "{:.4f}"),
+            "conv_seconds": _ms([r.conv_seconds for r in top], "{:.0f}") if conv_all else "–",
+            "conv_steps": _ms([r.conv_step for r in top], "{:.0f}") if conv_all else "–",
+            "resolution": _ms([r.resolution for r in top], "{:.2f}"),
+            "converged_pct": 100.0 * sum(r.conv_seconds is not None for r in rs) / len(rs),
+        })
+    return rows
+
+
+def table1_markdown(rows: list[dict]) -> str:
+    out = ["| dataset | model | MSE | MedSE | conv. time (s) | steps to conv. | resolution (Å) | converged |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['dataset']} | {r['model']} | {r['mse']} | {r['medse']} | {r['conv_seconds']} | "
+                   f"{r['conv_steps']} | {r['resolution']} | {r['converged_pct']:.0f}% ({r['seeds']} seeds) |")
+    return "\n".join(out)
+
+
+def table2_markdown(results: list[RunResult], snr: dict[str, float]) -> str:
+    out = ["| SNR | model | MSE | conv. time (s) | resolution (Å) |", "|---|---|---|---|---|"]
+    for ds in sorted(snr, key=lambda d: -snr[d]):
+        for m in dict.fromkeys(r.model for r in results if r.dataset == ds):
+            b = min((r for r in results if r.dataset == ds and r.model == m), key=lambda r: r.mse)
+            t = "–" if b.conv_seconds is None else f"{b.conv_seconds:.0f}"
+            out.append(f"| {snr[ds]} | {m} | {b.mse:.4f} | {t} | {b.resolution:.2f} |")
+    return "\n".join(out)
+
+
+def write_report(out_dir: str, spec: dict | None = None) -> str:
+    """Collect every run of a grid folder; write ``table1.md/.csv`` (and ``table2.md``); return Markdown."""
+    out = Path(out_dir)
+    grid = json.loads((out / "grid.json").read_text())
+    results = [r for r in (read_run(Path(g["path"]), g["dataset"], g["model"], g["seed"]) for g in grid) if r]
+    rows = aggregate(results)
+    md = "## Table 1\n\n" + table1_markdown(rows) + "\n"
+    with open(out / "table1.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["dataset"])
+        w.writeheader()
+        for r in rows:
+            w.writerow({**r, "best_seeds": " ".join(map(str, r["best_seeds"]))})
+    snr = {} if spec is None else {k: v["snr"] for k, v in spec["datasets"].items() if v.get("snr") is not None}
+    if snr:
+        md += "\n## Table 2 (SNR sweep, best seed)\n\n" + table2_markdown(results, snr) + "\n"
+    (out / "report.md").write_text(md)
+    return md

@@ -1,0 +1,130 @@
+"""Experiments: Table-1 aggregation rules, consistent subsets (Eq. 32), a resumable grid, analyze."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from eqcryo.cli.main import main
+from eqcryo.evaluation.analysis import consistent_subset_sizes, mirror_symmetry_score, projective_plane_coords
+from eqcryo.experiments.grid import grid_runs, load_spec, run_grid, run_status
+from eqcryo.experiments.report import aggregate, read_run, table1_markdown
+from eqcryo.physics.rotations import random_rotations
+
+from conftest import gaussian_blobs
+
+
+def _metrics(path, mses, times=None):
+    path.mkdir(parents=True)
+    times = times or [60.0 * (i + 1) for i in range(len(mses))]
+    with open(path / "metrics.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["step", "train_seconds", "pose_mse", "pose_medse", "resolution_0.5_angstrom"])
+        for i, (m, t) in enumerate(zip(mses, times)):
+            w.writerow([100 * (i + 1), t, m, m / 2, 20.0 - i])
+
+
+def test_table1_best_three_and_dash_rule(tmp_path):
+    # seeds 0-3 of d4: final MSEs 0.01, 0.02, 0.03 (all converged), 2.0 (not)
+    runs = {0: [3.0, 0.05, 0.01], 1: [3.0, 0.5, 0.02], 2: [3.0, 2.0, 0.03], 3: [3.0, 2.5, 2.0]}
+    res = []
+    for s, m in runs.items():
+        _metrics(tmp_path / f"d4_{s}", m)
+        res.append(read_run(tmp_path / f"d4_{s}", "spl", "d4-l2", s))
+    # standard: the third best did not converge -> dash for time/steps
+    for s, m in {0: [3.0, 0.05], 1: [3.0, 0.09], 2: [3.0, 0.5]}.items():
+        _metrics(tmp_path / f"std_{s}", m)
+        res.append(read_run(tmp_path / f"std_{s}", "spl", "standard", s))
+    assert res[0].conv_step == 200 and res[0].conv_seconds == 120.0  # first evaluation below 0.1
+    assert res[2].conv_step == 300
+    rows = {r["model"]: r for r in aggregate(res)}
+    d4 = rows["d4-l2"]
+    assert d4["best_seeds"] == [0, 1, 2]
+    assert d4["mse"] == f"{np.mean([0.01, 0.02, 0.03]):.4f} ± {np.std([0.01, 0.02, 0.03]):.4f}"
+    assert d4["conv_seconds"] == f"{np.mean([120, 180, 180]):.0f} ± {np.std([120, 180, 180]):.0f}"
+    assert d4["converged_pct"] == 75.0
+    std = rows["standard"]
+    assert std["conv_seconds"] == "–" and std["conv_steps"] == "–"
+    assert std["converged_pct"] == pytest.approx(200 / 3)
+    md = table1_markdown(list(rows.values()))
+    assert "| spl | standard |" in md and "–" in md
+
+
+def test_consistent_subsets_all_and_two_mirrored_halves():
+    g = torch.Generator().manual_seed(0)
+    N = 60
+    R_gt = random_rotations(N, g)
+    Q = random_rotations(1, g)[0]
+    pred = R_gt @ Q.T
+    assert (consistent_subset_sizes(pred, R_gt) == N).all()
+    # Two internally consistent halves: the second half explained by the other of two
+    # mirror-related solutions (a map with a spurious mirror plane sees its images at
+    # R_gt M Qᵀ, M a π rotation about an in-plane axis). Each half has its own global alignment.
+    M = torch.diag(torch.tensor([1.0, -1.0, -1.0], dtype=torch.float64))
+    half = pred.clone()
+    half[N // 2:] = R_gt[N // 2:] @ M @ Q.T
+    sizes = consistent_subset_sizes(half, R_gt)
+    assert (sizes == N // 2).all()
+    # whereas images put in the opposite hand are each consistent only with themselves
+    D = torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64))
+    flipped = pred.clone()
+    flipped[N // 2:] = D @ pred[N // 2:] @ D
+    assert (consistent_subset_sizes(flipped, R_gt)[N // 2:] < N // 4).all()
+    xy = projective_plane_coords(R_gt)
+    assert (xy.norm(dim=1) <= 1 + 1e-12).all()
+
+
+def test_mirror_score_finds_a_planted_mirror_plane():
+    sym = gaussian_blobs(32, [(5, 2, -3), (-5, 2, -3), (0, -6, 4)], [3.0, 3.0, 3.0])
+    chiral = gaussian_blobs(32, [(5, 2, -3), (-4, 6, 1), (0, -6, 4), (3, -1, 6)], [3, 2.5, 3, 2], [1, 0.7, 1.2, 0.9])
+    s_sym, n = mirror_symmetry_score(sym, 64)
+    s_chi, _ = mirror_symmetry_score(chiral, 64)
+    assert s_sym > 0.93 and abs(n[0]) > 0.95  # the plane x = 0
+    assert s_sym - s_chi > 0.08
+
+
+@pytest.fixture
+def spec_file(tmp_path):
+    spec = {"steps": 2, "seeds": [0], "models": ["d4-l2", "standard"], "profile": "cpu",
+            "train": {"batch_size": 16, "eval_n": 16, "eval_every": 1e9, "track_mirror": True},
+            "datasets": {"tiny": {"simulate": {"n": 80, "box": 32, "apix": 13.2, "seed": 1, "snr": 2.0}, "snr": 2.0}}}
+    p = tmp_path / "grid.yaml"
+    p.write_text(yaml.safe_dump(spec))
+    return p
+
+
+def test_grid_skips_finished_and_resumes_interrupted_runs(spec_file, tmp_path, capsys):
+    out = tmp_path / "exp"
+    assert run_grid(str(spec_file), str(out), only=0, progress=False) == ["new"]
+    spec = load_spec(spec_file)
+    runs = grid_runs(spec, out)
+    assert [run_status(r, spec) for r in runs] == ["done", "new"]
+    assert run_grid(str(spec_file), str(out), progress=False) == ["new"]  # run 0 skipped
+    # extend the budget: both runs are now interrupted and continue from their checkpoints
+    d = yaml.safe_load(spec_file.read_text())
+    d["steps"] = 3
+    spec_file.write_text(yaml.safe_dump(d))
+    assert run_grid(str(spec_file), str(out), progress=False) == ["interrupted", "interrupted"]
+    for r in runs:
+        assert json.loads((r.path / "summary.json").read_text())["steps"] == 3
+    capsys.readouterr()
+    assert main(["experiment", "report", str(out), "--spec", str(spec_file)]) == 0
+    text = capsys.readouterr().out
+    assert "| tiny | d4-l2 |" in text and "Table 2" in text
+    assert (out / "table1.csv").exists() and (out / "pose_error_tiny_d4-l2.png").exists()
+    assert (out / "fsc_best_tiny.png").exists()
+    # App. G figures of one run
+    assert main(["analyze", str(runs[0].path)]) == 0
+    for f in ("consistent_subsets.png", "projective_plane.png", "mirror_score.png", "analysis.json"):
+        assert (runs[0].path / f).exists(), f
+
+
+def test_bad_spec_is_a_clear_error(tmp_path, capsys):
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump({"seeds": [0], "models": ["d4-l2"], "datasets": {}, "steps": 1,
+                                 "train": {"learning_rate": 1}}))
+    assert main(["experiment", str(p), "-o", str(tmp_path / "x")]) == 2
+    assert "unknown train option(s) ['learning_rate']" in capsys.readouterr().err
