@@ -247,3 +247,29 @@ def test_nothing_written_when_a_check_fails(small_set):
     # STAR without poses cannot become a pose pkl: no pkl and no ctf pkl may appear
     assert main(["convert", str(d / "p.star"), "-o", str(d / "o.pkl"), "--ctf-out", str(d / "c.pkl")]) == 2
     assert not (d / "o.pkl").exists() and not (d / "c.pkl").exists()
+
+
+def test_txt_list_of_stacks_and_mrcs_with_separate_poses_and_ctf(tmp_path):
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(3, 16, 16)).astype(np.float32), rng.normal(size=(2, 16, 16)).astype(np.float32)
+    write_stack(tmp_path / "a.mrcs", a, 2.0)
+    write_stack(tmp_path / "b.mrcs", b, 2.0)
+    (tmp_path / "list.txt").write_text("a.mrcs\n# a comment\nb.mrcs\n")
+    t = load_particles(tmp_path / "list.txt")
+    assert t.n == 5 and t.box == 16 and t.pixel_size() == pytest.approx(2.0)
+    np.testing.assert_array_equal(t.images.read([3, 4]), b)
+    np.testing.assert_array_equal(t.images.read([2]), a[2:])
+    # a stack + cryoDRGN poses and CTF -> STAR with everything
+    rot = random_rotations(5, torch.Generator().manual_seed(0)).numpy()
+    with open(tmp_path / "p.pkl", "wb") as fh:
+        pickle.dump((rot, np.full((5, 2), 0.1)), fh)
+    ctf = np.tile(np.array([16, 2.0, 1.5e4, 1.4e4, 10.0, 300, 2.7, 0.1, 0.0], np.float32), (5, 1))
+    with open(tmp_path / "c.pkl", "wb") as fh:
+        pickle.dump(ctf, fh)
+    assert main(["convert", str(tmp_path / "list.txt"), "--poses", str(tmp_path / "p.pkl"), "--ctf",
+                 str(tmp_path / "c.pkl"), "-o", str(tmp_path / "all.star")]) == 0
+    s = load_particles(tmp_path / "all.star")
+    np.testing.assert_allclose(s.rotations, rot, atol=1e-9)
+    np.testing.assert_allclose(s.shifts_angstrom, 0.1 * 16 * 2.0)  # fraction of the box -> Å
+    np.testing.assert_array_equal(s.images.read([4]), b[1:])
+    assert s.ctf["defocus_u_angstrom"][0] == 1.5e4
