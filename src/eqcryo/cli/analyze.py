@@ -55,12 +55,13 @@ def run(args) -> int:
     plot_projective_plane(out / "projective_plane.png", projective_plane_coords(R_gt).numpy(),
                           projective_plane_coords(al.apply(R_last)).numpy())
     m = read_metrics(rd / "metrics.csv")
+    written = ["consistent_subsets.png", "projective_plane.png"]
     if "mirror_score" in m and np.isfinite(m["mirror_score"]).any():
+        written.append("mirror_score.png")
         plot_series(out / "mirror_score.png", [("best mirror-plane correlation", m["train_seconds"],
                                                 m["mirror_score"])], "correlation", logy=False)
     summary = {"eval_seconds": [float(t) for t in d["train_seconds"]],
                "median_subset_size": [float(np.median(s)) for s in sizes], "n": int(len(ids)), "eps": args.eps}
     (out / "analysis.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"wrote consistent_subsets.png, projective_plane.png{', mirror_score.png' if 'mirror_score' in m else ''} "
-          f"and analysis.json to {out}")
+    print(f"wrote {', '.join(written)} and analysis.json to {out}")
     return 0
