@@ -1,7 +1,6 @@
 """Formats: cryoDRGN reproduction, every real file read, round trips, and bad input."""
 
 import pickle
-import shutil
 
 import mrcfile
 import numpy as np

@@ -9,12 +9,10 @@ import pickle
 import mrcfile
 import numpy as np
 import pytest
-import torch
 from scipy import stats
 
 from eqcryo.cli.main import main
 from eqcryo.data import InputError, load_particles
-from eqcryo.data.mrc import read_volume
 from eqcryo.data.simulate import RECIPES, SimulationConfig, sample_parameters, simulate
 from eqcryo.data.structure import DEFAULT_STRUCTURE, load_structure_volume, molmap
 

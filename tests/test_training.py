@@ -135,7 +135,6 @@ def test_train_evaluate_predict_verbs(tiny, tmp_path, capsys):
 
 
 def test_bad_inputs_are_clear_errors(tiny, tmp_path, capsys):
-    import pandas as pd
     import starfile
     blocks = starfile.read(tiny / "particles.star", always_dict=True)
     parts = blocks["particles"].drop(columns=["rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnPhaseShift",

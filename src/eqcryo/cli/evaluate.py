@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import yaml
-
 from ..data.errors import InputError
 from ..training.trainer import TrainConfig, Trainer
 from .common import verb_parser
@@ -27,16 +25,8 @@ def add_parser(sub):
 
 
 def load_run(run_dir: str, checkpoint: str | None = None, **overrides) -> Trainer:
-    cfg_path = Path(run_dir) / "config.yaml"
-    if not cfg_path.exists():
-        raise InputError(f"{cfg_path}: not found; is {run_dir} a run folder written by eqcryo train?")
-    d = yaml.safe_load(cfg_path.read_text())
-    d.pop("resolved", None)
-    d.update({k: v for k, v in overrides.items() if v is not None})
-    d["out"] = str(Path(run_dir))
-    tr = Trainer.__new__(Trainer)
-    cfg = TrainConfig(**d)
-    Trainer.__init__(tr, cfg, resume=False, read_only=True)
+    """A trained run, read-only, with its checkpoint (or ``checkpoint``) loaded."""
+    tr = Trainer(TrainConfig.from_run(run_dir, **overrides), read_only=True)
     tr._load_checkpoint(Path(checkpoint) if checkpoint else None)
     return tr
 

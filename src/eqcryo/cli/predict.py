@@ -39,8 +39,7 @@ def run(args) -> int:
         raise InputError(f"{args.particles}: box {t.images.box()} px but the model was trained at {tr.L} px")
     if t.apix is not None and abs(t.pixel_size() - tr.apix) > 1e-3 * tr.apix:
         raise InputError(f"{args.particles}: pixel size {t.pixel_size()} Å but the model was trained at {tr.apix} Å")
-    tr.t = t
-    R, origin = tr.predict(np.arange(t.n))
+    R, origin = tr.predict(np.arange(t.n), table=t)
     t.rotations, t.shifts_angstrom, t.euler_degrees = R.numpy(), origin.numpy(), None
     t.box = tr.L
     if t.apix is None:

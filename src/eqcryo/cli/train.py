@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import yaml
-
 from ..data.errors import InputError
 from ..models.presets import PRESETS, PROFILES
 from ..training.trainer import TrainConfig, Trainer, TrainingDiverged
@@ -65,15 +63,8 @@ def add_parser(sub):
 
 def run(args) -> int:
     if args.resume:
-        cfg_path = Path(args.resume) / "config.yaml"
-        if not cfg_path.exists():
-            raise InputError(f"{cfg_path}: not found; --resume needs a run folder written by eqcryo train")
-        d = yaml.safe_load(cfg_path.read_text())
-        d.pop("resolved", None)
-        cfg = TrainConfig(**d)
-        for k in ("steps", "time_budget"):  # allow extending a finished run
-            if getattr(args, k) is not None:
-                setattr(cfg, k, getattr(args, k))
+        # --steps / --time-budget may extend a finished run; everything else comes from the run
+        cfg = TrainConfig.from_run(args.resume, steps=args.steps, time_budget=args.time_budget)
         trainer = Trainer(cfg, resume=True)
     else:
         if not args.particles or not args.outdir:

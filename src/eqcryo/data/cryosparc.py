@@ -1,7 +1,7 @@
 """cryoSPARC ``.cs`` particle files (numpy structured arrays).
 
 - ``blob/path`` (a leading ``>`` is stripped) + ``blob/idx`` (0-based) -> images; paths are
-  looked up under ``--datadir`` (full relative path, then basename), then beside the .cs file.
+  found by :func:`~eqcryo.data.particles.resolve_image_path` (``--datadir``, then beside the .cs).
 - ``ctf/*``: defocus ``df1_A``/``df2_A`` (Å), ``df_angle_rad`` and ``phase_shift_rad`` (radians
   -> degrees), ``accel_kv``, ``cs_mm``, ``amp_contrast``, ``bfactor`` when present.
 - ``alignments3D/pose`` (axis-angle; its exponential is the transpose of the RELION matrix) and
@@ -19,20 +19,9 @@ import torch
 
 from ..physics.rotations import cryosparc_pose_to_matrix
 from .errors import InputError
-from .particles import ImageSource, ParticleTable
+from .particles import ImageSource, ParticleTable, resolve_image_path
 
 __all__ = ["read_cs"]
-
-
-def _resolve(p: str, cs_path: Path, datadir) -> str:
-    cands = []
-    if datadir is not None:
-        cands += [Path(datadir) / p, Path(datadir) / Path(p).name]
-    cands += [cs_path.parent / p, cs_path.parent / Path(p).name]
-    for c in cands:
-        if c.exists():
-            return str(c.resolve())
-    return str(cands[0])
 
 
 def read_cs(path: str | os.PathLike, datadir: str | os.PathLike | None = None, box: int | None = None,
@@ -56,7 +45,7 @@ def read_cs(path: str | os.PathLike, datadir: str | os.PathLike | None = None, b
     raw = [p.decode() if isinstance(p, bytes) else str(p) for p in a["blob/path"]]
     raw = [p[1:] if p.startswith(">") else p for p in raw]
     cache: dict[str, str] = {}
-    paths = np.array([cache.setdefault(p, _resolve(p, path, datadir)) for p in raw], dtype=object)
+    paths = np.array([cache.setdefault(p, resolve_image_path(p, path, datadir)) for p in raw], dtype=object)
     idx = a["blob/idx"].astype(np.int64)
     images = ImageSource(paths, idx, origin=str(path))
     image_names = np.array([f"{i + 1:06d}@{p}" for i, p in zip(idx, raw)], dtype=object)

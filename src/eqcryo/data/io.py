@@ -86,7 +86,7 @@ def load_particles(path: str | os.PathLike, *, poses: str | os.PathLike | None =
             t_img = load_particles(particles, datadir=datadir, box=box, apix=apix)
             t = t_img
             t.source, t.source_format = str(path), "pkl"
-        poses, pose_path = path, path
+        poses = path
     if ctf is not None:
         c, cbox, capix = read_ctf_pkl(ctf)
         if t.n and len(c["defocus_u_angstrom"]) != t.n:

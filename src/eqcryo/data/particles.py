@@ -7,6 +7,7 @@ the box centre); CTF parameters follow RELION (:mod:`eqcryo.physics.ctf`).
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ import pandas as pd
 from .errors import InputError
 from .mrc import ImageStack
 
-__all__ = ["CTF_FIELDS", "ImageSource", "ParticleTable"]
+__all__ = ["CTF_FIELDS", "ImageSource", "ParticleTable", "resolve_image_path"]
 
 #: Per-particle CTF fields, each an (N,) float64 array.
 CTF_FIELDS = (
@@ -30,6 +31,22 @@ CTF_FIELDS = (
     "phase_shift_degrees",
     "bfactor_angstrom2",
 )
+
+
+def resolve_image_path(p: str, metadata_path: Path, datadir: str | os.PathLike | None = None) -> str:
+    """Where an image file named in metadata lives.
+
+    An absolute path is taken as is. A relative one is looked up under ``datadir`` (as given,
+    then by basename: cryoDRGN's habit for moved data), then beside the metadata file (as
+    given, then by basename); the first that exists wins (resolved). If none exists, the path
+    beside the metadata file is returned and a later read reports it missing.
+    """
+    if os.path.isabs(p):
+        return p
+    cands = [Path(datadir) / p, Path(datadir) / Path(p).name] if datadir is not None else []
+    cands += [metadata_path.parent / p, metadata_path.parent / Path(p).name]
+    found = next((c for c in cands if c.exists()), None)
+    return str(found.resolve()) if found is not None else str(metadata_path.parent / p)
 
 
 class ImageSource:

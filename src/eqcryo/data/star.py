@@ -38,7 +38,7 @@ from starfile.writer import StarWriter
 from ..physics.rotations import euler_relion_to_matrix, matrix_to_euler_relion
 from .atomic import atomic_path
 from .errors import InputError
-from .particles import CTF_FIELDS, ImageSource, ParticleTable
+from .particles import ImageSource, ParticleTable, resolve_image_path
 
 __all__ = ["read_star", "write_star", "parse_image_names", "DEFAULT_AMPLITUDE_CONTRAST"]
 
@@ -63,9 +63,8 @@ _PARTICLE_OWNED = {"rlnImageName", "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi",
 def parse_image_names(names, star_path: Path, datadir: str | os.PathLike | None) -> tuple[np.ndarray, np.ndarray]:
     """``"idx@path"`` names (1-based idx) -> (absolute paths, 0-based indices).
 
-    A relative path is looked up under ``datadir`` (if given), then beside the STAR file, then
-    ``datadir`` + basename (cryoDRGN's habit for moved data); the first that exists wins, else
-    the STAR-relative path is kept (a later read reports it missing).
+    Paths are found by :func:`~eqcryo.data.particles.resolve_image_path` (``datadir``, then
+    beside the STAR file).
     """
     paths, idx = [], []
     cache: dict[str, str] = {}
@@ -82,12 +81,7 @@ def parse_image_names(names, star_path: Path, datadir: str | os.PathLike | None)
         if k < 1:
             raise InputError(f"{star_path}: particle {i}: image index {k} in {s!r} must be >= 1 (RELION counts from 1)")
         if p not in cache:
-            cands = [Path(p)] if os.path.isabs(p) else []
-            if datadir is not None:
-                cands += [Path(datadir) / p, Path(datadir) / Path(p).name]
-            cands += [star_path.parent / p]
-            found = next((c for c in cands if c.exists()), cands[-1] if not os.path.isabs(p) else Path(p))
-            cache[p] = str(found.resolve() if found.exists() else found)
+            cache[p] = resolve_image_path(p, star_path, datadir)
         paths.append(cache[p])
         idx.append(k - 1)
     return np.array(paths, dtype=object), np.array(idx, dtype=np.int64)

@@ -62,7 +62,8 @@ def plot_map(path: Path, vol: np.ndarray) -> None:
     _save(fig, path)
 
 
-def write_report(trainer) -> None:
+def write_report(trainer, volume: np.ndarray) -> None:
+    """Figures and report.md for a finished run; ``volume`` is its exported map (L, L, L)."""
     out = Path(trainer.out)
     m = read_metrics(out / "metrics.csv")
     figs = []
@@ -72,7 +73,7 @@ def write_report(trainer) -> None:
     if getattr(trainer, "last_fsc", None) is not None:
         plot_fsc(out / "fsc.png", [("reconstruction vs ground truth", trainer.last_fsc)])
         figs.append(("FSC against the ground-truth map (after alignment)", "fsc.png"))
-    plot_map(out / "map.png", trainer.model.decoder.volume().float().cpu().numpy())
+    plot_map(out / "map.png", volume)
     figs.append(("Reconstruction: central slices and projections", "map.png"))
     c = trainer.cfg
     last = {k: v[-1] for k, v in m.items()} if m else {}
@@ -80,7 +81,7 @@ def write_report(trainer) -> None:
              f"- particles: `{c.particles}` ({trainer.t.n}, {trainer.L} px, {trainer.apix} Å/px); "
              f"held-out for evaluation: {len(trainer.eval_ids)}",
              f"- steps: {trainer.step}, training time: {trainer.train_seconds:.0f} s, images seen: {trainer.images_seen}",
-             f"- converged (pose MSE < 0.1): " + (json.dumps(trainer.converged) if trainer.converged else "no"), ""]
+             "- converged (pose MSE < 0.1): " + (json.dumps(trainer.converged) if trainer.converged else "no"), ""]
     if last:
         lines += ["| metric | last value |", "|---|---|"]
         for k in ("loss", "pose_mse", "pose_medse", "geodesic_median_deg", "view_median_deg", "shift_rmse_angstrom",

@@ -120,10 +120,7 @@ def run_one(spec: dict, run: GridRun, out: Path, threads: int | None = None, pro
         return status
     ds = _dataset_paths(spec, run.dataset, out)
     if status == "interrupted":
-        import yaml as _y
-        d = _y.safe_load((run.path / "config.yaml").read_text())
-        d.pop("resolved", None)
-        cfg = TrainConfig(**d)
+        cfg = TrainConfig.from_run(run.path)
         cfg.time_budget, cfg.steps = spec.get("time_budget"), spec.get("steps")
         tr = Trainer(cfg, resume=True)
     else:

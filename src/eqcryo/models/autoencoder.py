@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ..physics.group import displacement_to_origin, image_action, phi_r, phi_t
+from ..physics.group import displacement_to_origin, image_action, inverse, phi_r, phi_t
 from ..physics.lattice import disc_mask_2d, fft2_centered
 from ..physics.projection import render_images
 
@@ -108,10 +108,6 @@ class CryoModel(nn.Module):
         pr, pt = phi_r(e, R2.dtype).to(R2.device), phi_t(e, d2.dtype).to(d2.device)
         R = torch.where(branch[:, None, None] == 1, pr.T @ R2[B:], R2[:B])
         d = torch.where(branch[:, None] == 1, d2[B:] @ pt, d2[:B])  # row-vector form of φ_t⁻¹ d
-        pred = torch.where(branch[:, None, None] == 1, image_action(pred2[B:], _inv(e)), pred2[:B])
+        pred = torch.where(branch[:, None, None] == 1, image_action(pred2[B:], inverse(e)), pred2[:B])
         return ModelOutput(pred, loss, R, d, branch)
 
-
-def _inv(e: int) -> int:
-    from ..physics.group import inverse
-    return inverse(e)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import queue
 import threading
@@ -36,7 +35,7 @@ from ..data.particles import ParticleTable
 from ..evaluation.metrics import fsc_to_ground_truth, pose_metrics
 from ..models.presets import PRESETS, PROFILES, build_model
 from ..physics.ctf import ctf_2d
-from ..physics.group import displacement_to_origin, origin_to_displacement
+from ..physics.group import displacement_to_origin
 
 __all__ = ["TrainConfig", "Trainer", "TrainingDiverged"]
 
@@ -83,6 +82,19 @@ class TrainConfig:
     lowpass_images: int = 50000
     track_mirror: bool = False  # log the map's best mirror-plane correlation at each evaluation
     extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_run(cls, run_dir: str | os.PathLike, **overrides) -> "TrainConfig":
+        """The configuration saved in ``RUN/config.yaml`` (``out`` set to ``run_dir``), with
+        ``overrides`` that are not None applied."""
+        path = Path(run_dir) / "config.yaml"
+        if not path.exists():
+            raise InputError(f"{path}: not found; is {run_dir} a run folder written by eqcryo train?")
+        d = yaml.safe_load(path.read_text())
+        d.pop("resolved", None)
+        d.update({k: v for k, v in overrides.items() if v is not None})
+        d["out"] = str(Path(run_dir))
+        return cls(**d)
 
 
 def _ctf_params(t: ParticleTable, ids: np.ndarray) -> dict[str, torch.Tensor] | None:
@@ -225,25 +237,33 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
-    def predict(self, ids: np.ndarray, batch: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
-        """Poses for particles ``ids`` in eval mode: (R (k, 3, 3), RELION origins (k, 2) Å),
-        with the symmetric/mirror branch correction applied."""
+    def _infer(self, ids: np.ndarray, table: ParticleTable | None = None, batch: int = 128
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One eval-mode pass over particles ``ids`` of ``table`` (default: the training data):
+        (R (k, 3, 3), RELION origins (k, 2) Å, per-image loss (k,)), with the symmetric/mirror
+        branch correction applied to the poses."""
+        t = self.t if table is None else table
         was = self.model.training
         self.model.eval()
-        Rs, ds = [], []
+        Rs, ds, losses = [], [], []
         for s in range(0, len(ids), batch):
             b = ids[s:s + batch]
-            x = torch.from_numpy(self.t.images.read(b) * self.scale).to(self.cfg.device)
-            ctf = self._ctf(b)
-            out = self.model(x, ctf)
+            x = torch.from_numpy(t.images.read(b) * self.scale).to(self.cfg.device)
+            out = self.model(x, self._ctf(b, t))
             Rs.append(out.R.double().cpu())
             ds.append(out.d.double().cpu())
+            losses.append(out.loss.cpu())
         self.model.train(was)
-        d = torch.cat(ds)
-        return torch.cat(Rs), displacement_to_origin(d, self.L) * self.apix
+        return torch.cat(Rs), displacement_to_origin(torch.cat(ds), self.L) * self.apix, torch.cat(losses)
 
-    def _ctf(self, ids):
-        p = _ctf_params(self.t, ids)
+    def predict(self, ids: np.ndarray, table: ParticleTable | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Poses for particles ``ids`` (of ``table``, default the training data) in eval mode:
+        (R (k, 3, 3), RELION origins (k, 2) Å), branch-corrected."""
+        R, origin, _ = self._infer(ids, table)
+        return R, origin
+
+    def _ctf(self, ids, table: ParticleTable | None = None):
+        p = _ctf_params(self.t if table is None else table, ids)
         if p is None:
             return None
         return ctf_2d(self.L, self.apix, p, torch.float32, self.cfg.device)
@@ -253,19 +273,14 @@ class Trainer:
         row: dict = {"step": self.step, "train_seconds": round(self.train_seconds, 2), "images_seen": self.images_seen}
         self._set_lowpass()
         row["lowpass_shells"] = self.lowpass_radius()
-        R, origin = self.predict(self.eval_ids)
-        x = torch.from_numpy(self.t.images.read(self.eval_ids) * self.scale)
-        with torch.no_grad():
-            self.model.eval()
-            losses = []
-            for s in range(0, len(self.eval_ids), 128):
-                b = self.eval_ids[s:s + 128]
-                losses.append(self.model(x[s:s + 128].to(self.cfg.device), self._ctf(b)).loss.cpu())
-            self.model.train()
-        row["loss"] = torch.cat(losses).mean().item()
+        R, origin, loss = self._infer(self.eval_ids)
+        row["loss"] = loss.mean().item()
+        vol = None  # the decoder's map, exported at most once per evaluation (costly for FourierNet)
+        if self.cfg.track_mirror or (self.gt_R is not None and self.gt_vol is not None):
+            vol = self.model.decoder.volume().double().cpu()
         if self.cfg.track_mirror:
             from ..evaluation.analysis import mirror_symmetry_score
-            row["mirror_score"] = mirror_symmetry_score(self.model.decoder.volume().double().cpu(), 32)[0]
+            row["mirror_score"] = mirror_symmetry_score(vol, 32)[0]
         if log:
             self._save_eval_poses(R)
         self.alignment = None
@@ -278,7 +293,7 @@ class Trainer:
                 self.converged = {"step": self.step, "train_seconds": self.train_seconds,
                                   "images_seen": self.images_seen}
             if self.gt_vol is not None:
-                r, _ = fsc_to_ground_truth(self.model.decoder.volume().double().cpu(), self.gt_vol, al, self.apix)
+                r, _ = fsc_to_ground_truth(vol, self.gt_vol, al, self.apix)
                 row["resolution_0.5_angstrom"] = r.resolution(0.5)
                 row["resolution_0.143_angstrom"] = r.resolution(0.143)
                 self.last_fsc = r
@@ -330,10 +345,11 @@ class Trainer:
         return None if r >= self.L / 2 else r
 
     def _set_lowpass(self) -> None:
-        from ..physics.lattice import radius_2d
         r = self.lowpass_radius()
-        self.model.loss_weight = None if r is None else \
-            (radius_2d(self.L, torch.float32, self.cfg.device) < r).float()
+        if r is not None and getattr(self, "_radius", None) is None:
+            from ..physics.lattice import radius_2d
+            self._radius = radius_2d(self.L, torch.float32, self.cfg.device)  # fixed; built once
+        self.model.loss_weight = None if r is None else (self._radius < r).float()
 
     def _done(self) -> bool:
         c = self.cfg
@@ -416,5 +432,5 @@ class Trainer:
                 tmp.write_text(json.dumps(self.last_fsc.to_dict(), indent=2) + "\n")
         with atomic_path(self.out / "summary.json") as tmp:
             tmp.write_text(json.dumps(summary, indent=2) + "\n")
-        write_report(self)
+        write_report(self, vol)
         return summary
