@@ -58,10 +58,12 @@ def test_each_layer_is_exactly_equivariant(group):
         assert (pyr(image_action(img, e)) - image_action(pyr(img), e)).abs().max() < 1e-8
 
 
-@pytest.mark.parametrize("group,box", [("C4", 64), ("D4", 64), ("D4", 48)])
-def test_encoder_is_exactly_equivariant(group, box):
+@pytest.mark.parametrize("group,box,bin", [("C4", 64, 1), ("D4", 64, 1), ("D4", 48, 1), ("D4", 64, 2), ("C4", 48, 2)])
+def test_encoder_is_exactly_equivariant(group, box, bin):
+    """Also with bin×bin block averaging in front (the block grid is symmetric about the centre)."""
     torch.manual_seed(2)
-    enc = randomise_bn(EquivariantEncoder(box, group, fields=(3, 4, 6, 6), final_fields=12, head_fields=12).double())
+    enc = randomise_bn(EquivariantEncoder(box, group, fields=(3, 4, 6, 6), final_fields=12, head_fields=12,
+                                          bin=bin).double())
     x = torch.randn(3, box, box, dtype=torch.float64)
     assert (enc.features(x).abs().sum(1) > 0).all()  # non-degenerate
     R, d = enc(x)
@@ -70,6 +72,70 @@ def test_encoder_is_exactly_equivariant(group, box):
         R2, d2 = enc(image_action(x, e))
         assert (R2 - phi_r(e) @ R).abs().max() < TOL
         assert (d2 - d @ phi_t(e).T).abs().max() < TOL
+
+
+def test_encoder_bin_must_divide_the_box():
+    with pytest.raises(ValueError, match="divisor"):
+        EquivariantEncoder(50, "D4", bin=3)
+
+
+def _isotropic_ctf(L, n):
+    return ctf_2d(L, 5.0, {"defocus_u_angstrom": torch.linspace(1.5e4, 2e4, n), "defocus_v_angstrom": torch.linspace(1.5e4, 2e4, n),
+                           "defocus_angle_degrees": torch.zeros(n), "voltage_kv": torch.full((n,), 300.0),
+                           "cs_mm": torch.full((n,), 2.7), "amplitude_contrast": torch.full((n,), 0.1)}, torch.float64)
+
+
+@pytest.mark.parametrize("decoder", ["fouriernet", "voxel"])
+@pytest.mark.parametrize("preset", ["d4-l2", "c4-mirror", "standard"])
+def test_band_loss_is_the_mse_of_lowpass_filtered_images(decoder, preset):
+    """Band mode (loss on |k| < r only, decoder read on those points, partial DFT) gives, for
+    each branch, the MSE of the rendered images after an ideal low-pass — the independent
+    reference is the full render → FFT → disc weight; with a loss that keeps the better of two
+    branches, the band loss is the minimum over the two branches' references."""
+    from eqcryo.models.autoencoder import LOSSES
+    from eqcryo.physics.lattice import fft2_centered, radius_2d
+    torch.manual_seed(6)
+    L, r = 32, 6.5
+    m = randomise_bn(build_model(preset, "cpu", L, decoder=decoder).double())
+    if decoder == "voxel":
+        m.decoder.vol.data.copy_(torch.randn(L, L, L))
+    x = torch.randn(3, L, L, dtype=torch.float64)
+    ctf = _isotropic_ctf(L, 3)
+    w = (radius_2d(L) < r).double()
+
+    def reference(y, c):
+        R, d = m.encoder(y)
+        E = fft2_centered(m.render(R, d, c) - y)
+        return ((E.real ** 2 + E.imag ** 2) * w).sum((-2, -1)) / L ** 4
+
+    ref = reference(x, ctf)
+    e = LOSSES[m.loss_name]
+    if e is not None:
+        ref = torch.minimum(ref, reference(image_action(x, e), transform_ctf(ctf, e)))
+    m.band_radius = r
+    out = m(x, ctf)
+    assert out.pred is None
+    torch.testing.assert_close(out.loss, ref, rtol=1e-9, atol=0)
+
+
+def test_band_loss_gradients_match_and_band_mode_commutes_with_d4():
+    from eqcryo.physics.lattice import fft2_centered, radius_2d
+    torch.manual_seed(7)
+    L, r = 32, 9.0
+    m = randomise_bn(build_model("d4-l2", "cpu", L).double())
+    m.decoder.vol.data.copy_(torch.randn(L, L, L))
+    x, ctf = torch.randn(2, L, L, dtype=torch.float64), _isotropic_ctf(L, 2)
+    R, d = m.encoder(x)
+    E = fft2_centered(m.render(R, d, ctf) - x)
+    ref = (((E.real ** 2 + E.imag ** 2) * (radius_2d(L) < r).double()).sum((-2, -1)) / L ** 4).sum()
+    g_ref = torch.autograd.grad(ref, [m.decoder.vol, *m.encoder.parameters()])
+    m.band_radius = r
+    loss = m(x, ctf).loss
+    g = torch.autograd.grad(loss.sum(), [m.decoder.vol, *m.encoder.parameters()])
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-12)
+    for e in range(8):
+        torch.testing.assert_close(m(image_action(x, e), ctf).loss, loss, rtol=1e-10, atol=0)
 
 
 def test_standard_encoder_is_not_equivariant():

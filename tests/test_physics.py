@@ -271,3 +271,15 @@ def test_gradcheck_slice_operator():
         out = P.slice_fourier_volume(data, coords)
         return torch.view_as_real(out)
     assert torch.autograd.gradcheck(f, (data, x), atol=1e-6)
+
+
+def test_band_dft_equals_the_central_block_of_the_padded_fft():
+    from eqcryo.physics.lattice import _crop_or_pad_centered, fft3_centered
+    from eqcryo.physics.projection import centered_dft_band
+    torch.manual_seed(8)
+    for L, pad, K in [(16, 2, 5), (15, 2, 7), (12, 3, 4)]:
+        v = torch.randn(L, L, L, dtype=torch.float64)
+        full = fft3_centered(_crop_or_pad_centered(v, pad * L, 3))
+        c = pad * L // 2
+        block = full[c - K:c + K + 1, c - K:c + K + 1, c - K:c + K + 1]
+        torch.testing.assert_close(centered_dft_band(v, pad, K), block, rtol=0, atol=1e-10)

@@ -40,6 +40,9 @@ def add_parser(sub):
     p.add_argument("--decoder", choices=["voxel", "fouriernet"], help="override the profile's decoder")
     p.add_argument("--so3", choices=["gram_schmidt", "svd"], default="gram_schmidt",
                    help="6-D -> SO(3) map of the standard encoder (equivariant encoders always use SVD)")
+    p.add_argument("--encoder-bin", type=int,
+                   help="average BIN×BIN pixel blocks before the encoder (exactly C4/D4 equivariant; "
+                        "default: the profile's)")
     p.add_argument("--steps", type=int, help="stop after this many steps")
     p.add_argument("--time-budget", type=float, help="stop after this many seconds of training time")
     p.add_argument("--seed", type=int, default=0)
@@ -55,6 +58,9 @@ def add_parser(sub):
                    help="frequency marching: start the loss at this many Fourier shells (e.g. 8) and widen it "
                         "linearly to Nyquist over --lowpass-images training images (default: full band)")
     p.add_argument("--lowpass-images", type=int, default=50000, help="images over which the band reaches Nyquist")
+    p.add_argument("--view-prior", type=float, default=0.0,
+                   help="weight of a uniform-orientation prior on each batch's predicted viewing directions "
+                        "(beyond the paper; 0 = off; see docs/training.md)")
     p.add_argument("--track-mirror", action="store_true",
                    help="log the map's best mirror-plane correlation (spurious symmetry) at each evaluation")
     p.add_argument("--no-progress", action="store_true")
@@ -73,12 +79,12 @@ def run(args) -> int:
             raise InputError(f"{args.outdir}: already holds a run; use --resume {args.outdir} or another folder")
         cfg = TrainConfig(particles=args.particles, out=args.outdir, ctf=args.ctf, datadir=args.datadir,
                           gt_poses=args.gt_poses, gt_volume=args.gt_volume, model=args.model, profile=args.profile,
-                          decoder=args.decoder, so3=args.so3, steps=args.steps, time_budget=args.time_budget,
+                          decoder=args.decoder, so3=args.so3, encoder_bin=args.encoder_bin, steps=args.steps, time_budget=args.time_budget,
                           seed=args.seed, batch_size=args.batch_size, lr=args.lr, lr_decoder=args.lr_decoder,
                           device=args.device, threads=args.threads, eval_every=args.eval_every, eval_n=args.eval_n,
                           checkpoint_every=args.checkpoint_every, apix=args.apix,
                           lowpass_start=args.lowpass_start, lowpass_images=args.lowpass_images,
-                          track_mirror=args.track_mirror)
+                          track_mirror=args.track_mirror, view_prior=args.view_prior)
         trainer = Trainer(cfg)
     try:
         summary = trainer.run(progress=not args.no_progress)

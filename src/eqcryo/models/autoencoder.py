@@ -22,8 +22,8 @@ import torch
 import torch.nn as nn
 
 from ..physics.group import displacement_to_origin, image_action, inverse, phi_r, phi_t
-from ..physics.lattice import disc_mask_2d, fft2_centered
-from ..physics.projection import render_images
+from ..physics.lattice import disc_mask_2d, fft2_centered, plane_coords, radius_2d
+from ..physics.projection import render_images, shift_phase_at
 
 __all__ = ["CryoModel", "ModelOutput", "transform_ctf", "LOSSES"]
 
@@ -53,10 +53,10 @@ def transform_ctf(ctf: torch.Tensor, e: int) -> torch.Tensor:
 
 @dataclass
 class ModelOutput:
-    """``pred`` (B, L, L) the reconstructed images of the winning branch; ``loss`` (B,) per image;
+    """``pred`` (B, L, L) the reconstructed images of the winning branch (None in band mode); ``loss`` (B,) per image;
     ``R`` (B, 3, 3) and ``d`` (B, 2) px the poses for the *original* images; ``branch`` (B,) 0/1."""
 
-    pred: torch.Tensor
+    pred: torch.Tensor | None
     loss: torch.Tensor
     R: torch.Tensor
     d: torch.Tensor
@@ -64,7 +64,15 @@ class ModelOutput:
 
 
 class CryoModel(nn.Module):
-    """Encoder + decoder + loss. ``model.encoder(images) -> (R (B,3,3), d (B,2) px)``."""
+    """Encoder + decoder + loss. ``model.encoder(images) -> (R (B,3,3), d (B,2) px)``.
+
+    ``band_radius`` (Fourier shells, None = the full disc |k| < L/2) limits the loss to
+    |k| < band_radius (frequency marching). The loss is then computed in Fourier space on the
+    band's lattice points only — by Parseval the same number as the MSE of the low-pass
+    filtered images, but the decoder is read at those points only (for the voxel decoder only
+    the band of its padded DFT is computed), so early low-resolution training is several
+    times cheaper. In band mode ``ModelOutput.pred`` is None (no images are rendered).
+    """
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, loss: str = "l2", name: str = ""):
         super().__init__()
@@ -73,17 +81,12 @@ class CryoModel(nn.Module):
         self.encoder, self.decoder, self.loss_name, self.name = encoder, decoder, loss, name
         self.box = decoder.box
         self.register_buffer("mask", disc_mask_2d(self.box, torch.float32))
-        #: optional (L, L) Fourier weight for the loss (frequency marching); None = plain MSE
-        self.loss_weight: torch.Tensor | None = None
+        self.band_radius: float | None = None
+        self._band_cache: tuple | None = None
 
     def image_loss(self, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Per-image mean squared error (B,). With ``loss_weight`` set, the error is measured on
-        the weighted spectrum instead (Parseval: equal to the MSE of the filtered images)."""
-        if self.loss_weight is None:
-            return ((pred - y) ** 2).mean(dim=(-2, -1))
-        E = fft2_centered(pred - y)
-        L = self.box
-        return ((E.real ** 2 + E.imag ** 2) * self.loss_weight.to(pred.dtype)).sum(dim=(-2, -1)) / L ** 4
+        """Per-image mean squared error (B,) over the full box."""
+        return ((pred - y) ** 2).mean(dim=(-2, -1))
 
     def render(self, R: torch.Tensor, d: torch.Tensor, ctf: torch.Tensor | None = None) -> torch.Tensor:
         """Images (B, L, L) of the decoder's map at rotations R, displacements d (px), CTFs (B, L, L)."""
@@ -91,23 +94,49 @@ class CryoModel(nn.Module):
         origin = displacement_to_origin(d, self.box)
         return render_images(slices, ctf, origin)
 
+    def _band(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat lattice indices (M,) and plane points (M, 3) with |k| < band_radius (cached)."""
+        r = float(self.band_radius)
+        if self._band_cache is None or self._band_cache[0] != (r, device):
+            L = self.box
+            idx = (radius_2d(L, torch.float32, device) < r).flatten().nonzero()[:, 0]
+            self._band_cache = ((r, device), idx, plane_coords(L, torch.float32, device)[idx])
+        return self._band_cache[1], self._band_cache[2]
+
+    def band_loss(self, y: torch.Tensor, R: torch.Tensor, d: torch.Tensor,
+                  ctf: torch.Tensor | None) -> torch.Tensor:
+        """Per-image loss (B,) on |k| < band_radius: ``Σ_band |Ŝ·T̂·ĥ - Ŷ|² / L⁴`` (Parseval:
+        the MSE of the band-limited images)."""
+        L = self.box
+        idx, pts = self._band(y.device)
+        pts = pts.to(R.dtype)
+        S = self.decoder.slice_at(R, pts, self.band_radius)
+        S = S * shift_phase_at(pts[:, 0], pts[:, 1], L, displacement_to_origin(d, L))
+        if ctf is not None:
+            S = S * ctf.flatten(1)[:, idx]
+        E = S - fft2_centered(y).flatten(1)[:, idx]
+        return (E.real ** 2 + E.imag ** 2).sum(1) / L ** 4
+
+    def _branch(self, y: torch.Tensor, ctf: torch.Tensor | None):
+        R, d = self.encoder(y)
+        if self.band_radius is not None and self.band_radius < self.box / 2:
+            return None, self.band_loss(y, R, d, ctf), R, d
+        pred = self.render(R, d, ctf)
+        return pred, self.image_loss(pred, y), R, d
+
     def forward(self, images: torch.Tensor, ctf: torch.Tensor | None = None) -> ModelOutput:
         e = LOSSES[self.loss_name]
         B = images.shape[0]
         if e is None:
-            R, d = self.encoder(images)
-            pred = self.render(R, d, ctf)
-            loss = self.image_loss(pred, images)
+            pred, loss, R, d = self._branch(images, ctf)
             return ModelOutput(pred, loss, R, d, torch.zeros(B, dtype=torch.long, device=images.device))
         y2 = torch.cat([images, image_action(images, e)])
         c2 = None if ctf is None else torch.cat([ctf, transform_ctf(ctf, e)])
-        R2, d2 = self.encoder(y2)
-        pred2 = self.render(R2, d2, c2)
-        l2 = self.image_loss(pred2, y2)
+        pred2, l2, R2, d2 = self._branch(y2, c2)
         loss, branch = torch.stack([l2[:B], l2[B:]]).min(0)
         pr, pt = phi_r(e, R2.dtype).to(R2.device), phi_t(e, d2.dtype).to(d2.device)
         R = torch.where(branch[:, None, None] == 1, pr.T @ R2[B:], R2[:B])
         d = torch.where(branch[:, None] == 1, d2[B:] @ pt, d2[:B])  # row-vector form of φ_t⁻¹ d
-        pred = torch.where(branch[:, None, None] == 1, image_action(pred2[B:], inverse(e)), pred2[:B])
+        pred = None if pred2 is None else \
+            torch.where(branch[:, None, None] == 1, image_action(pred2[B:], inverse(e)), pred2[:B])
         return ModelOutput(pred, loss, R, d, branch)
-

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from ..physics.lattice import _crop_or_pad_centered, fft3_centered, freq_index, ifft3_centered, plane_coords
-from ..physics.projection import gridding_correction, slice_fourier_volume
+from ..physics.projection import centered_dft_band, gridding_correction, slice_fourier_volume
 
 __all__ = ["Siren", "FourierNet", "VoxelDecoder"]
 
@@ -82,6 +82,11 @@ class FourierNet(nn.Module):
         k = self.plane.to(R.dtype) @ R
         return self.evaluate(k).reshape(-1, self.box, self.box)
 
+    def slice_at(self, R: torch.Tensor, pts: torch.Tensor, radius: float | None = None) -> torch.Tensor:
+        """Values (B, M) complex at the plane points ``pts`` (M, 3) (integer frequency units,
+        |pts| < radius) rotated by R (B, 3, 3): only the M points are evaluated."""
+        return self.evaluate((pts.to(R.dtype) / (self.box / 2)) @ R)
+
     @torch.no_grad()
     def volume(self, chunk: int = 65536) -> torch.Tensor:
         """The real-space map (L, L, L): V̂ on the L³ lattice in chunks (unpaired Nyquist planes
@@ -116,6 +121,17 @@ class VoxelDecoder(nn.Module):
         vf = self.fourier() if vol_ft is None else vol_ft
         coords = (self.plane.to(R.dtype) @ R) * self.pad
         return slice_fourier_volume(vf, coords).reshape(-1, self.box, self.box)
+
+    def slice_at(self, R: torch.Tensor, pts: torch.Tensor, radius: float | None = None) -> torch.Tensor:
+        """Values (B, M) complex at the plane points ``pts`` (M, 3) (integer frequency units,
+        all with |k| < ``radius``) rotated by R (B, 3, 3). With ``radius`` the padded DFT is
+        computed only on the band trilinear interpolation reads (:func:`centered_dft_band`);
+        the values are those of :meth:`slice` to rounding."""
+        coords = (pts.to(R.dtype) @ R) * self.pad
+        K = None if radius is None else int(math.ceil(radius * self.pad)) + 1
+        if K is None or 2 * K + 1 >= self.pad * self.box:
+            return slice_fourier_volume(self.fourier(), coords)
+        return slice_fourier_volume(centered_dft_band(self.vol * self.grid_corr, self.pad, K), coords)
 
     @torch.no_grad()
     def volume(self) -> torch.Tensor:

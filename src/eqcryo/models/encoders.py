@@ -11,6 +11,9 @@
 
 Box sizes that are not a power of two are zero-padded symmetrically to the next one (exactly
 equivariant: padding commutes with rot90/flip about the centre), never resampled silently.
+``bin`` > 1 first averages ``bin``×``bin`` pixel blocks (the encoder then sees an L/bin image):
+the block grid is symmetric about the image centre when bin divides L, so binning commutes
+with the D4 action exactly, and it cuts the encoder's cost by about bin².
 """
 
 from __future__ import annotations
@@ -56,6 +59,16 @@ def padded_size(L: int) -> int:
     return 1 << (L - 1).bit_length()
 
 
+def _binned_size(box: int, bin: int) -> int:
+    if bin < 1 or box % bin:
+        raise ValueError(f"encoder bin {bin} must be a positive divisor of the box {box}")
+    return box // bin
+
+
+def _bin(x: torch.Tensor, bin: int) -> torch.Tensor:
+    return F.avg_pool2d(x[:, None], bin)[:, 0] if bin > 1 else x
+
+
 def _pad_to(x: torch.Tensor, n: int) -> torch.Tensor:
     p = (n - x.shape[-1]) // 2
     return F.pad(x, (p, p, p, p)) if p else x
@@ -68,9 +81,9 @@ class StandardEncoder(nn.Module):
     without BN, to 2. ``hidden`` = (512, 256) at cryoAI's size."""
 
     def __init__(self, box: int, channels=(64, 128, 256, 256, 256), convs=(2, 2, 3, 2, 2), hidden=(512, 256),
-                 so3: str = "gram_schmidt", trans_scale: float = 1.0):
+                 so3: str = "gram_schmidt", trans_scale: float = 1.0, bin: int = 1):
         super().__init__()
-        self.box, self.n = box, padded_size(box)
+        self.box, self.bin, self.n = box, bin, padded_size(_binned_size(box, bin))
         self.pyramid = GaussianPyramid()
         # cryoAI's 5 blocks take 128 px to 2x2 (after the final pool); smaller boxes drop the
         # last blocks so that at least 1x1 remains (64 px: 5 blocks -> 1x1; 32 px: 4 blocks).
@@ -97,11 +110,11 @@ class StandardEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """images (B, L, L) -> (R (B, 3, 3), d (B, 2) px)."""
-        x = self.pyramid(_pad_to(images, self.n))
+        x = self.pyramid(_pad_to(_bin(images, self.bin), self.n))
         f = self.trunk(x).flatten(1)
         six = self.rot_head(f)
         R = sixd_to_matrix_gram_schmidt(six) if self.so3 == "gram_schmidt" else sixd_to_matrix_svd(six)
-        return R, self.trans_head(f) * self.trans_scale
+        return R, self.trans_head(f) * (self.trans_scale * self.bin)
 
 
 class EquivariantEncoder(nn.Module):
@@ -115,9 +128,9 @@ class EquivariantEncoder(nn.Module):
     """
 
     def __init__(self, box: int, group: str = "D4", fields=(8, 16, 32, 32, 32), final_fields: int = 64,
-                 head_fields: int = 32, trans_scale: float = 1.0):
+                 head_fields: int = 32, trans_scale: float = 1.0, bin: int = 1):
         super().__init__()
-        self.box, self.n = box, padded_size(box)
+        self.box, self.bin, self.n = box, bin, padded_size(_binned_size(box, bin))
         self.G = Group(group)
         self.pyramid = GaussianPyramid()
         n_blocks = int(math.log2(self.n)) - 2  # n -> 2 after the blocks and the final pool
@@ -141,7 +154,7 @@ class EquivariantEncoder(nn.Module):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Regular-field vector (B, final_fields·|G|) of images (B, L, L)."""
-        x = self.pyramid(_pad_to(images, self.n))
+        x = self.pyramid(_pad_to(_bin(images, self.bin), self.n))
         for conv1, bn1, conv2, bn2 in self.blocks:
             x = bn1(F.relu(conv1(x)))
             x = bn2(F.relu(conv2(x)))
@@ -154,4 +167,4 @@ class EquivariantEncoder(nn.Module):
         f = self.features(images)
         t = self.head_t[1](F.relu(self.head_t[0](f)))
         six = self.head_r[1](F.relu(self.head_r[0](f)))
-        return sixd_to_matrix_svd(six), t * self.trans_scale
+        return sixd_to_matrix_svd(six), t * (self.trans_scale * self.bin)  # d in full-size pixels

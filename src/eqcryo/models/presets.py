@@ -34,17 +34,20 @@ PROFILES = {
 }
 
 
-def build_encoder(preset: str, profile: str, box: int, so3: str = "gram_schmidt"):
+def build_encoder(preset: str, profile: str, box: int, so3: str = "gram_schmidt", bin: int | None = None):
+    """The preset's encoder at the profile's widths; ``bin`` (None: the profile's) averages
+    bin×bin pixel blocks before the encoder (exactly equivariant, see encoders)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown model {preset!r}; expected one of {', '.join(PRESETS)}")
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}")
     group, _ = PRESETS[preset]
     p = PROFILES[profile]
+    bin = p.get("bin", 1) if bin is None else bin
     if group is None:
-        return StandardEncoder(box, channels=p["std_channels"], hidden=p["std_hidden"], so3=so3)
+        return StandardEncoder(box, channels=p["std_channels"], hidden=p["std_hidden"], so3=so3, bin=bin)
     return EquivariantEncoder(box, group, fields=p["fields"][group], final_fields=p["final"][group],
-                              head_fields=p["head"][group])
+                              head_fields=p["head"][group], bin=bin)
 
 
 def build_decoder(kind: str, box: int, profile: str = "cpu"):
@@ -56,8 +59,8 @@ def build_decoder(kind: str, box: int, profile: str = "cpu"):
 
 
 def build_model(preset: str, profile: str = "cpu", box: int = 64, decoder: str | None = None,
-                so3: str = "gram_schmidt") -> CryoModel:
+                so3: str = "gram_schmidt", encoder_bin: int | None = None) -> CryoModel:
     """One of the four models of the paper's Table 1 (see module docstring)."""
-    enc = build_encoder(preset, profile, box, so3)
+    enc = build_encoder(preset, profile, box, so3, encoder_bin)
     dec = build_decoder(decoder or PROFILES[profile]["decoder"], box, profile)
     return CryoModel(enc, dec, PRESETS[preset][1], name=preset)

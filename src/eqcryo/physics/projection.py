@@ -28,6 +28,8 @@ __all__ = [
     "gridding_correction",
     "slice_fourier_volume",
     "render_images",
+    "shift_phase_at",
+    "centered_dft_band",
     "project",
     "project_real_space",
     "rotate_volume",
@@ -41,6 +43,12 @@ def shift_phase(L: int, origin_px: torch.Tensor) -> torch.Tensor:
     kx, ky = grid_2d(L, origin_px.dtype if origin_px.is_floating_point() else torch.float64,
                      origin_px.device)
     arg = (kx[None] * origin_px[:, 0, None, None] + ky[None] * origin_px[:, 1, None, None]) * (2 * math.pi / L)
+    return torch.polar(torch.ones_like(arg), arg)
+
+
+def shift_phase_at(kx: torch.Tensor, ky: torch.Tensor, L: int, origin_px: torch.Tensor) -> torch.Tensor:
+    """:func:`shift_phase` at chosen lattice points ``kx``, ``ky`` (M,) only: (B, M) complex."""
+    arg = (kx[None] * origin_px[:, 0, None] + ky[None] * origin_px[:, 1, None]) * (2 * math.pi / L)
     return torch.polar(torch.ones_like(arg), arg)
 
 
@@ -109,6 +117,26 @@ def slice_fourier_volume(vol_ft: torch.Tensor, coords: torch.Tensor) -> torch.Te
                         align_corners=True)  # (1, 2, B, M, 1)
     out = out[0, :, :, :, 0]
     return torch.complex(out[0], out[1])
+
+
+def centered_dft_band(volume: torch.Tensor, pad: int, K: int) -> torch.Tensor:
+    """The centred 3-D DFT of ``volume`` (L, L, L) zero-padded to ``pad·L``, at indices -K..K only.
+
+    Equal to the central (2K+1)³ block of ``fft3_centered(pad to pad·L)`` (centre at index K),
+    computed as three small matrix products instead of a full FFT: when only a low-frequency
+    band is needed (frequency marching) this costs O(L³·K) instead of O((pad·L)³ log).
+    """
+    L = volume.shape[-1]
+    N = pad * L
+    k = torch.arange(-K, K + 1, device=volume.device, dtype=torch.float64)
+    m = torch.arange(L, device=volume.device, dtype=torch.float64) - L // 2  # padded index n - N//2
+    ctype = torch.complex64 if volume.dtype == torch.float32 else torch.complex128
+    A = torch.polar(torch.ones(2 * K + 1, L, dtype=torch.float64, device=volume.device),
+                    -2 * math.pi * k[:, None] * m[None] / N).to(ctype)  # (2K+1, L)
+    v = volume.to(ctype)
+    v = torch.einsum("km,abm->abk", A, v)
+    v = torch.einsum("km,amc->akc", A, v)
+    return torch.einsum("km,mbc->kbc", A, v)
 
 
 def render_images(slices: torch.Tensor, ctf: torch.Tensor | None = None,

@@ -32,6 +32,7 @@ from ..data.errors import InputError
 from ..data.io import load_particles
 from ..data.mrc import read_volume, write_volume
 from ..data.particles import ParticleTable
+from ..evaluation.analysis import view_prior_penalty, viewing_direction_anisotropy
 from ..evaluation.metrics import fsc_to_ground_truth, pose_metrics
 from ..models.presets import PRESETS, PROFILES, build_model
 from ..physics.ctf import ctf_2d
@@ -41,7 +42,7 @@ __all__ = ["TrainConfig", "Trainer", "TrainingDiverged"]
 
 METRIC_COLUMNS = ["step", "train_seconds", "images_seen", "loss", "lowpass_shells", "pose_mse", "pose_medse", "geodesic_median_deg",
                   "view_median_deg", "shift_rmse_angstrom", "resolution_0.5_angstrom", "resolution_0.143_angstrom",
-                  "hand_flipped", "mirror_score"]
+                  "hand_flipped", "view_anisotropy", "mirror_score"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -63,6 +64,7 @@ class TrainConfig:
     profile: str = "cpu"
     decoder: str | None = None
     so3: str = "gram_schmidt"
+    encoder_bin: int | None = None  # None: the profile's (average bin×bin blocks before the encoder)
     steps: int | None = None
     time_budget: float | None = None
     seed: int = 0
@@ -80,6 +82,10 @@ class TrainConfig:
     # ``lowpass_start`` to Nyquist over ``lowpass_images`` training images (None: full band).
     lowpass_start: float | None = None
     lowpass_images: int = 50000
+    # Uniform-orientation prior (beyond the paper): adds view_prior · ‖mean_b z zᵀ − I/3‖²_F over
+    # each batch's predicted viewing directions z, discouraging the collapse of all images onto
+    # a few viewing axes (docs/training.md). 0 = off, as the paper.
+    view_prior: float = 0.0
     track_mirror: bool = False  # log the map's best mirror-plane correlation at each evaluation
     extra: dict = field(default_factory=dict)
 
@@ -190,7 +196,7 @@ class Trainer:
         sample = self.t.images.read(self.train_ids[:min(512, len(self.train_ids))])
         self.scale = float(1.0 / (sample.std() + 1e-12))
         torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg.model, cfg.profile, self.L, cfg.decoder, cfg.so3).to(cfg.device)
+        self.model = build_model(cfg.model, cfg.profile, self.L, cfg.decoder, cfg.so3, cfg.encoder_bin).to(cfg.device)
         lr_dec = cfg.lr_decoder if cfg.lr_decoder is not None else cfg.lr
         self.opt = torch.optim.Adam([{"params": self.model.encoder.parameters(), "lr": cfg.lr},
                                      {"params": self.model.decoder.parameters(), "lr": lr_dec}], amsgrad=True)
@@ -275,6 +281,7 @@ class Trainer:
         row["lowpass_shells"] = self.lowpass_radius()
         R, origin, loss = self._infer(self.eval_ids)
         row["loss"] = loss.mean().item()
+        row["view_anisotropy"] = viewing_direction_anisotropy(R)
         vol = None  # the decoder's map, exported at most once per evaluation (costly for FourierNet)
         if self.cfg.track_mirror or (self.gt_R is not None and self.gt_vol is not None):
             vol = self.model.decoder.volume().double().cpu()
@@ -345,11 +352,7 @@ class Trainer:
         return None if r >= self.L / 2 else r
 
     def _set_lowpass(self) -> None:
-        r = self.lowpass_radius()
-        if r is not None and getattr(self, "_radius", None) is None:
-            from ..physics.lattice import radius_2d
-            self._radius = radius_2d(self.L, torch.float32, self.cfg.device)  # fixed; built once
-        self.model.loss_weight = None if r is None else (self._radius < r).float()
+        self.model.band_radius = self.lowpass_radius()
 
     def _done(self) -> bool:
         c = self.cfg
@@ -374,6 +377,8 @@ class Trainer:
                     self._set_lowpass()
                     out = self.model(x, self._ctf(ids))
                     loss = out.loss.mean()
+                    if c.view_prior:
+                        loss = loss + c.view_prior * view_prior_penalty(out.R)
                     if not torch.isfinite(loss):
                         fetch.close()
                         raise TrainingDiverged(
