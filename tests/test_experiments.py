@@ -9,7 +9,8 @@ import torch
 import yaml
 
 from eqcryo.cli.main import main
-from eqcryo.evaluation.analysis import consistent_subset_sizes, mirror_symmetry_score, projective_plane_coords
+from eqcryo.evaluation.analysis import (consistent_subset_sizes, mirror_symmetry_score, projective_plane_coords,
+                                       view_prior_penalty, viewing_direction_anisotropy)
 from eqcryo.experiments.grid import grid_runs, load_spec, run_grid, run_status
 from eqcryo.experiments.report import aggregate, read_run, table1_markdown
 from eqcryo.physics.rotations import random_rotations
@@ -75,6 +76,26 @@ def test_consistent_subsets_all_and_two_mirrored_halves():
     assert (consistent_subset_sizes(flipped, R_gt)[N // 2:] < N // 4).all()
     xy = projective_plane_coords(R_gt)
     assert (xy.norm(dim=1) <= 1 + 1e-12).all()
+
+
+def test_viewing_direction_anisotropy_and_prior_on_constructed_poses():
+    g = torch.Generator().manual_seed(1)
+    R = random_rotations(20000, g)
+    # uniform on SO(3): directions cover the sphere, second moment ≈ I/3
+    assert abs(viewing_direction_anisotropy(R) - 1 / 3) < 0.02
+    assert view_prior_penalty(R).item() < 1e-3
+    # every image viewed along the same axis (any in-plane angle, either sign): anisotropy 1
+    a = torch.rand(500, generator=g, dtype=torch.float64) * 2 * torch.pi
+    Rz = torch.zeros(500, 3, 3, dtype=torch.float64)
+    Rz[:, 0, 0], Rz[:, 0, 1], Rz[:, 1, 0], Rz[:, 1, 1], Rz[:, 2, 2] = a.cos(), -a.sin(), a.sin(), a.cos(), 1.0
+    Rz[::2] = Rz[::2] @ torch.diag(torch.tensor([1.0, -1.0, -1.0], dtype=torch.float64))  # half at -z
+    Q = random_rotations(1, g)[0]
+    assert abs(viewing_direction_anisotropy(Rz @ Q) - 1) < 1e-12
+    assert abs(view_prior_penalty(Rz @ Q).item() - 2 / 3) < 1e-12
+    # the penalty's gradient pushes a collapsed batch apart (it is differentiable)
+    v = (Rz[:8] @ random_rotations(8, g) * 0.1 + Rz[:8]).requires_grad_(True)
+    view_prior_penalty(v).backward()
+    assert v.grad.abs().sum() > 0
 
 
 def test_mirror_score_finds_a_planted_mirror_plane():

@@ -84,12 +84,16 @@ def _cfg(tiny, out, **kw):
     return TrainConfig(**base)
 
 
-def test_resume_equals_uninterrupted(tiny, tmp_path):
-    full = Trainer(_cfg(tiny, tmp_path / "full", steps=10))
+@pytest.mark.parametrize("fast", [{}, dict(encoder_bin=2, lowpass_start=4.0, lowpass_images=100, view_prior=1.0)])
+def test_resume_equals_uninterrupted(tiny, tmp_path, fast):
+    """Also for the fast path: binned encoder input, band-limited loss crossing to the full band
+    (160 images), and the orientation prior."""
+    full = Trainer(_cfg(tiny, tmp_path / "full", steps=10, **fast))
+    assert full.model.encoder.bin == fast.get("encoder_bin", 1)
     full.run(progress=False)
-    part = Trainer(_cfg(tiny, tmp_path / "part", steps=4))
+    part = Trainer(_cfg(tiny, tmp_path / "part", steps=4, **fast))
     part.run(progress=False)
-    again = Trainer(_cfg(tiny, tmp_path / "part", steps=10), resume=True)
+    again = Trainer(_cfg(tiny, tmp_path / "part", steps=10, **fast), resume=True)
     assert again.step == 4
     again.run(progress=False)
     for (k, a), b in zip(full.model.state_dict().items(), again.model.state_dict().values()):
