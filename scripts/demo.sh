@@ -19,9 +19,9 @@ $E fsc "$OUT/backprojection.mrc" "$OUT/sim/gt_volume.mrc" --plot "$OUT/fsc_backp
 rm -rf "$OUT/run"
 echo "== ab initio training (d4-l2, cpu profile) for ${SECONDS_TRAIN} s of training time:"
 $E train "$OUT/sim/particles.star" -o "$OUT/run" --model d4-l2 --profile cpu --time-budget "$SECONDS_TRAIN" \
-    --batch-size 32 --lr 1e-3 --lr-decoder 1e-2 --lowpass-start 8 --lowpass-images 100000 \
+    --encoder-bin 2 --batch-size 32 --lr 1e-3 --lr-decoder 1e-2 --lowpass-start 8 --lowpass-images 300000 --view-prior 1 \
     --eval-every 60 --gt-poses "$OUT/sim/gt_poses.pkl" --gt-volume "$OUT/sim/gt_volume.mrc"
 echo "== last evaluation (pose MSE: 0 = perfect, ~5.6 = random, < 0.1 = converged):"
-tail -1 "$OUT/run/metrics.csv" | awk -F, '{printf "step %s, %s s, pose MSE %.3f, MedSE %.3f, resolution at FSC 0.5: %.1f Å\n", $1, $2, $6, $7, $11}'
+tail -1 "$OUT/run/metrics.csv" | awk -F, '{printf "step %s, %s s, %s images, pose MSE %.3f, MedSE %.3f, resolution at FSC 0.5: %.1f Å\n", $1, $2, $3, $6, $7, $11}'
 echo "demo finished: outputs in $OUT/ (report: $OUT/run/report.md). Convergence on a CPU is not reached in"
 echo "this budget yet; see docs/training.md for what was measured."
