@@ -1,0 +1,69 @@
+"""Benchmark: one full training step (encoder + decoder + loss, forward + backward + Adam) for
+the settings of docs/training.md: full band vs band-limited loss (frequency marching) and the
+binned encoder input.
+
+Each row runs in a fresh subprocess. Usage:
+    python benchmarks/train_step.py [--device cpu|cuda] [--batch 32] [--threads 2] [--box 64]
+Prints a Markdown table (images/s = training images per second).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+CHILD = r"""
+import json, sys, time, torch
+from eqcryo.models.presets import build_model
+model, profile, box, batch, device, threads, band, bin = sys.argv[1:9]
+box, batch, threads, bin = int(box), int(batch), int(threads), int(bin)
+torch.set_num_threads(threads)
+torch.manual_seed(0)
+m = build_model(model, profile, box, encoder_bin=bin).to(device)
+m.band_radius = None if band == "full" else float(band)
+opt = torch.optim.Adam(m.parameters(), lr=1e-4, amsgrad=True)
+x = torch.randn(batch, box, box, device=device)
+def step():
+    loss = m(x).loss.mean()
+    opt.zero_grad(); loss.backward(); opt.step()
+step(); step()
+if device == "cuda":
+    torch.cuda.synchronize()
+n, t0 = 0, time.perf_counter()
+while time.perf_counter() - t0 < 4.0 or n < 3:
+    step(); n += 1
+if device == "cuda":
+    torch.cuda.synchronize()
+dt = time.perf_counter() - t0
+print(json.dumps({"img_s": n * batch / dt, "step_s": dt / n}))
+"""
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--box", type=int, default=64)
+    ap.add_argument("--profile", default="cpu")
+    a = ap.parse_args()
+    print(f"device {a.device}, batch {a.batch}, {a.threads} threads, box {a.box}, profile {a.profile}; "
+          "one Adam step incl. forward + backward")
+    print("| model | loss band (shells) | encoder bin | s / step | images/s |")
+    print("|---|---|---|---|---|")
+    for model in ("d4-l2", "standard"):
+        for band in ("full", "16", "8"):
+            for bin in (1, 2):
+                out = subprocess.run([sys.executable, "-c", CHILD, model, a.profile, str(a.box), str(a.batch),
+                                      a.device, str(a.threads), band, str(bin)], capture_output=True, text=True)
+                if out.returncode:
+                    print(f"| {model} | {band} | {bin} | failed: {out.stderr.strip().splitlines()[-1]} | |")
+                    continue
+                r = json.loads(out.stdout.strip().splitlines()[-1])
+                print(f"| {model} | {band} | {bin} | {r['step_s']:.3f} | {r['img_s']:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
