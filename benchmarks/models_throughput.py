@@ -13,6 +13,8 @@ import json
 import subprocess
 import sys
 
+from _timing import TIMED_LOOP
+
 CHILD = r"""
 import json, resource, sys, time, torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -39,14 +41,8 @@ with FlopCounterMode(display=False) as fc:
     step()
 flops = fc.get_total_flops() / batch
 step()
-if device == "cuda":
-    torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
-n, t0 = 0, time.perf_counter()
-while time.perf_counter() - t0 < 3.0 or n < 3:
-    step(); n += 1
-if device == "cuda":
-    torch.cuda.synchronize()
-dt = time.perf_counter() - t0
+MIN_SECONDS = 3.0
+""" + TIMED_LOOP + r"""
 mem = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({"img_s": n * batch / dt, "params": params, "gflop_per_img": flops / 1e9, "mem_mb": mem}))
 """

@@ -14,6 +14,8 @@ import json
 import subprocess
 import sys
 
+from _timing import TIMED_LOOP
+
 CHILD = r"""
 import json, sys, time, torch
 from eqcryo.models.presets import build_model
@@ -29,14 +31,8 @@ def step():
     loss = m(x).loss.mean()
     opt.zero_grad(); loss.backward(); opt.step()
 step(); step()
-if device == "cuda":
-    torch.cuda.synchronize()
-n, t0 = 0, time.perf_counter()
-while time.perf_counter() - t0 < 4.0 or n < 3:
-    step(); n += 1
-if device == "cuda":
-    torch.cuda.synchronize()
-dt = time.perf_counter() - t0
+MIN_SECONDS = 4.0
+""" + TIMED_LOOP + r"""
 print(json.dumps({"img_s": n * batch / dt, "step_s": dt / n}))
 """
 
