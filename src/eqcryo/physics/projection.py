@@ -42,8 +42,7 @@ def shift_phase(L: int, origin_px: torch.Tensor) -> torch.Tensor:
     """Phase ramps (B, L, L) complex that apply RELION origins ``origin_px`` (B, 2) = (ox, oy) px."""
     kx, ky = grid_2d(L, origin_px.dtype if origin_px.is_floating_point() else torch.float64,
                      origin_px.device)
-    arg = (kx[None] * origin_px[:, 0, None, None] + ky[None] * origin_px[:, 1, None, None]) * (2 * math.pi / L)
-    return torch.polar(torch.ones_like(arg), arg)
+    return shift_phase_at(kx.reshape(-1), ky.reshape(-1), L, origin_px).reshape(-1, L, L)
 
 
 def shift_phase_at(kx: torch.Tensor, ky: torch.Tensor, L: int, origin_px: torch.Tensor) -> torch.Tensor:
