@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The demo (`make demo`), on the bundled PDB 5NRL spliceosome, about 5 minutes on 2 cores:
+# The demo (`make demo`), on the bundled PDB 5NRL spliceosome, about 4 minutes on 2 cores:
 #  1. simulate 4000 particles (64 px, 6.6 Å/px, SNR 1, CTF, 20 Å shifts) with ground truth;
 #  2. reconstruct them with their true poses (fixed-pose backprojection) and measure the FSC;
 #  3. ab initio: train the D4-equivariant model from images + CTFs alone for DEMO_TRAIN_SECONDS
