@@ -24,7 +24,11 @@ def add_parser(sub):
         "Converged = pose MSE < 0.1.\n\n"
         "RUN gets config.yaml, metrics.csv, tensorboard/, checkpoint.pt (atomic, every --checkpoint-every s and at "
         "the end), reconstruction.mrc, predicted_particles.star + predicted_poses.pkl (branch-corrected poses "
-        "for every particle), figures and report.md. --resume RUN continues a run (exactly, on CPU).",
+        "for every particle), figures and report.md. --resume RUN continues a run (exactly, on CPU).\n\n"
+        "On a CPU, make the low-resolution phase cheap with --lowpass-start (the loss and the decoder then "
+        "work on the band only) and --encoder-bin 2; --view-prior 1 keeps the predicted viewing directions "
+        "from collapsing onto one axis (assumes roughly uniform orientations). See docs/training.md for "
+        "what these reach: convergence to pose MSE < 0.1 on a CPU is not reached yet.",
         "eqcryo train sim/particles.star -o run --model d4-l2 --profile cpu --time-budget 900 "
         "--gt-poses sim/gt_poses.pkl --gt-volume sim/gt_volume.mrc")
     p.add_argument("particles", nargs="?", help="particles (.star, .cs, .mrcs)")
