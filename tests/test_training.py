@@ -100,6 +100,28 @@ def test_resume_equals_uninterrupted(tiny, tmp_path, fast):
         torch.testing.assert_close(a, b, atol=0, rtol=0, msg=k)
 
 
+def test_resume_drops_evaluations_logged_after_the_checkpoint(tiny, tmp_path):
+    """A run killed after its last checkpoint: the evaluations it logged later are redone by
+    the resumed run, so they are dropped rather than duplicated."""
+    out = tmp_path / "r"
+    Trainer(_cfg(tiny, out, steps=4)).run(progress=False)
+    with open(out / "metrics.csv", newline="") as fh:
+        header = next(csv.reader(fh))
+    with open(out / "metrics.csv", "a", newline="") as fh:  # what a killed run left behind
+        csv.writer(fh).writerow(["5", "9.9", "80", "123.0"] + [""] * (len(header) - 4))
+    z = dict(np.load(out / "eval_poses.npz"))
+    np.savez(out / "eval_poses.npz", steps=np.append(z["steps"], 5), train_seconds=np.append(z["train_seconds"], 9.9),
+             rotations=np.concatenate([z["rotations"], z["rotations"][-1:]]), eval_ids=z["eval_ids"])
+    again = Trainer(_cfg(tiny, out, steps=6), resume=True)
+    with open(out / "metrics.csv", newline="") as fh:
+        assert [int(r["step"]) for r in csv.DictReader(fh)] == [0, 4]
+    assert list(np.load(out / "eval_poses.npz")["steps"]) == [0, 4]
+    again.run(progress=False)
+    with open(out / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["step"]) for r in rows] == [0, 4, 6] and float(rows[-1]["loss"]) != 123.0
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny, tmp_path):
     tr = Trainer(_cfg(tiny, tmp_path / "r", steps=3))
     tr.run(progress=False)

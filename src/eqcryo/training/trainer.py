@@ -209,6 +209,7 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         if resume:
             self._load_checkpoint()
+            self._drop_logs_after_checkpoint()
         else:
             with atomic_path(self.out / "config.yaml") as tmp:
                 d = asdict(cfg)
@@ -240,6 +241,31 @@ class Trainer:
         for k in ("step", "train_seconds", "images_seen", "epoch", "pos", "converged", "last_eval_t", "scale"):
             setattr(self, k, s[k])
         torch.set_rng_state(s["torch_rng"])
+
+    def _drop_logs_after_checkpoint(self) -> None:
+        """A run killed after its last checkpoint has logged evaluations that the resumed run
+        will redo: drop the metrics.csv rows and eval_poses.npz entries with a later step, so
+        the logs read as one uninterrupted run."""
+        path = self.out / "metrics.csv"
+        if path.exists():
+            with open(path, newline="") as fh:
+                reader = csv.DictReader(fh)
+                fields, rows = reader.fieldnames, list(reader)
+            keep = [r for r in rows if int(r["step"]) <= self.step]
+            if len(keep) < len(rows):
+                with atomic_path(path) as tmp:
+                    with open(tmp, "w", newline="") as fh:
+                        w = csv.DictWriter(fh, fieldnames=fields)
+                        w.writeheader()
+                        w.writerows(keep)
+        path = self.out / "eval_poses.npz"
+        if path.exists():
+            z = dict(np.load(path))
+            k = z["steps"] <= self.step
+            if not k.all():
+                with atomic_path(path, suffix=".npz") as tmp:
+                    np.savez(tmp, steps=z["steps"][k], train_seconds=z["train_seconds"][k],
+                             rotations=z["rotations"][k], eval_ids=z["eval_ids"])
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
