@@ -22,21 +22,25 @@ from ..physics.projection import flip_hand, rotate_volume
 __all__ = ["viewing_direction_anisotropy", "view_prior_penalty", "consistent_subset_sizes", "projective_plane_coords", "fibonacci_hemisphere", "mirror_symmetry_score"]
 
 
+def _view_second_moment(R: torch.Tensor) -> torch.Tensor:
+    """``mean_i z_i z_iᵀ`` (3, 3) of the viewing directions z_i = R_i[2, :] of R (N, 3, 3)."""
+    z = R[:, 2, :]
+    return z.T @ z / len(z)
+
+
 def viewing_direction_anisotropy(R: torch.Tensor) -> float:
     """Largest eigenvalue of the second moment ``mean_i z_i z_iᵀ`` of the viewing directions
     z_i = R_i[2, :] (N, 3, 3): 1/3 for directions spread evenly over the sphere, 1 when every
     image is assigned the same axis (±). Needs no ground truth: a value climbing towards 1
     while the loss stalls is the pose collapse seen in failed runs (docs/training.md)."""
-    z = R.double()[:, 2, :]
-    return float(torch.linalg.eigvalsh(z.T @ z / len(z))[-1])
+    return float(torch.linalg.eigvalsh(_view_second_moment(R.double()))[-1])
 
 
 def view_prior_penalty(R: torch.Tensor) -> torch.Tensor:
     """‖mean_i z_i z_iᵀ − I/3‖²_F for viewing directions z_i = R_i[2, :] of a batch (B, 3, 3):
     near 0 for directions spread evenly (the uniform distribution on the sphere has second
     moment I/3), 2/3 when all share one axis. Differentiable."""
-    z = R[:, 2, :]
-    M = z.T @ z / len(z)
+    M = _view_second_moment(R)
     return ((M - torch.eye(3, dtype=M.dtype, device=M.device) / 3) ** 2).sum()
 
 

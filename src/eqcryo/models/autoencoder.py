@@ -81,6 +81,10 @@ class CryoModel(nn.Module):
         self.encoder, self.decoder, self.loss_name, self.name = encoder, decoder, loss, name
         self.box = decoder.box
         self.register_buffer("mask", disc_mask_2d(self.box, torch.float32))
+        # |k| and the plane points (kx, ky, 0) of the flattened lattice, for band mode; not
+        # saved in checkpoints (derived from the box)
+        self.register_buffer("_radius", radius_2d(self.box, torch.float32).flatten(), persistent=False)
+        self.register_buffer("_plane", plane_coords(self.box, torch.float32), persistent=False)
         self.band_radius: float | None = None
         self._band_cache: tuple | None = None
 
@@ -94,13 +98,12 @@ class CryoModel(nn.Module):
         origin = displacement_to_origin(d, self.box)
         return render_images(slices, ctf, origin)
 
-    def _band(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+    def _band(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Flat lattice indices (M,) and plane points (M, 3) with |k| < band_radius (cached)."""
         r = float(self.band_radius)
-        if self._band_cache is None or self._band_cache[0] != (r, device):
-            L = self.box
-            idx = (radius_2d(L, torch.float32, device) < r).flatten().nonzero()[:, 0]
-            self._band_cache = ((r, device), idx, plane_coords(L, torch.float32, device)[idx])
+        if self._band_cache is None or self._band_cache[0] != (r, self._radius.device):
+            idx = (self._radius < r).nonzero()[:, 0]
+            self._band_cache = ((r, self._radius.device), idx, self._plane[idx])
         return self._band_cache[1], self._band_cache[2]
 
     def band_loss(self, y: torch.Tensor, R: torch.Tensor, d: torch.Tensor,
@@ -108,7 +111,7 @@ class CryoModel(nn.Module):
         """Per-image loss (B,) on |k| < band_radius: ``Σ_band |Ŝ·T̂·ĥ - Ŷ|² / L⁴`` (Parseval:
         the MSE of the band-limited images)."""
         L = self.box
-        idx, pts = self._band(y.device)
+        idx, pts = self._band()
         pts = pts.to(R.dtype)
         S = self.decoder.slice_at(R, pts, self.band_radius)
         S = S * shift_phase_at(pts[:, 0], pts[:, 1], L, displacement_to_origin(d, L))

@@ -116,11 +116,9 @@ class VoxelDecoder(nn.Module):
         v = _crop_or_pad_centered(self.vol * self.grid_corr, self.pad * self.box, 3)
         return fft3_centered(v)
 
-    def slice(self, R: torch.Tensor, vol_ft: torch.Tensor | None = None) -> torch.Tensor:
-        """Slices (B, L, L) complex at rotations R (B, 3, 3); pass ``vol_ft`` to reuse a DFT."""
-        vf = self.fourier() if vol_ft is None else vol_ft
-        coords = (self.plane.to(R.dtype) @ R) * self.pad
-        return slice_fourier_volume(vf, coords).reshape(-1, self.box, self.box)
+    def slice(self, R: torch.Tensor) -> torch.Tensor:
+        """Slices (B, L, L) complex at rotations R (B, 3, 3)."""
+        return self.slice_at(R, self.plane).reshape(-1, self.box, self.box)
 
     def slice_at(self, R: torch.Tensor, pts: torch.Tensor, radius: float | None = None) -> torch.Tensor:
         """Values (B, M) complex at the plane points ``pts`` (M, 3) (integer frequency units,

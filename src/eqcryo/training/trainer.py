@@ -263,9 +263,7 @@ class Trainer:
             z = dict(np.load(path))
             k = z["steps"] <= self.step
             if not k.all():
-                with atomic_path(path, suffix=".npz") as tmp:
-                    np.savez(tmp, steps=z["steps"][k], train_seconds=z["train_seconds"][k],
-                             rotations=z["rotations"][k], eval_ids=z["eval_ids"])
+                self._write_eval_poses(z["steps"][k], z["train_seconds"][k], z["rotations"][k])
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -342,7 +340,10 @@ class Trainer:
         secs = np.append(old.get("train_seconds", np.zeros(0)), self.train_seconds)
         rots = np.concatenate([old.get("rotations", np.zeros((0, len(self.eval_ids), 3, 3), np.float32)),
                                R.float().numpy()[None]])
-        with atomic_path(path, suffix=".npz") as tmp:
+        self._write_eval_poses(steps, secs, rots)
+
+    def _write_eval_poses(self, steps: np.ndarray, secs: np.ndarray, rots: np.ndarray) -> None:
+        with atomic_path(self.out / "eval_poses.npz", suffix=".npz") as tmp:
             np.savez(tmp, steps=steps, train_seconds=secs, rotations=rots, eval_ids=self.eval_ids)
 
     def _log(self, row: dict) -> None:
