@@ -23,6 +23,7 @@ VERBS = {
     "train": "train",
     "evaluate": "evaluate",
     "predict": "predict",
+    "refine": "refine",
     "experiment": "experiment",
     "analyze": "analyze",
     "downsample": "downsample",

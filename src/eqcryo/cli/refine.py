@@ -1,0 +1,91 @@
+"""``eqcryo refine PARTICLES -o OUT.star``: projection matching from given poses (hard EM)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.atomic import refuse_overwriting_inputs
+from ..data.errors import InputError
+from ..data.io import load_particles, save_metadata
+from ..data.mrc import write_volume
+from ..physics.ctf import ctf_2d
+from ..training.projection_matching import MatchConfig, projection_matching
+from .common import add_particle_options, verb_parser
+
+
+def add_parser(sub):
+    p = verb_parser(
+        sub, "refine", "refine poses by projection matching (global search + local refinement)",
+        "Hard-EM projection matching from the poses in PARTICLES (e.g. a run's predicted_particles.star): "
+        "each iteration reconstructs a map by Wiener-filtered backprojection, then searches every image "
+        "over --n-rotations uniform rotations (and its current pose) and refines the best by rounds of "
+        "random perturbations, comparing on Fourier shells |k| < --radius. It repairs the mirrored "
+        "assignments an amortized encoder can stall in (docs/training.md), if most poses are right to "
+        "start with; from poor or random poses it can stall in its own local optimum.\n\n"
+        "Writes OUT (.star or .pkl: the refined poses, with the particles' CTF and images) and, with "
+        "--map, the map reconstructed from the refined poses.",
+        "eqcryo refine run/predicted_particles.star -o refined.star --map refined.mrc")
+    p.add_argument("particles", help=".star, .cs, or .mrcs with --poses and --ctf")
+    p.add_argument("-o", "--output", required=True, help="refined poses (.star or .pkl)")
+    p.add_argument("--map", help="also write the map from the refined poses (.mrc)")
+    add_particle_options(p, particles_option=False)
+    p.add_argument("--iters", type=int, default=3, help="iterations (default 3)")
+    p.add_argument("--radius", type=float, default=16.0, help="Fourier shells compared (default 16)")
+    p.add_argument("--n-rotations", type=int, default=8192, help="global search size (default 8192, ~12° apart)")
+    p.add_argument("--shift-step", type=float, default=0.0,
+                   help="also search origins ±this many px around the current ones (default 0: refine only)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gt-poses", help="ground-truth pose .pkl: report pose MSE after each iteration")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    outs = [args.output] + ([args.map] if args.map else [])
+    for o in outs:
+        refuse_overwriting_inputs(o, [args.particles, args.poses, args.ctf, args.gt_poses])
+    t = load_particles(args.particles, poses=args.poses, ctf=args.ctf, datadir=args.datadir, box=args.box,
+                       apix=args.apix)
+    if t.rotations is None:
+        raise InputError(f"{args.particles}: no poses to start from; give them with --poses")
+    if t.images is None:
+        raise InputError(f"{args.particles}: no images referenced")
+    t.images.validate()
+    L, apix = t.images.box(), t.pixel_size()
+    if args.radius <= 0 or args.iters < 1:
+        raise InputError("refine: --radius must be > 0 and --iters >= 1")
+    gt = None
+    if args.gt_poses:
+        from ..data.cryodrgn import read_pose_pkl
+        gt = torch.from_numpy(read_pose_pkl(args.gt_poses, L)[0])
+        if len(gt) != t.n:
+            raise InputError(f"{args.gt_poses}: {len(gt)} poses but {args.particles} has {t.n} particles")
+
+    def reader(ids):
+        c = None if t.ctf is None else ctf_2d(L, apix, {k: torch.from_numpy(np.ascontiguousarray(v[ids]))
+                                                        for k, v in t.ctf.items()}, torch.float64)
+        return torch.from_numpy(t.images.read(ids)), c
+
+    def report(it, R, origin):
+        msg = {"iteration": it + 1}
+        if gt is not None:
+            from ..evaluation.metrics import pose_metrics
+            m, _ = pose_metrics(R, gt)
+            msg.update(pose_mse=m["pose_mse"], pose_medse=m["pose_medse"])
+        print(json.dumps(msg), flush=True)
+
+    cfg = MatchConfig(radius=min(args.radius, L / 2), n_rotations=args.n_rotations, shift_step_px=args.shift_step,
+                      seed=args.seed)
+    shifts = np.zeros((t.n, 2)) if t.shifts_angstrom is None else t.shifts_angstrom
+    R, origin_px, vol = projection_matching(reader, np.arange(t.n), L, torch.from_numpy(t.rotations),
+                                            torch.from_numpy(shifts / apix), args.iters, cfg, report)
+    t.rotations, t.shifts_angstrom, t.euler_degrees = R.numpy(), origin_px.numpy() * apix, None
+    for f in save_metadata(Path(args.output), t):
+        print(f"wrote {f} ({t.n} particles)")
+    if args.map:
+        write_volume(args.map, vol.float().numpy(), apix)
+        print(f"wrote {args.map}")
+    return 0

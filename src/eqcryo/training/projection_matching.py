@@ -1,0 +1,196 @@
+"""Projection matching (hard EM) on a Fourier band: the semi-amortized refinement of poses.
+
+Beyond the paper. An amortized encoder that has stalled in the mirror state of the paper's
+App. G (docs/training.md) predicts most poses well and about a quarter of them mirrored; the
+map it trains then acquires a spurious mirror plane, and both explain the data equally well,
+so gradient descent on the joint loss no longer moves. A direct reconstruction from the
+encoder's poses is dominated by the well-posed majority instead, and a global search of every
+image against it puts the mirrored minority back. One iteration:
+
+1. reconstruct ``V`` from the current poses by Wiener-filtered Fourier backprojection
+   (:class:`~eqcryo.physics.backprojection.Backprojector`);
+2. global search: for every image the best of ``n_rotations`` rotations (a seeded uniform
+   sample of SO(3)) × a 3×3 grid of shift offsets around its current origin, and its
+   current pose; the score is the L2 image loss restricted to the band ``|k| < radius``,
+   ``‖Y − CTF·T_o·S_R‖²``, whose ``‖Y‖²`` term is the same for every candidate and dropped;
+3. local refinement: ``refine_rounds`` rounds of a pattern search around the incumbent (± a
+   step about each rotation axis and along each shift axis, the steps halving where nothing
+   is better); the incumbent is always a candidate, so the score of an image never decreases
+   within an iteration.
+
+All functions are pure given their ``torch.Generator`` (deterministic on CPU).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..physics.backprojection import Backprojector
+from ..physics.lattice import fft2_centered, plane_coords
+from ..physics.rotations import axis_angle_to_matrix, random_rotations
+from ..physics.projection import FourierVolume, prepare_fourier_volume, shift_phase_at, slice_fourier_volume
+
+__all__ = ["MatchConfig", "BandData", "search_poses", "reconstruct", "projection_matching"]
+
+#: ``read(ids) -> (images (k, L, L), ctf (k, L, L) or None)``, in the data's own intensity units.
+Reader = Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+@dataclass
+class MatchConfig:
+    """Settings of :func:`projection_matching`. Units in names; radius in Fourier shells."""
+
+    radius: float = 16.0
+    n_rotations: int = 8192  # about 12° between neighbours
+    shift_step_px: float = 2.0  # global-search shift offsets {-s, 0, s}²; 0: only the current origin
+    refine_rounds: int = 6
+    refine_step_deg: float = 6.0  # local refinement's first rotation step (about each axis)
+    refine_shift_px: float = 1.0  # and first shift step (along x and y)
+    wiener: float = 0.01
+    chunk: int = 256  # images scored at once (bounds memory: chunk × n_rotations scores)
+    seed: int = 0
+
+
+@dataclass
+class BandData:
+    """Images and CTFs on the band's lattice points.
+
+    ``F`` (n, M) complex64: the images' centred DFT; ``ctf`` (n, M) float32 (ones without CTF);
+    ``pts`` (M, 3) the plane points (kx, ky, 0) with ``|k| < radius``; ``L`` the box. Single
+    precision: scores are compared, never accumulated, and it halves the search's cost.
+    """
+
+    F: torch.Tensor
+    ctf: torch.Tensor
+    pts: torch.Tensor
+    L: int
+
+    @classmethod
+    def read(cls, reader: Reader, ids: np.ndarray, L: int, radius: float, batch: int = 512) -> "BandData":
+        k = plane_coords(L, torch.float64).reshape(-1, 3)
+        keep = k.norm(dim=-1) < radius
+        Fs, cs = [], []
+        for s in range(0, len(ids), batch):
+            x, c = reader(ids[s:s + batch])
+            Fs.append(fft2_centered(x.double()).reshape(len(x), -1)[:, keep].to(torch.complex64))
+            cs.append(torch.ones(len(x), int(keep.sum())) if c is None
+                      else c.float().reshape(len(x), -1)[:, keep])
+        return cls(torch.cat(Fs), torch.cat(cs), k[keep].float(), L)
+
+    def weighted(self, rows: slice | torch.Tensor, origin_px: torch.Tensor) -> torch.Tensor:
+        """``CTF · T_o⁻¹ Y`` (k, M) (or (k, P, M) for origins (k, P, 2)): each image un-shifted
+        by a candidate origin (px) and weighted by its CTF, the term the score correlates."""
+        F, c = self.F[rows], self.ctf[rows]
+        kx, ky = self.pts[:, 0], self.pts[:, 1]
+        origin_px = origin_px.float()
+        if origin_px.dim() == 2:
+            return F * c * shift_phase_at(kx, ky, self.L, origin_px).conj()
+        k, P = origin_px.shape[:2]
+        ph = shift_phase_at(kx, ky, self.L, origin_px.reshape(-1, 2)).reshape(k, P, -1)
+        return (F * c)[:, None] * ph.conj()
+
+
+def _slices(fv: FourierVolume, pts: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
+    """Values of the map's DFT (B, M) at the band's points rotated by R (B, 3, 3), in the
+    precision of ``fv``."""
+    return slice_fourier_volume(fv.data, (pts @ R.to(pts.dtype)) * fv.pad)
+
+
+def _score(Fw: torch.Tensor, c2: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
+    """``2 Re⟨CTF·T⁻¹Y, S⟩ − ⟨CTF², |S|²⟩`` = ``‖Y‖² − ‖Y − CTF·T·S‖²`` summed over the band
+    (broadcasting over leading dimensions)."""
+    return 2 * (Fw.conj() * S).real.sum(-1) - (c2 * (S.real ** 2 + S.imag ** 2)).sum(-1)
+
+
+def search_poses(fv: FourierVolume, band: BandData, R: torch.Tensor, origin_px: torch.Tensor,
+                 cfg: MatchConfig, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Global search then local refinement against one map.
+
+    ``R`` (n, 3, 3) and ``origin_px`` (n, 2) are the current poses (RELION origins in px);
+    returns the new (R, origin_px, score (n,)): poses in float64, scores computed in float32.
+    """
+    n = len(R)
+    fv = FourierVolume(fv.data.to(torch.complex64), fv.L, fv.pad)
+    pts = band.pts
+    grid = random_rotations(cfg.n_rotations, generator)
+    S_grid = _slices(fv, pts, grid)  # (K, M)
+    B = torch.cat([S_grid.real, S_grid.imag], 1)  # (K, 2M): scores as one matrix product
+    S2 = S_grid.real ** 2 + S_grid.imag ** 2
+    s = cfg.shift_step_px
+    offsets = [(0.0, 0.0)] if s == 0 else [(a, b) for a in (-s, 0.0, s) for b in (-s, 0.0, s)]
+    R_out, o_out = R.clone(), origin_px.clone()
+    best = torch.empty(n)
+    for a in range(0, n, cfg.chunk):
+        rows = slice(a, min(n, a + cfg.chunk))
+        c2 = band.ctf[rows] ** 2
+        # the incumbent first, so a search that finds nothing better keeps it
+        best[rows] = _score(band.weighted(rows, origin_px[rows]), c2, _slices(fv, pts, R[rows]))
+        for dx, dy in offsets:
+            o = origin_px[rows] + torch.tensor([dx, dy], dtype=origin_px.dtype)
+            Fw = band.weighted(rows, o)
+            sc = 2 * torch.cat([Fw.real, Fw.imag], 1) @ B.T - c2 @ S2.T  # (k, K)
+            v, j = sc.max(1)
+            up = v > best[rows]
+            best[rows] = torch.where(up, v, best[rows])
+            R_out[rows][up] = grid[j[up]].to(R_out.dtype)
+            o_out[rows][up] = o[up]
+    # Pattern search: each round tries the incumbent moved by ± its step about each of the three
+    # axes and along each shift axis (the rotation applied in the image frame); an image whose
+    # incumbent stays best halves its steps. Deterministic, and precise to step / 2^rounds.
+    step_r = torch.full((n,), math.radians(cfg.refine_step_deg), dtype=torch.float64)
+    step_t = torch.full((n,), cfg.refine_shift_px, dtype=torch.float64)
+    for _ in range(cfg.refine_rounds):
+        for a in range(0, n, cfg.chunk):
+            rows = slice(a, min(n, a + cfg.chunk))
+            k = rows.stop - rows.start
+            rv = torch.zeros(k, 11, 3, dtype=torch.float64)
+            ov = torch.zeros(k, 11, 2, dtype=torch.float64)
+            for i in range(3):
+                rv[:, 1 + 2 * i, i], rv[:, 2 + 2 * i, i] = step_r[rows], -step_r[rows]
+            for i in range(2):
+                ov[:, 7 + 2 * i, i], ov[:, 8 + 2 * i, i] = step_t[rows], -step_t[rows]
+            cand = axis_angle_to_matrix(rv) @ R_out[rows, None]  # (k, 11, 3, 3); candidate 0 = incumbent
+            co = o_out[rows, None] + ov
+            S = _slices(fv, pts, cand.reshape(-1, 3, 3)).reshape(k, 11, -1)
+            sc = _score(band.weighted(rows, co), band.ctf[rows, None] ** 2, S)
+            j = sc.argmax(1)
+            idx = torch.arange(k)
+            R_out[rows], o_out[rows], best[rows] = cand[idx, j], co[idx, j], sc[idx, j]
+            stay = j == 0
+            step_r[rows] = torch.where(stay, step_r[rows] / 2, step_r[rows])
+            step_t[rows] = torch.where(stay, step_t[rows] / 2, step_t[rows])
+    return R_out, o_out, best
+
+
+def reconstruct(reader: Reader, ids: np.ndarray, R: torch.Tensor, origin_px: torch.Tensor, L: int,
+                wiener: float = 0.01, batch: int = 512) -> torch.Tensor:
+    """Wiener-filtered backprojection (L, L, L) of particles ``ids`` at poses R (n, 3, 3), origins (n, 2) px."""
+    bp = Backprojector(L)
+    for s in range(0, len(ids), batch):
+        x, c = reader(ids[s:s + batch])
+        bp.add(x, R[s:s + batch], origin_px[s:s + batch], c)
+    return bp.reconstruct(wiener)
+
+
+def projection_matching(reader: Reader, ids: np.ndarray, L: int, R: torch.Tensor, origin_px: torch.Tensor,
+                        n_iter: int, cfg: MatchConfig,
+                        callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``n_iter`` iterations of reconstruct → :func:`search_poses`, starting from poses R (n, 3, 3)
+    and origins (n, 2) px of particles ``ids``. Returns (R, origin_px, the map reconstructed from
+    the final poses (L, L, L) in the data's intensity units). ``callback(iteration, R, origin_px)``
+    is called after each search (e.g. to report pose error against a ground truth)."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    band = BandData.read(reader, ids, L, cfg.radius)
+    R, origin_px = R.double().clone(), origin_px.double().clone()
+    for it in range(n_iter):
+        vol = reconstruct(reader, ids, R, origin_px, L, cfg.wiener)
+        R, origin_px, _ = search_poses(prepare_fourier_volume(vol, 2), band, R, origin_px, cfg, g)
+        if callback is not None:
+            callback(it, R, origin_px)
+    return R, origin_px, reconstruct(reader, ids, R, origin_px, L, cfg.wiener)
