@@ -84,10 +84,12 @@ def _cfg(tiny, out, **kw):
     return TrainConfig(**base)
 
 
-@pytest.mark.parametrize("fast", [{}, dict(encoder_bin=2, lowpass_start=4.0, lowpass_images=100, view_prior=1.0)])
+@pytest.mark.parametrize("fast", [{}, dict(encoder_bin=2, lowpass_start=4.0, lowpass_images=100, view_prior=1.0),
+                                  dict(refine_images=48, refine_iters=1), dict(refine_images=96, refine_iters=1)])
 def test_resume_equals_uninterrupted(tiny, tmp_path, fast):
     """Also for the fast path: binned encoder input, band-limited loss crossing to the full band
-    (160 images), and the orientation prior."""
+    (160 images), and the orientation prior; and for the projection-matching refinement, both
+    before the interruption (its targets and map come from the checkpoint) and after it."""
     full = Trainer(_cfg(tiny, tmp_path / "full", steps=10, **fast))
     assert full.model.encoder.bin == fast.get("encoder_bin", 1)
     full.run(progress=False)
@@ -132,6 +134,49 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny, tmp_path):
     with pytest.raises(TrainingDiverged, match="loss became nan at step 4"):
         tr2.run(progress=False)
     assert (tmp_path / "r" / "checkpoint.pt").read_bytes() == good
+
+
+def test_refinement_sets_targets_map_and_report(tiny, tmp_path):
+    """--refine-images: projection matching runs once at that point, writes refinement.json,
+    sets the voxel decoder to its map and the distillation targets for the training particles;
+    the pull towards them is zero for the encoder's own eval-mode poses (same conventions)."""
+    tr = Trainer(_cfg(tiny, tmp_path / "r", model="c4-mirror", steps=5, refine_images=32, refine_iters=2))
+    before = tr.model.decoder.vol.detach().clone()
+    tr.run(progress=False)
+    info = json.loads((tmp_path / "r" / "refinement.json").read_text())
+    assert info["images_seen"] == 32 and info["step"] == 2 and info["decoder_set_to_map"]
+    assert [h["iteration"] for h in info["iterations"]] == [1, 2]
+    assert all(0 <= h["train_pose_mse"] <= 8 for h in info["iterations"])
+    T = tr.target_R[tr.train_ids].double()
+    torch.testing.assert_close(T @ T.transpose(-1, -2), torch.eye(3, dtype=torch.float64).expand_as(T), atol=1e-5, rtol=0)
+    assert (tr.target_R[tr.eval_ids] == 0).all()  # held-out particles are never refined
+    assert not torch.equal(before, tr.model.decoder.vol.detach())
+    # targets = the encoder's own current poses -> zero pull
+    ids = tr.train_ids[:16]
+    R, origin = tr.predict(ids)
+    tr.target_R[ids], tr.target_origin_px[ids] = R.float(), (origin / tr.apix).float()
+    tr.model.eval()
+    with torch.no_grad():
+        x = torch.from_numpy(tr.t.images.read(ids) * tr.scale)
+        out = tr.model(x, tr._ctf(ids))
+    assert tr._distill_penalty(out, ids).item() < 1e-8
+
+
+def test_refine_verb_keeps_true_poses_and_writes_outputs(tiny, tmp_path, capsys):
+    """From the simulation's true poses (SNR 2) one iteration must stay at the truth: a wrong
+    angle, origin or CTF convention anywhere in the chain would move the poses away."""
+    out, vol = tmp_path / "ref.star", tmp_path / "ref.mrc"
+    assert main(["refine", str(tiny / "particles.star"), "-o", str(out), "--map", str(vol), "--iters", "1",
+                 "--n-rotations", "512", "--gt-poses", str(tiny / "gt_poses.pkl")]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert lines[-1]["iteration"] == 1 and lines[-1]["pose_mse"] < 0.02
+    from eqcryo.data import load_particles
+    from eqcryo.data.mrc import read_volume
+    p = load_particles(out)
+    assert p.n == 160 and p.rotations is not None and read_volume(vol)[0].shape == (32, 32, 32)
+    assert main(["refine", str(tiny / "particles_000.mrcs"), "-o", str(tmp_path / "x.star"),
+                 "--ctf", str(tiny / "ctf.pkl")]) == 2
+    assert "no poses" in capsys.readouterr().err
 
 
 def test_train_evaluate_predict_verbs(tiny, tmp_path, capsys):

@@ -27,8 +27,10 @@ def add_parser(sub):
         "for every particle), figures and report.md. --resume RUN continues a run (exactly, on CPU).\n\n"
         "On a CPU, make the low-resolution phase cheap with --lowpass-start (the loss and the decoder then "
         "work on the band only) and --encoder-bin 2; --view-prior 1 keeps the predicted viewing directions "
-        "from collapsing onto one axis (assumes roughly uniform orientations). See docs/training.md for "
-        "what these reach: convergence to pose MSE < 0.1 on a CPU is not reached yet.",
+        "from collapsing onto one axis (assumes roughly uniform orientations). A run that stalls in the mirror "
+        "state (pose MSE ~2.5) can be finished by projection matching: --refine-images N (then distilled into "
+        "the encoder) or `eqcryo refine` on its predicted poses. See docs/training.md for what these reach: "
+        "convergence to pose MSE < 0.1 within 900 s on a CPU is not reached yet.",
         "eqcryo train sim/particles.star -o run --model d4-l2 --profile cpu --time-budget 900 "
         "--gt-poses sim/gt_poses.pkl --gt-volume sim/gt_volume.mrc")
     p.add_argument("particles", nargs="?", help="particles (.star, .cs, .mrcs)")
@@ -67,6 +69,15 @@ def add_parser(sub):
                         "(beyond the paper; 0 = off; see docs/training.md)")
     p.add_argument("--track-mirror", action="store_true",
                    help="log the map's best mirror-plane correlation (spurious symmetry) at each evaluation")
+    p.add_argument("--refine-images", type=int,
+                   help="semi-amortized refinement (beyond the paper): after this many training images, run "
+                        "projection matching from the encoder's poses, set the voxel decoder to its map and "
+                        "train the encoder towards the refined poses (default: off; see docs/training.md)")
+    p.add_argument("--refine-iters", type=int, default=3, help="projection-matching iterations (default 3)")
+    p.add_argument("--refine-radius", type=float, default=16.0,
+                   help="Fourier shells the pose search compares (default 16)")
+    p.add_argument("--distill", type=float, default=1.0,
+                   help="weight of the pull towards the refined poses after --refine-images (default 1)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -88,7 +99,9 @@ def run(args) -> int:
                           device=args.device, threads=args.threads, eval_every=args.eval_every, eval_n=args.eval_n,
                           checkpoint_every=args.checkpoint_every, apix=args.apix,
                           lowpass_start=args.lowpass_start, lowpass_images=args.lowpass_images,
-                          track_mirror=args.track_mirror, view_prior=args.view_prior)
+                          track_mirror=args.track_mirror, view_prior=args.view_prior,
+                          refine_images=args.refine_images, refine_iters=args.refine_iters,
+                          refine_radius=args.refine_radius, distill=args.distill)
         trainer = Trainer(cfg)
     try:
         summary = trainer.run(progress=not args.no_progress)

@@ -36,7 +36,8 @@ from ..evaluation.analysis import view_prior_penalty, viewing_direction_anisotro
 from ..evaluation.metrics import fsc_to_ground_truth, pose_metrics
 from ..models.presets import PRESETS, PROFILES, build_model
 from ..physics.ctf import ctf_2d
-from ..physics.group import displacement_to_origin
+from ..physics.group import displacement_to_origin, origin_to_displacement
+from .projection_matching import MatchConfig, projection_matching
 
 __all__ = ["TrainConfig", "Trainer", "TrainingDiverged"]
 
@@ -87,6 +88,16 @@ class TrainConfig:
     # a few viewing axes (docs/training.md). 0 = off, as the paper.
     view_prior: float = 0.0
     track_mirror: bool = False  # log the map's best mirror-plane correlation at each evaluation
+    # Semi-amortized refinement (beyond the paper; docs/training.md): once ``refine_images``
+    # images have been seen, the encoder's poses for the training particles seed
+    # ``refine_iters`` iterations of projection matching on |k| < ``refine_radius`` shells;
+    # the voxel decoder is set to the resulting map and the encoder is then also trained
+    # towards the refined poses, with weight ``distill`` (chordal distance² + 0.1 · shift² px²).
+    # None = off, as the paper.
+    refine_images: int | None = None
+    refine_iters: int = 3
+    refine_radius: float = 16.0
+    distill: float = 1.0
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -203,6 +214,9 @@ class Trainer:
         self.step, self.train_seconds, self.images_seen, self.epoch, self.pos = 0, 0.0, 0, 0, 0
         self.converged: dict | None = None
         self.last_eval_t = 0.0
+        # refined poses of every particle (rows of held-out particles stay unused): (n, 3, 3), (n, 2) px
+        self.target_R: torch.Tensor | None = None
+        self.target_origin_px: torch.Tensor | None = None
         self._tb = None
         if read_only:
             return
@@ -225,7 +239,8 @@ class Trainer:
         return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "step": self.step,
                 "train_seconds": self.train_seconds, "images_seen": self.images_seen, "epoch": self.epoch,
                 "pos": self.pos, "converged": self.converged, "last_eval_t": self.last_eval_t,
-                "torch_rng": torch.get_rng_state(), "scale": self.scale}
+                "torch_rng": torch.get_rng_state(), "scale": self.scale,
+                "target_R": self.target_R, "target_origin_px": self.target_origin_px}
 
     def save_checkpoint(self) -> None:
         with atomic_path(self.out / "checkpoint.pt") as tmp:
@@ -240,6 +255,7 @@ class Trainer:
         self.opt.load_state_dict(s["opt"])
         for k in ("step", "train_seconds", "images_seen", "epoch", "pos", "converged", "last_eval_t", "scale"):
             setattr(self, k, s[k])
+        self.target_R, self.target_origin_px = s.get("target_R"), s.get("target_origin_px")
         torch.set_rng_state(s["torch_rng"])
 
     def _drop_logs_after_checkpoint(self) -> None:
@@ -386,6 +402,60 @@ class Trainer:
         return (c.steps is not None and self.step >= c.steps) or \
                (c.time_budget is not None and self.train_seconds >= c.time_budget)
 
+    def _due_refinement(self) -> bool:
+        c = self.cfg
+        return c.refine_images is not None and self.target_R is None and self.images_seen >= c.refine_images
+
+    def refine(self, log=print) -> None:
+        """Projection matching from the encoder's poses of the training particles (module
+        :mod:`~eqcryo.training.projection_matching`); sets the distillation targets and, for the
+        voxel decoder, the map. Its time counts as training time."""
+        from ..models.decoders import VoxelDecoder
+
+        c = self.cfg
+        t0 = time.perf_counter()
+        ids = self.train_ids
+        R, origin = self.predict(ids)
+
+        def reader(b):  # projection matching runs on the CPU
+            c = self._ctf(b)
+            return torch.from_numpy(self.t.images.read(b)), None if c is None else c.cpu()
+
+        history = []
+
+        def report(it, R_it, o_it):
+            h = {"iteration": it + 1, "seconds": round(time.perf_counter() - t0, 2)}
+            if self.gt_R is not None:
+                m, _ = pose_metrics(R_it, self.gt_R[ids])
+                h.update(train_pose_mse=m["pose_mse"], train_pose_medse=m["pose_medse"])
+            history.append(h)
+            log(f"projection matching {it + 1}/{c.refine_iters}: " +
+                ", ".join(f"{k} {v:.4g}" for k, v in h.items() if k != "iteration"))
+
+        mc = MatchConfig(radius=min(c.refine_radius, self.L / 2), shift_step_px=0.0, seed=c.seed)
+        R_ref, o_ref, vol = projection_matching(reader, ids, self.L, R.double(), origin.double() / self.apix,
+                                                c.refine_iters, mc, report)
+        self.target_R = torch.zeros(self.t.n, 3, 3)
+        self.target_origin_px = torch.zeros(self.t.n, 2)
+        self.target_R[ids], self.target_origin_px[ids] = R_ref.float(), o_ref.float()
+        if isinstance(self.model.decoder, VoxelDecoder):
+            with torch.no_grad():
+                self.model.decoder.vol.copy_(vol.float().to(c.device) * self.scale)
+        seconds = time.perf_counter() - t0
+        self.train_seconds += seconds
+        info = {"images_seen": self.images_seen, "step": self.step, "seconds": round(seconds, 2),
+                "decoder_set_to_map": isinstance(self.model.decoder, VoxelDecoder), "iterations": history,
+                "match_config": asdict(mc)}
+        with atomic_path(self.out / "refinement.json") as tmp:
+            tmp.write_text(json.dumps(info, indent=2) + "\n")
+
+    def _distill_penalty(self, out, ids: np.ndarray) -> torch.Tensor:
+        """Mean over the batch of ‖R − R*‖²_F + 0.1 ‖d − d*‖² (px²) to the refined poses."""
+        dev = out.R.device
+        R_t = self.target_R[ids].to(dev)
+        d_t = origin_to_displacement(self.target_origin_px[ids], self.L).to(dev)
+        return ((out.R - R_t) ** 2).sum((-2, -1)).mean() + 0.1 * ((out.d - d_t) ** 2).sum(-1).mean()
+
     def run(self, progress: bool = True) -> dict:
         c = self.cfg
         self.model.train()
@@ -406,6 +476,8 @@ class Trainer:
                     loss = out.loss.mean()
                     if c.view_prior:
                         loss = loss + c.view_prior * view_prior_penalty(out.R)
+                    if self.target_R is not None and c.distill:
+                        loss = loss + c.distill * self._distill_penalty(out, ids)
                     if not torch.isfinite(loss):
                         fetch.close()
                         raise TrainingDiverged(
@@ -422,6 +494,14 @@ class Trainer:
                     bar.update(len(ids))
                     bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{self.images_seen / max(self.train_seconds, 1e-9):.0f}",
                                     mse=getattr(self, "_last_mse", "-"))
+                    if self._due_refinement():
+                        fetch.close()
+                        self.refine(log=bar.write)
+                        self.evaluate()
+                        self.last_eval_t = self.train_seconds
+                        self.save_checkpoint()
+                        last_ckpt = self.train_seconds
+                        break  # restart the loader: the batch order continues at self.pos
                     if self.train_seconds - self.last_eval_t >= c.eval_every:
                         self.last_eval_t = self.train_seconds
                         r = self.evaluate()
