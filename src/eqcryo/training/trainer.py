@@ -418,8 +418,8 @@ class Trainer:
         R, origin = self.predict(ids)
 
         def reader(b):  # projection matching runs on the CPU
-            c = self._ctf(b)
-            return torch.from_numpy(self.t.images.read(b)), None if c is None else c.cpu()
+            ctf = self._ctf(b)
+            return torch.from_numpy(self.t.images.read(b)), None if ctf is None else ctf.cpu()
 
         history = []
 
