@@ -70,7 +70,7 @@ def run(args) -> int:
         imgs = torch.from_numpy(t.images.read(ids))
         ctf = None
         if not args.no_ctf_correction:
-            ctf = ctf_2d(L, apix, {k: torch.from_numpy(v[ids]) for k, v in t.ctf.items()}, torch.float64)
+            ctf = ctf_2d(L, apix, t.ctf_params(ids), torch.float64)
         for h in (0, 1):
             m = half[ids] == h
             if m.any():

@@ -65,8 +65,7 @@ def run(args) -> int:
             raise InputError(f"{args.gt_poses}: {len(gt)} poses but {args.particles} has {t.n} particles")
 
     def reader(ids):
-        c = None if t.ctf is None else ctf_2d(L, apix, {k: torch.from_numpy(np.ascontiguousarray(v[ids]))
-                                                        for k, v in t.ctf.items()}, torch.float64)
+        c = None if t.ctf is None else ctf_2d(L, apix, t.ctf_params(ids), torch.float64)
         return torch.from_numpy(t.images.read(ids)), c
 
     def report(it, R, origin):

@@ -195,6 +195,15 @@ class ParticleTable:
                              f"this step needs one (re-extract or rescale to a common pixel size)")
         return float(u[0])
 
+    def ctf_params(self, ids: np.ndarray) -> dict | None:
+        """The CTF parameters of particles ``ids`` as torch tensors (k,), the argument of
+        :func:`eqcryo.physics.ctf.ctf_2d`; None when the data carry no CTF."""
+        import torch
+
+        if self.ctf is None:
+            return None
+        return {k: torch.from_numpy(np.ascontiguousarray(v[ids])) for k, v in self.ctf.items()}
+
     def require_box(self) -> int:
         if self.box is None:
             raise InputError(f"{self.source}: box size unknown (no readable images); give it with --box")

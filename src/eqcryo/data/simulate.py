@@ -132,7 +132,7 @@ def render_clean(fv, t: ParticleTable, ids: np.ndarray, apix: float) -> torch.Te
     R = torch.from_numpy(t.rotations[ids])
     ctf = None
     if t.ctf is not None:
-        ctf = ctf_2d(L, apix, {k: torch.from_numpy(v[ids]) for k, v in t.ctf.items()}, torch.float64)
+        ctf = ctf_2d(L, apix, t.ctf_params(ids), torch.float64)
     origin_px = torch.from_numpy(t.shifts_angstrom[ids] / apix)
     return render_images(fv.slice(R), ctf, origin_px)
 

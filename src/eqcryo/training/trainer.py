@@ -114,12 +114,6 @@ class TrainConfig:
         return cls(**d)
 
 
-def _ctf_params(t: ParticleTable, ids: np.ndarray) -> dict[str, torch.Tensor] | None:
-    if t.ctf is None:
-        return None
-    return {k: torch.from_numpy(np.ascontiguousarray(v[ids])) for k, v in t.ctf.items()}
-
-
 class _Prefetcher:
     """Reads batches (images, ids) ahead in a background thread, in the given order."""
 
@@ -309,7 +303,7 @@ class Trainer:
         return R, origin
 
     def _ctf(self, ids, table: ParticleTable | None = None):
-        p = _ctf_params(self.t if table is None else table, ids)
+        p = (self.t if table is None else table).ctf_params(ids)
         if p is None:
             return None
         return ctf_2d(self.L, self.apix, p, torch.float32, self.cfg.device)
