@@ -47,8 +47,10 @@ def run(args) -> int:
     R_gt = tr.gt_R[ids]
     out = Path(args.outdir or rd)
     out.mkdir(parents=True, exist_ok=True)
-    sizes = [consistent_subset_sizes(torch.from_numpy(Rk[: len(ids)]).double(), R_gt, args.eps).numpy()
-             for Rk in d["rotations"]]
+    sizes = []
+    for Rk in d["rotations"]:  # in the hand of that evaluation's global alignment
+        Rk = torch.from_numpy(Rk[: len(ids)]).double()
+        sizes.append(consistent_subset_sizes(Rk, R_gt, args.eps, flip_hand=align_poses(Rk, R_gt).flip).numpy())
     plot_joy(out / "consistent_subsets.png", d["train_seconds"], sizes, len(ids))
     R_last = torch.from_numpy(d["rotations"][-1][: len(ids)]).double()
     al = align_poses(R_last, R_gt)
