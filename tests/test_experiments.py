@@ -12,7 +12,7 @@ from eqcryo.cli.main import main
 from eqcryo.evaluation.analysis import (consistent_subset_sizes, mirror_symmetry_score, projective_plane_coords,
                                        view_prior_penalty, viewing_direction_anisotropy)
 from eqcryo.experiments.grid import grid_runs, load_spec, run_grid, run_status
-from eqcryo.experiments.report import aggregate, read_run, table1_markdown
+from eqcryo.experiments.report import aggregate, diagnostics_markdown, read_run, table1_markdown
 from eqcryo.physics.rotations import random_rotations
 
 from conftest import gaussian_blobs
@@ -54,6 +54,26 @@ def test_table1_best_three_and_dash_rule(tmp_path):
     assert "| spl | standard |" in md and "–" in md
 
 
+def test_failure_mode_indicators_average_all_seeds(tmp_path):
+    # two seeds with images, geodesic error and mirror score logged; a second model without them
+    for s, (mses, mirror) in enumerate([([3.0, 0.5, 1.0], 0.9), ([2.0, 1.5, 1.8], 0.7)]):
+        p = tmp_path / f"c4_{s}"
+        p.mkdir()
+        with open(p / "metrics.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["step", "train_seconds", "images_seen", "pose_mse", "pose_medse", "geodesic_median_deg",
+                        "resolution_0.5_angstrom", "mirror_score"])
+            for i, m in enumerate(mses):
+                w.writerow([10 * (i + 1), 60.0 * (i + 1), 1000 * (i + 1) + s, m, m, 20.0 + s, 30.0, mirror])
+    _metrics(tmp_path / "std_0", [3.0, 2.0])
+    res = [read_run(tmp_path / f"c4_{s}", "spl", "c4-l2", s) for s in (0, 1)]
+    res.append(read_run(tmp_path / "std_0", "spl", "standard", 0))
+    assert res[0].min_mse == 0.5 and res[1].min_mse == 1.5  # the lowest evaluation, not the last
+    md = diagnostics_markdown(res).splitlines()
+    assert md[2] == "| spl | c4-l2 | 2 | 3000 | 1.000 | 20.5 | 0.800 |"
+    assert md[3] == "| spl | standard | 1 | n/a | 2.000 | n/a | n/a |"
+
+
 def test_consistent_subsets_all_and_two_mirrored_halves():
     g = torch.Generator().manual_seed(0)
     N = 60
@@ -74,6 +94,10 @@ def test_consistent_subsets_all_and_two_mirrored_halves():
     flipped = pred.clone()
     flipped[N // 2:] = D @ pred[N // 2:] @ D
     assert (consistent_subset_sizes(flipped, R_gt)[N // 2:] < N // 4).all()
+    # a solution entirely in the other hand is one consistent set once the hand is flipped back
+    mirror_world = D @ pred @ D
+    assert (consistent_subset_sizes(mirror_world, R_gt, flip_hand=True) == N).all()
+    assert (consistent_subset_sizes(mirror_world, R_gt) < N // 4).all()
     xy = projective_plane_coords(R_gt)
     assert (xy.norm(dim=1) <= 1 + 1e-12).all()
 

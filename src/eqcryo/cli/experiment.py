@@ -51,7 +51,8 @@ def run(args) -> int:
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
-    status = run_grid(args.target, args.outdir, jobs=args.jobs, only=args.only, progress=not args.no_progress)
+    status = run_grid(args.target, args.outdir, jobs=args.jobs, only=args.only, progress=not args.no_progress,
+                      threads=args.threads)
     print(json.dumps({"runs": len(status), "status": status}))
     return 0
 

@@ -134,7 +134,9 @@ def run_one(spec: dict, run: GridRun, out: Path, threads: int | None = None, pro
     return status
 
 
-def run_grid(spec_path: str, out: str, jobs: int = 1, only: int | None = None, progress: bool = True) -> list[str]:
+def run_grid(spec_path: str, out: str, jobs: int = 1, only: int | None = None, progress: bool = True,
+             threads: int | None = None) -> list[str]:
+    """Run the grid (or its cell ``only``); ``threads`` per run is recorded in each run's config."""
     spec = load_spec(spec_path)
     out_p = Path(out)
     out_p.mkdir(parents=True, exist_ok=True)
@@ -144,13 +146,13 @@ def run_grid(spec_path: str, out: str, jobs: int = 1, only: int | None = None, p
     if only is not None:
         if not 0 <= only < len(runs):
             raise InputError(f"--only {only}: the grid has {len(runs)} runs (0..{len(runs) - 1})")
-        return [run_one(spec, runs[only], out_p, progress=progress)]
+        return [run_one(spec, runs[only], out_p, threads=threads, progress=progress)]
     # datasets first (simulation is not thread-safe to race on)
     for ds in spec["datasets"]:
         _dataset_paths(spec, ds, out_p)
     todo = [r for r in runs if run_status(r, spec) != "done"]
     if jobs <= 1:
-        return [run_one(spec, r, out_p, progress=progress) for r in todo]
+        return [run_one(spec, r, out_p, threads=threads, progress=progress) for r in todo]
     threads = max(1, (os.cpu_count() or 2) // jobs)
 
     def sub(r: GridRun) -> str:

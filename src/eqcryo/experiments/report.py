@@ -4,6 +4,9 @@ Table 1 (per data set × model): final pose MSE and MedSE, convergence time (s) 
 evaluation with MSE < 0.1), resolution at FSC 0.5, % of seeds converged; mean ± std over the 3
 best seeds by final MSE, and a dash for time/steps when one of those 3 did not converge.
 Table 2 (SNR sweep): per data set with an ``snr`` and model, the best seed.
+Failure-mode indicators (not in the paper): per data set × model, the mean over all seeds of the
+images seen, the lowest MSE any evaluation reached, the final median geodesic error and the
+final mirror score (App. G's spurious planar symmetry; logged with ``--track-mirror``).
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["RunResult", "read_run", "aggregate", "table1_markdown", "table2_markdown", "write_report"]
+__all__ = ["RunResult", "read_run", "aggregate", "table1_markdown", "table2_markdown", "diagnostics_markdown",
+           "write_report"]
 
 CONVERGED = 0.1
 
@@ -31,6 +35,10 @@ class RunResult:
     resolution: float
     conv_seconds: float | None
     conv_step: int | None
+    images_seen: float = math.nan  # at the last evaluation
+    min_mse: float = math.nan  # the lowest pose MSE of any evaluation
+    geodesic_deg: float = math.nan  # final median geodesic error
+    mirror_score: float = math.nan  # final best mirror-plane correlation of the map
 
 
 def _f(x):
@@ -52,7 +60,9 @@ def read_run(path: Path, dataset: str, model: str, seed: int) -> RunResult | Non
     last = rows[-1]
     return RunResult(dataset, model, seed, _f(last["pose_mse"]), _f(last["pose_medse"]),
                      _f(last.get("resolution_0.5_angstrom")),
-                     None if conv is None else _f(conv["train_seconds"]), None if conv is None else int(_f(conv["step"])))
+                     None if conv is None else _f(conv["train_seconds"]), None if conv is None else int(_f(conv["step"])),
+                     _f(last.get("images_seen")), min(_f(r["pose_mse"]) for r in rows),
+                     _f(last.get("geodesic_median_deg")), _f(last.get("mirror_score")))
 
 
 def _ms(vals, fmt):
@@ -103,6 +113,22 @@ def table2_markdown(results: list[RunResult], snr: dict[str, float]) -> str:
     return "\n".join(out)
 
 
+def diagnostics_markdown(results: list[RunResult]) -> str:
+    """Per (dataset, model), means over all its seeds; "n/a" where a column was not logged."""
+    def mean(vals, fmt):
+        a = np.array(vals, dtype=float)
+        return "n/a" if np.isnan(a).all() else fmt.format(np.nanmean(a))
+
+    out = ["| dataset | model | seeds | images seen | lowest MSE reached | median geodesic error (°) | mirror score |",
+           "|---|---|---|---|---|---|---|"]
+    for ds, m in dict.fromkeys((r.dataset, r.model) for r in results):
+        rs = [r for r in results if (r.dataset, r.model) == (ds, m)]
+        out.append(f"| {ds} | {m} | {len(rs)} | {mean([r.images_seen for r in rs], '{:.0f}')} | "
+                   f"{mean([r.min_mse for r in rs], '{:.3f}')} | {mean([r.geodesic_deg for r in rs], '{:.1f}')} | "
+                   f"{mean([r.mirror_score for r in rs], '{:.3f}')} |")
+    return "\n".join(out)
+
+
 def write_report(out_dir: str, spec: dict | None = None) -> str:
     """Collect every run of a grid folder; write ``table1.md/.csv`` (and ``table2.md``); return Markdown."""
     out = Path(out_dir)
@@ -118,5 +144,6 @@ def write_report(out_dir: str, spec: dict | None = None) -> str:
     snr = {} if spec is None else {k: v["snr"] for k, v in spec["datasets"].items() if v.get("snr") is not None}
     if snr:
         md += "\n## Table 2 (SNR sweep, best seed)\n\n" + table2_markdown(results, snr) + "\n"
+    md += "\n## Failure-mode indicators (mean over all seeds)\n\n" + diagnostics_markdown(results) + "\n"
     (out / "report.md").write_text(md)
     return md
