@@ -140,9 +140,12 @@ def test_refinement_sets_targets_map_and_report(tiny, tmp_path):
     """--refine-images: projection matching runs once at that point, writes refinement.json,
     sets the voxel decoder to its map and the distillation targets for the training particles;
     the pull towards them is zero for the encoder's own eval-mode poses (same conventions)."""
-    tr = Trainer(_cfg(tiny, tmp_path / "r", model="c4-mirror", steps=5, refine_images=32, refine_iters=2))
+    tr = Trainer(_cfg(tiny, tmp_path / "r", model="c4-mirror", steps=5, refine_images=32, refine_iters=2,
+                      lowpass_start=4, lowpass_images=1000, distill_band=6))
     before = tr.model.decoder.vol.detach().clone()
+    assert tr.lowpass_radius() == 4  # before the refinement: the frequency-marching schedule
     tr.run(progress=False)
+    assert tr.lowpass_radius() == 6 and tr.model.band_radius == 6  # after it: held at --distill-band
     info = json.loads((tmp_path / "r" / "refinement.json").read_text())
     assert info["images_seen"] == 32 and info["step"] == 2 and info["decoder_set_to_map"]
     assert [h["iteration"] for h in info["iterations"]] == [1, 2]

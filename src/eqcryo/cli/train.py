@@ -78,6 +78,9 @@ def add_parser(sub):
                    help="Fourier shells the pose search compares (default 16)")
     p.add_argument("--distill", type=float, default=1.0,
                    help="weight of the pull towards the refined poses after --refine-images (default 1)")
+    p.add_argument("--distill-band", type=float,
+                   help="after --refine-images, hold the loss band at this many Fourier shells (cheaper steps; "
+                        "default: the --lowpass schedule goes on)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -101,7 +104,7 @@ def run(args) -> int:
                           lowpass_start=args.lowpass_start, lowpass_images=args.lowpass_images,
                           track_mirror=args.track_mirror, view_prior=args.view_prior,
                           refine_images=args.refine_images, refine_iters=args.refine_iters,
-                          refine_radius=args.refine_radius, distill=args.distill)
+                          refine_radius=args.refine_radius, distill=args.distill, distill_band=args.distill_band)
         trainer = Trainer(cfg)
     try:
         summary = trainer.run(progress=not args.no_progress)
