@@ -32,6 +32,11 @@ PROFILES = {
                 fields={"C4": (4, 8, 16, 16, 16), "D4": (2, 4, 8, 8, 8)},
                 final={"C4": 32, "D4": 16}, head={"C4": 16, "D4": 8}, decoder="voxel", fn_width=64),
 }
+# The cpu profile gives D4 half the fields of C4 (equal channels, as the paper's widths), so the
+# cpu D4 encoder has half C4's parameters (24.6k). "cpu-wide" gives D4 as many fields as C4
+# (twice the channels) to separate capacity from symmetry in comparisons (docs/results.md).
+PROFILES["cpu-wide"] = dict(PROFILES["cpu"], fields={"C4": (4, 8, 16, 16, 16), "D4": (4, 8, 16, 16, 16)},
+                            final={"C4": 32, "D4": 32}, head={"C4": 16, "D4": 16})
 
 
 def build_encoder(preset: str, profile: str, box: int, so3: str = "gram_schmidt", bin: int | None = None):
