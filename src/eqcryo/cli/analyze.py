@@ -49,11 +49,11 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     sizes = []
     for Rk in d["rotations"]:  # in the hand of that evaluation's global alignment
-        Rk = torch.from_numpy(Rk[: len(ids)]).double()
-        sizes.append(consistent_subset_sizes(Rk, R_gt, args.eps, flip_hand=align_poses(Rk, R_gt).flip).numpy())
+        R_last = torch.from_numpy(Rk[: len(ids)]).double()
+        al = align_poses(R_last, R_gt)
+        sizes.append(consistent_subset_sizes(R_last, R_gt, args.eps, flip_hand=al.flip).numpy())
     plot_joy(out / "consistent_subsets.png", d["train_seconds"], sizes, len(ids))
-    R_last = torch.from_numpy(d["rotations"][-1][: len(ids)]).double()
-    al = align_poses(R_last, R_gt)
+    # R_last, al: the last evaluation's
     plot_projective_plane(out / "projective_plane.png", projective_plane_coords(R_gt).numpy(),
                           projective_plane_coords(al.apply(R_last)).numpy())
     m = read_metrics(rd / "metrics.csv")

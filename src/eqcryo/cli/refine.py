@@ -22,8 +22,8 @@ def add_parser(sub):
         sub, "refine", "refine poses by projection matching (global search + local refinement)",
         "Hard-EM projection matching from the poses in PARTICLES (e.g. a run's predicted_particles.star): "
         "each iteration reconstructs a map by Wiener-filtered backprojection, then searches every image "
-        "over --n-rotations uniform rotations (and its current pose) and refines the best by rounds of "
-        "random perturbations, comparing on Fourier shells |k| < --radius. It repairs the mirrored "
+        "over --n-rotations uniform rotations (and its current pose) and refines the best by a pattern "
+        "search (steps about each axis and along each shift, halving), comparing on Fourier shells |k| < --radius. It repairs the mirrored "
         "assignments an amortized encoder can stall in (docs/training.md), if most poses are right to "
         "start with; from poor or random poses it can stall in its own local optimum.\n\n"
         "Writes OUT (.star or .pkl: the refined poses, with the particles' CTF and images) and, with "

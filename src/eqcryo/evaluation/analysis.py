@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from ..physics.projection import flip_hand, rotate_volume
+from ..physics.projection import flip_hand, flip_hand_rotations, rotate_volume
 
 __all__ = ["viewing_direction_anisotropy", "view_prior_penalty", "consistent_subset_sizes", "projective_plane_coords", "fibonacci_hemisphere", "mirror_symmetry_score"]
 
@@ -48,12 +48,11 @@ def consistent_subset_sizes(R_pred: torch.Tensor, R_gt: torch.Tensor, eps: float
                             flip_hand: bool = False) -> torch.Tensor:
     """|S_i| (N,) of Eq. 32 for predictions and truth (N, 3, 3). ``eps`` is a Frobenius distance
     (‖I − Q‖_F = √8 sin(θ/2): 0.5 ≈ 20°). ``flip_hand``: the predictions are in the other hand
-    (the global alignment's ``flip``); they are mapped by ``D R D`` first, since a map of the
+    (the global alignment's ``flip``); they are mapped by ``flip_hand_rotations`` first, since a map of the
     opposite hand is as valid as the truth and its images are consistent only through that flip."""
     R_pred, R_gt = R_pred.double(), R_gt.double()
     if flip_hand:
-        D = torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64))
-        R_pred = D @ R_pred @ D
+        R_pred = flip_hand_rotations(R_pred)
     Q = R_pred.transpose(-1, -2) @ R_gt  # (N, 3, 3): Q_i
     # D[i, j] = ‖R_pred_j Q_i − R_gt_j‖_F
     aligned = torch.einsum("jab,ibc->ijac", R_pred, Q)

@@ -23,13 +23,10 @@ import torch
 
 from ..physics.fsc import FSCResult, fsc
 from ..physics.lattice import fft3_centered, ifft3_centered
-from ..physics.projection import flip_hand, rotate_volume, shift_volume
+from ..physics.projection import flip_hand, flip_hand_rotations, rotate_volume, shift_volume
 from ..physics.rotations import special_orthogonalize
 
 __all__ = ["PoseAlignment", "align_poses", "pose_metrics", "align_volume", "fsc_to_ground_truth"]
-
-_D = torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64))
-
 
 @dataclass
 class PoseAlignment:
@@ -43,7 +40,7 @@ class PoseAlignment:
 
     def apply(self, R_pred: torch.Tensor) -> torch.Tensor:
         """Predicted rotations mapped onto the ground-truth frame."""
-        R = _D @ R_pred @ _D if self.flip else R_pred
+        R = flip_hand_rotations(R_pred) if self.flip else R_pred
         return R @ self.Q
 
 
@@ -60,7 +57,7 @@ def align_poses(R_pred: torch.Tensor, R_gt: torch.Tensor, n_anchors: int = 20, r
     anchors = torch.randperm(N, generator=g)[: min(n_anchors, N)]
     best = None
     for flip in (False, True):
-        R = _D @ R_pred @ _D if flip else R_pred
+        R = flip_hand_rotations(R_pred) if flip else R_pred
         for a in anchors:
             Q = R[a].T @ R_gt[a]
             for _ in range(refine_iters):

@@ -34,6 +34,7 @@ __all__ = [
     "project_real_space",
     "rotate_volume",
     "flip_hand",
+    "flip_hand_rotations",
     "shift_volume",
 ]
 
@@ -213,6 +214,13 @@ def flip_hand(volume: torch.Tensor) -> torch.Tensor:
     """Mirror a volume (L, L, L) through the z = 0 plane about the centre index L // 2."""
     out = torch.flip(volume, dims=(-3,))
     return torch.roll(out, 1, dims=-3) if volume.shape[-1] % 2 == 0 else out
+
+
+def flip_hand_rotations(R: torch.Tensor) -> torch.Tensor:
+    """The poses (..., 3, 3) of the same images seen in the :func:`flip_hand` map: ``D R D``,
+    ``D = diag(1, 1, -1)``."""
+    D = torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=R.dtype, device=R.device))
+    return D @ R @ D
 
 
 def shift_volume(volume: torch.Tensor, shift_voxels: torch.Tensor) -> torch.Tensor:
