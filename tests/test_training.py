@@ -102,6 +102,14 @@ def test_resume_equals_uninterrupted(tiny, tmp_path, fast):
         torch.testing.assert_close(a, b, atol=0, rtol=0, msg=k)
 
 
+def test_progress_bar_redirected_to_a_file_does_not_redraw_every_step(tiny, tmp_path, capsys):
+    """Under pytest stderr is not a terminal, as in `eqcryo train ... 2> log`: the bar may draw
+    when it opens and closes, not once per step (it used to, through set_postfix's refresh)."""
+    Trainer(_cfg(tiny, tmp_path / "r", steps=8)).run(progress=True)
+    draws = capsys.readouterr().err.count("train d4-l2")
+    assert 1 <= draws <= 3, draws
+
+
 def test_resume_drops_evaluations_logged_after_the_checkpoint(tiny, tmp_path):
     """A run killed after its last checkpoint: the evaluations it logged later are redone by
     the resumed run, so they are dropped rather than duplicated."""

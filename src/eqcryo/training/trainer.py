@@ -497,7 +497,7 @@ class Trainer:
                     self.train_seconds += time.perf_counter() - t0
                     bar.update(len(ids))
                     bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{self.images_seen / max(self.train_seconds, 1e-9):.0f}",
-                                    mse=getattr(self, "_last_mse", "-"))
+                                    mse=getattr(self, "_last_mse", "-"), refresh=False)  # refresh=True would redraw every step
                     if self._due_refinement():
                         fetch.close()
                         self.refine(log=bar.write)
