@@ -96,7 +96,7 @@ def test_consistent_subsets_all_and_two_mirrored_halves():
     assert (consistent_subset_sizes(flipped, R_gt)[N // 2:] < N // 4).all()
     # a solution entirely in the other hand is one consistent set once the hand is flipped back
     mirror_world = D @ pred @ D
-    assert (consistent_subset_sizes(mirror_world, R_gt, flip_hand=True) == N).all()
+    assert (consistent_subset_sizes(mirror_world, R_gt, hand_flipped=True) == N).all()
     assert (consistent_subset_sizes(mirror_world, R_gt) < N // 4).all()
     xy = projective_plane_coords(R_gt)
     assert (xy.norm(dim=1) <= 1 + 1e-12).all()

@@ -47,15 +47,12 @@ def run(args) -> int:
     R_gt = tr.gt_R[ids]
     out = Path(args.outdir or rd)
     out.mkdir(parents=True, exist_ok=True)
-    sizes = []
-    for Rk in d["rotations"]:  # in the hand of that evaluation's global alignment
-        R_last = torch.from_numpy(Rk[: len(ids)]).double()
-        al = align_poses(R_last, R_gt)
-        sizes.append(consistent_subset_sizes(R_last, R_gt, args.eps, flip_hand=al.flip).numpy())
+    preds = [torch.from_numpy(Rk[: len(ids)]).double() for Rk in d["rotations"]]
+    aligns = [align_poses(R, R_gt) for R in preds]  # each evaluation in the hand of its own alignment
+    sizes = [consistent_subset_sizes(R, R_gt, args.eps, hand_flipped=al.flip).numpy() for R, al in zip(preds, aligns)]
     plot_joy(out / "consistent_subsets.png", d["train_seconds"], sizes, len(ids))
-    # R_last, al: the last evaluation's
     plot_projective_plane(out / "projective_plane.png", projective_plane_coords(R_gt).numpy(),
-                          projective_plane_coords(al.apply(R_last)).numpy())
+                          projective_plane_coords(aligns[-1].apply(preds[-1])).numpy())
     m = read_metrics(rd / "metrics.csv")
     written = ["consistent_subsets.png", "projective_plane.png"]
     if "mirror_score" in m and np.isfinite(m["mirror_score"]).any():

@@ -45,13 +45,13 @@ def view_prior_penalty(R: torch.Tensor) -> torch.Tensor:
 
 
 def consistent_subset_sizes(R_pred: torch.Tensor, R_gt: torch.Tensor, eps: float = 0.5,
-                            flip_hand: bool = False) -> torch.Tensor:
+                            hand_flipped: bool = False) -> torch.Tensor:
     """|S_i| (N,) of Eq. 32 for predictions and truth (N, 3, 3). ``eps`` is a Frobenius distance
-    (‖I − Q‖_F = √8 sin(θ/2): 0.5 ≈ 20°). ``flip_hand``: the predictions are in the other hand
+    (‖I − Q‖_F = √8 sin(θ/2): 0.5 ≈ 20°). ``hand_flipped``: the predictions are in the other hand
     (the global alignment's ``flip``); they are mapped by ``flip_hand_rotations`` first, since a map of the
     opposite hand is as valid as the truth and its images are consistent only through that flip."""
     R_pred, R_gt = R_pred.double(), R_gt.double()
-    if flip_hand:
+    if hand_flipped:
         R_pred = flip_hand_rotations(R_pred)
     Q = R_pred.transpose(-1, -2) @ R_gt  # (N, 3, 3): Q_i
     # D[i, j] = ‖R_pred_j Q_i − R_gt_j‖_F
