@@ -17,7 +17,7 @@ import torch
 
 from eqcryo.physics.projection import prepare_fourier_volume, project
 from eqcryo.physics.rotations import random_rotations
-from eqcryo.training.projection_matching import BandData, MatchConfig, reconstruct, search_poses
+from eqcryo.reconstruction.projection_matching import BandData, MatchConfig, reconstruct, search_poses
 
 
 def main():

@@ -24,11 +24,11 @@ box, batch, threads, bin = int(box), int(batch), int(threads), int(bin)
 torch.set_num_threads(threads)
 torch.manual_seed(0)
 m = build_model(model, profile, box, encoder_bin=bin).to(device)
-m.band_radius = None if band == "full" else float(band)
+radius = None if band == "full" else float(band)
 opt = torch.optim.Adam(m.parameters(), lr=1e-4, amsgrad=True)
 x = torch.randn(batch, box, box, device=device)
 def step():
-    loss = m(x).loss.mean()
+    loss = m(x, band_radius=radius).loss.mean()
     opt.zero_grad(); loss.backward(); opt.step()
 step(); step()
 MIN_SECONDS = 4.0

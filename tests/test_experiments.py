@@ -15,7 +15,7 @@ from eqcryo.experiments.grid import grid_runs, load_spec, run_grid, run_status
 from eqcryo.experiments.report import aggregate, diagnostics_markdown, read_run, table1_markdown
 from eqcryo.physics.rotations import random_rotations
 
-from conftest import gaussian_blobs
+from helpers import gaussian_blobs
 
 
 def _metrics(path, mses, times=None):
@@ -173,3 +173,10 @@ def test_bad_spec_is_a_clear_error(tmp_path, capsys):
                                  "train": {"learning_rate": 1}}))
     assert main(["experiment", str(p), "-o", str(tmp_path / "x")]) == 2
     assert "unknown train option(s) ['learning_rate']" in capsys.readouterr().err
+    p.write_text(yaml.safe_dump({"seeds": 0, "models": ["d4-l2"], "datasets": {"a": {}}, "steps": 1}))
+    assert main(["experiment", str(p), "-o", str(tmp_path / "x")]) == 2
+    assert "seeds must be a non-empty list, found 0" in capsys.readouterr().err
+    p.write_text(yaml.safe_dump({"seeds": [0], "models": ["d4-l2"], "datasets": {"a": {}}, "steps": 1,
+                                 "recipe": "no-such-recipe"}))
+    assert main(["experiment", str(p), "-o", str(tmp_path / "x")]) == 2
+    assert "unknown recipe 'no-such-recipe'" in capsys.readouterr().err

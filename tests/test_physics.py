@@ -13,7 +13,7 @@ from eqcryo.physics import rotations as R
 from eqcryo.physics.ctf import compute_ctf, ctf_2d, electron_wavelength_angstrom
 from eqcryo.physics.fsc import fsc
 
-from conftest import analytic_blob_projection, normalise, rel_err
+from helpers import analytic_blob_projection, normalise, rel_err
 
 
 # --------------------------------------------------------------------------- lattice

@@ -1,5 +1,5 @@
-"""Training and evaluation: metrics on constructed cases, exact resume, NaN guard, bad input,
-and the verbs end to end on a tiny simulated data set."""
+"""Training: exact resume, NaN guard, refinement, bad input, and the verbs end to end on a tiny
+simulated data set."""
 
 import csv
 import json
@@ -11,61 +11,9 @@ import torch
 
 from eqcryo.cli.main import main
 from eqcryo.data.simulate import SimulationConfig, simulate
-from eqcryo.evaluation.metrics import align_poses, align_volume, pose_metrics
-from eqcryo.physics.projection import flip_hand, rotate_volume
-from eqcryo.physics.rotations import random_rotations
-from eqcryo.training.trainer import TrainConfig, Trainer, TrainingDiverged
-
-from conftest import gaussian_blobs
-
-D = torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64))
-
-
-def test_pose_mse_zero_for_a_global_rotation_with_and_without_hand_flip():
-    g = torch.Generator().manual_seed(0)
-    R_gt = random_rotations(300, g)
-    Q = random_rotations(1, g)[0]
-    pred = R_gt @ Q.T  # a map rotated by Q explains the data with these
-    al = align_poses(pred, R_gt)
-    assert al.mse < 1e-12 and not al.flip
-    torch.testing.assert_close(al.Q, Q)
-    al = align_poses(D @ pred @ D, R_gt)  # the mirror-image solution
-    assert al.mse < 1e-12 and al.flip
-
-
-def test_pose_mse_of_random_predictions_is_about_six():
-    g = torch.Generator().manual_seed(1)
-    m, _ = pose_metrics(random_rotations(2000, g), random_rotations(2000, g))
-    # E‖I - Q‖² = 6 for Haar-random Q; the best global alignment lowers it only slightly
-    assert 5.4 < m["pose_mse"] < 6.1
-    assert m["geodesic_median_deg"] > 90
-
-
-def test_pose_mse_is_robust_to_outliers_and_reports_angles():
-    g = torch.Generator().manual_seed(2)
-    R_gt = random_rotations(400, g)
-    pred = R_gt.clone()
-    pred[:40] = random_rotations(40, g)  # 10% garbage
-    m, al = pose_metrics(pred, R_gt)
-    assert m["pose_medse"] < 1e-12 and 0.3 < m["pose_mse"] < 0.9
-    assert m["geodesic_median_deg"] < 1e-5 and m["view_median_deg"] < 1e-5
-
-
-def test_volume_alignment_undoes_rotation_flip_and_shift():
-    v = gaussian_blobs(40, [(4, 1, -3), (-5, 3, 2), (1, -6, 4)], [3.5, 4.0, 3.0], [1.0, 0.7, 1.3])
-    g = torch.Generator().manual_seed(3)
-    R_gt = random_rotations(200, g)
-    Q = random_rotations(1, g)[0]
-    for flip in (False, True):
-        rec = rotate_volume(v, Q)  # what a decoder learns with poses R_gt Qᵀ
-        pred = R_gt @ Q.T
-        if flip:
-            rec, pred = flip_hand(rec), D @ pred @ D
-        rec = torch.roll(rec, (2, -1, 1), (0, 1, 2))
-        al = align_poses(pred, R_gt)
-        back = align_volume(rec, v, al)
-        # measured 2.5% for rotating there and back with trilinear interpolation alone
-        assert ((back - v).norm() / v.norm()).item() < 0.04
+from eqcryo.training.config import TrainConfig
+from eqcryo.training.inference import infer
+from eqcryo.training.trainer import Trainer, TrainingDiverged
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +32,7 @@ def _cfg(tiny, out, **kw):
     return TrainConfig(**base)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fast", [{}, dict(encoder_bin=2, lowpass_start=4.0, lowpass_images=100, view_prior=1.0),
                                   dict(refine_images=48, refine_iters=1), dict(refine_images=96, refine_iters=1)])
 def test_resume_equals_uninterrupted(tiny, tmp_path, fast):
@@ -92,6 +41,7 @@ def test_resume_equals_uninterrupted(tiny, tmp_path, fast):
     before the interruption (its targets and map come from the checkpoint) and after it."""
     full = Trainer(_cfg(tiny, tmp_path / "full", steps=10, **fast))
     assert full.model.encoder.bin == fast.get("encoder_bin", 1)
+    assert full.data.n == 160
     full.run(progress=False)
     part = Trainer(_cfg(tiny, tmp_path / "part", steps=4, **fast))
     part.run(progress=False)
@@ -144,6 +94,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny, tmp_path):
     assert (tmp_path / "r" / "checkpoint.pt").read_bytes() == good
 
 
+@pytest.mark.slow
 def test_refinement_sets_targets_map_and_report(tiny, tmp_path):
     """--refine-images: projection matching runs once at that point, writes refinement.json,
     sets the voxel decoder to its map and the distillation targets for the training particles;
@@ -151,26 +102,27 @@ def test_refinement_sets_targets_map_and_report(tiny, tmp_path):
     tr = Trainer(_cfg(tiny, tmp_path / "r", model="c4-mirror", steps=5, refine_images=32, refine_iters=2,
                       lowpass_start=4, lowpass_images=1000, distill_band=6))
     before = tr.model.decoder.vol.detach().clone()
-    assert tr.lowpass_radius() == 4  # before the refinement: the frequency-marching schedule
+    assert tr.band_radius() == 4  # before the refinement: the frequency-marching schedule
     tr.run(progress=False)
-    assert tr.lowpass_radius() == 6 and tr.model.band_radius == 6  # after it: held at --distill-band
+    assert tr.band_radius() == 6  # after it: held at distill_band
     info = json.loads((tmp_path / "r" / "refinement.json").read_text())
     assert info["images_seen"] == 32 and info["step"] == 2 and info["decoder_set_to_map"]
     assert [h["iteration"] for h in info["iterations"]] == [1, 2]
     assert all(0 <= h["train_pose_mse"] <= 8 for h in info["iterations"])
-    T = tr.target_R[tr.train_ids].double()
+    ref, data = tr.refinement, tr.data
+    T = ref.target_R[data.train_ids].double()
     torch.testing.assert_close(T @ T.transpose(-1, -2), torch.eye(3, dtype=torch.float64).expand_as(T), atol=1e-5, rtol=0)
-    assert (tr.target_R[tr.eval_ids] == 0).all()  # held-out particles are never refined
+    assert (ref.target_R[data.eval_ids] == 0).all()  # held-out particles are never refined
     assert not torch.equal(before, tr.model.decoder.vol.detach())
     # targets = the encoder's own current poses -> zero pull
-    ids = tr.train_ids[:16]
-    R, origin = tr.predict(ids)
-    tr.target_R[ids], tr.target_origin_px[ids] = R.float(), (origin / tr.apix).float()
+    ids = data.train_ids[:16]
+    R, origin, _ = infer(tr.model, data.ds, ids)
+    ref.target_R[ids], ref.target_origin_px[ids] = R.float(), (origin / data.apix).float()
     tr.model.eval()
     with torch.no_grad():
-        x = torch.from_numpy(tr.t.images.read(ids) * tr.scale)
-        out = tr.model(x, tr._ctf(ids))
-    assert tr._distill_penalty(out, ids).item() < 1e-8
+        b = data.ds.batch(ids)
+        out = tr.model(b.images, b.ctf)
+    assert ref.penalty(out, ids, data.box).item() < 1e-8
 
 
 def test_refine_verb_keeps_true_poses_and_writes_outputs(tiny, tmp_path, capsys):
@@ -193,7 +145,7 @@ def test_refine_verb_keeps_true_poses_and_writes_outputs(tiny, tmp_path, capsys)
 def test_train_evaluate_predict_verbs(tiny, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", str(tiny / "particles.star"), "-o", str(run), "--model", "c4-mirror", "--steps", "3",
-                 "--batch-size", "16", "--eval-n", "16", "--gt-poses", str(tiny / "gt_poses.pkl"),
+                 "--set", "batch_size=16", "--set", "eval_n=16", "--gt-poses", str(tiny / "gt_poses.pkl"),
                  "--gt-volume", str(tiny / "gt_volume.mrc"), "--no-progress"]) == 0
     for f in ("config.yaml", "metrics.csv", "checkpoint.pt", "reconstruction.mrc", "predicted_particles.star",
               "predicted_poses.pkl", "report.md", "map.png", "pose_error.png", "fsc.png"):
@@ -229,10 +181,28 @@ def test_bad_inputs_are_clear_errors(tiny, tmp_path, capsys):
     from eqcryo.data.mrc import write_volume
     write_volume(tmp_path / "small.mrc", v, 1.0)
     assert main(["train", str(tiny / "particles.star"), "-o", str(tmp_path / "b"), "--steps", "1",
-                 "--gt-volume", str(tmp_path / "small.mrc")]) == 2
+                 "--gt-poses", str(tiny / "gt_poses.pkl"), "--gt-volume", str(tmp_path / "small.mrc")]) == 2
     assert "box 16 differs" in capsys.readouterr().err
+    # a map alone cannot be compared (the poses give the alignment): said, not silently unused
+    assert main(["train", str(tiny / "particles.star"), "-o", str(tmp_path / "b2"), "--steps", "1",
+                 "--gt-volume", str(tiny / "gt_volume.mrc")]) == 2
+    assert "give --gt-poses too" in capsys.readouterr().err
+    write_volume(tmp_path / "apix.mrc", np.zeros((32, 32, 32), np.float32), 6.6)
+    assert main(["train", str(tiny / "particles.star"), "-o", str(tmp_path / "b3"), "--steps", "1",
+                 "--gt-poses", str(tiny / "gt_poses.pkl"), "--gt-volume", str(tmp_path / "apix.mrc")]) == 2
+    assert "voxel size 6.6 Å differs" in capsys.readouterr().err
+    for opt, msg in (("lr=-1e-3", "lr -0.001: must be > 0"), ("batch_size=0", "batch-size 0: must be > 0"),
+                     ("eval_n=0", "eval-n 0: must be > 0"), ("batch_size=abc", "batch_size: expected a number"),
+                     ("learning_rate=1", "unknown training option(s) ['learning_rate']")):
+        assert main(["train", str(tiny / "particles.star"), "-o", str(tmp_path / "b4"), "--steps", "1",
+                     "--set", opt]) == 2, opt
+        assert msg in capsys.readouterr().err, opt
+    for opt, msg in ((["--steps", "-3"], "steps -3: must be > 0"), (["--time-budget", "0"], "time-budget 0")):
+        assert main(["train", str(tiny / "particles.star"), "-o", str(tmp_path / "b5")] + opt) == 2
+        assert msg in capsys.readouterr().err, opt
+    assert not (tmp_path / "b4").exists() and not (tmp_path / "b5").exists()  # refused before anything is made
     assert main(["train", str(tiny / "particles.star"), "-o", str(tmp_path / "c"), "--steps", "1",
-                 "--model", "d8-l2"]) == 2
+                 "--set", "model=d8-l2"]) == 2
     assert "unknown model 'd8-l2'" in capsys.readouterr().err
 
 
@@ -267,3 +237,76 @@ def test_model_with_true_map_and_poses_reproduces_the_data(tiny):
     band = ifft2_centered(fft2_centered(clean) * disc_mask_2d(32)).real
     assert ((pred - band).norm() / band.norm()).item() < 1e-6
     assert ((x - clean).std() / clean.std()).item() > 0.3  # and the data really are noisy
+
+
+def test_predict_needs_only_the_run_folder(tmp_path, capsys):
+    """`eqcryo predict RUN new.star` reads the model from RUN alone: the training particles may
+    have moved away (it used to re-read and re-validate them)."""
+    simulate(SimulationConfig(n=64, box=32, apix=13.2, seed=5, snr=2.0), tmp_path / "sim", progress=False)
+    run = tmp_path / "run"
+    assert main(["train", str(tmp_path / "sim" / "particles.star"), "-o", str(run), "--steps", "2",
+                 "--set", "batch_size=16", "--set", "eval_n=8", "--no-progress"]) == 0
+    (tmp_path / "sim").rename(tmp_path / "moved")
+    capsys.readouterr()
+    assert main(["predict", str(run), str(tmp_path / "moved" / "particles.star"), "-o", str(tmp_path / "p.star")]) == 0
+    from eqcryo.data import load_particles
+    p = load_particles(tmp_path / "p.star")
+    with open(run / "predicted_poses.pkl", "rb") as fh:
+        rot, _ = pickle.load(fh)
+    np.testing.assert_allclose(p.rotations, rot, atol=1e-5)  # the same encoder, the same images
+    assert main(["predict", str(run), str(tmp_path / "moved" / "particles_000.mrcs"), "-o", str(tmp_path / "q.pkl"),
+                 "--ctf", str(tmp_path / "moved" / "ctf.pkl")]) == 0
+
+
+@pytest.mark.slow
+def test_recipes_are_listed_and_the_demo_recipe_equals_its_flags(tiny, tmp_path, capsys):
+    """`--recipe demo` is exactly the 13 recipe flags the demo used to copy (scaled down by the
+    same --set overrides for a few dozen steps): the same metrics.csv, every number but times."""
+    assert main(["train", "--list-recipes"]) == 0
+    listed = capsys.readouterr().out
+    assert {"demo", "cpu-amortized", "paper"} <= {line.split()[0] for line in listed.splitlines()}
+    small = dict(lowpass_images=600, refine_images=320, distill_band=6, eval_n=32, eval_every=1e9)
+    assert main(["train", str(tiny / "particles.star"), "-o", str(tmp_path / "recipe"), "--recipe", "demo",
+                 "--steps", "24", "--seed", "2", "--no-progress", "--gt-poses", str(tiny / "gt_poses.pkl")]
+                + [a for k, v in small.items() for a in ("--set", f"{k}={v}")]) == 0
+    # the flags of scripts/demo.sh before recipes existed (commit 9dd451f), with the same overrides
+    flags = dict(model="d4-l2", profile="cpu", encoder_bin=2, batch_size=32, lr=1e-3, lr_decoder=1e-2,
+                 lowpass_start=8, lowpass_images=300000, view_prior=1.0, refine_images=286000, refine_iters=3,
+                 distill_band=16, eval_every=60)
+    flags.update(small)
+    Trainer(TrainConfig(particles=str(tiny / "particles.star"), out=str(tmp_path / "flags"), steps=24, seed=2,
+                        gt_poses=str(tiny / "gt_poses.pkl"), **flags)).run(progress=False)
+    timeless = []
+    for d in ("recipe", "flags"):
+        with open(tmp_path / d / "metrics.csv", newline="") as fh:
+            timeless.append([{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in csv.DictReader(fh)])
+    assert len(timeless[0]) == 3 and timeless[0] == timeless[1]  # start, after the refinement, end
+    assert (tmp_path / "recipe" / "refinement.json").exists()
+
+
+def test_clock_is_wall_time_with_evaluation_apart(tiny, tmp_path):
+    """train_seconds + eval_seconds account for the wall time of the training phase (within 10%),
+    with evaluations every 0.3 s taking a real share of it."""
+    tr = Trainer(_cfg(tiny, tmp_path / "r", steps=40, eval_every=0.3))
+    summary = tr.run(progress=False)
+    accounted = summary["train_seconds"] + summary["eval_seconds"]
+    assert abs(accounted - summary["wall_seconds"]) <= 0.1 * summary["wall_seconds"], summary
+    rows = list(csv.DictReader(open(tmp_path / "r" / "metrics.csv")))
+    assert len(rows) >= 3 and summary["eval_seconds"] > 0
+    assert [float(r["train_seconds"]) for r in rows] == sorted(float(r["train_seconds"]) for r in rows)
+
+
+def test_clock_counts_what_happens_outside_evaluation():
+    import time
+    from eqcryo.training.schedule import Clock
+    c = Clock()
+    c.start()
+    time.sleep(0.2)  # e.g. waiting for data: training time
+    with c.excluded():
+        time.sleep(0.3)
+    assert 0.18 < c.tick() < 0.3 and 0.28 < c.eval_seconds < 0.4
+    c2 = Clock()
+    c2.load_state_dict(c.state_dict())  # a resumed run continues the clock
+    c2.start()
+    time.sleep(0.05)
+    assert c2.tick() > c.train_seconds + 0.04 and c2.eval_seconds == c.eval_seconds

@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.cryodrgn import read_pose_pkl
 from ..data.errors import InputError
 from ..evaluation.analysis import consistent_subset_sizes, projective_plane_coords
 from ..evaluation.figures import plot_joy, plot_projective_plane, plot_series
 from ..evaluation.metrics import align_poses
-from ..evaluation.report import read_metrics
+from ..training.rundir import RunDir
 from .common import verb_parser
 
 
@@ -33,19 +34,17 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from .evaluate import load_run
-
-    rd = Path(args.run)
-    ep = rd / "eval_poses.npz"
-    if not ep.exists():
-        raise InputError(f"{ep}: not found; the run has no recorded evaluations")
-    tr = load_run(str(rd))
-    if tr.gt_R is None:
-        raise InputError(f"{rd}: the run has no ground-truth poses (--gt-poses); nothing to compare with")
-    d = np.load(ep)
+    rd = RunDir(args.run)
+    d = rd.read_eval_poses()
+    if d is None:
+        raise InputError(f"{rd / RunDir.EVAL_POSES}: not found; the run has no recorded evaluations")
+    cfg, res = rd.read_config()
+    if not cfg.gt_poses:
+        raise InputError(f"{rd.path}: the run has no ground-truth poses (--gt-poses); nothing to compare with")
+    gt_R, _ = read_pose_pkl(cfg.gt_poses, int(res["box"]))
     ids = d["eval_ids"][: args.n]
-    R_gt = tr.gt_R[ids]
-    out = Path(args.outdir or rd)
+    R_gt = torch.from_numpy(gt_R[ids])
+    out = Path(args.outdir or rd.path)
     out.mkdir(parents=True, exist_ok=True)
     preds = [torch.from_numpy(Rk[: len(ids)]).double() for Rk in d["rotations"]]
     aligns = [align_poses(R, R_gt) for R in preds]  # each evaluation in the hand of its own alignment
@@ -53,13 +52,13 @@ def run(args) -> int:
     plot_joy(out / "consistent_subsets.png", d["train_seconds"], sizes, len(ids))
     plot_projective_plane(out / "projective_plane.png", projective_plane_coords(R_gt).numpy(),
                           projective_plane_coords(aligns[-1].apply(preds[-1])).numpy())
-    m = read_metrics(rd / "metrics.csv")
+    m = rd.read_metrics()
     written = ["consistent_subsets.png", "projective_plane.png"]
     if "mirror_score" in m and np.isfinite(m["mirror_score"]).any():
         written.append("mirror_score.png")
         plot_series(out / "mirror_score.png", [("best mirror-plane correlation", m["train_seconds"],
                                                 m["mirror_score"])], "correlation", logy=False)
-    summary = {"eval_seconds": [float(t) for t in d["train_seconds"]],
+    summary = {"evaluated_at_train_seconds": [float(t) for t in d["train_seconds"]],
                "median_subset_size": [float(np.median(s)) for s in sizes], "n": int(len(ids)), "eps": args.eps}
     (out / "analysis.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {', '.join(written)} and analysis.json to {out}")

@@ -10,11 +10,11 @@ import torch
 from tqdm import tqdm
 
 from ..data.atomic import atomic_path, refuse_overwriting_inputs
+from ..data.dataset import ParticleDataset
 from ..data.errors import InputError
 from ..data.io import load_particles
 from ..data.mrc import write_volume
-from ..physics.backprojection import Backprojector
-from ..physics.ctf import ctf_2d
+from ..reconstruction.backprojection import Backprojector
 from ..physics.fsc import fsc
 from .common import add_particle_options, verb_parser
 
@@ -65,12 +65,10 @@ def run(args) -> int:
     else:
         half = np.random.default_rng(args.seed).permutation(t.n) % 2
     bps = [Backprojector(L), Backprojector(L)]
-    for s in tqdm(range(0, t.n, args.batch_size), desc="backproject", unit="batch"):
-        ids = np.arange(s, min(s + args.batch_size, t.n))
-        imgs = torch.from_numpy(t.images.read(ids))
-        ctf = None
-        if not args.no_ctf_correction:
-            ctf = ctf_2d(L, apix, t.ctf_params(ids), torch.float64)
+    ds = ParticleDataset(t, dtype=torch.float64)
+    for b in tqdm(ds.batches(np.arange(t.n), args.batch_size), desc="backproject", unit="batch",
+                  total=-(-t.n // args.batch_size)):
+        ids, imgs, ctf = b.ids, b.images, None if args.no_ctf_correction else b.ctf
         for h in (0, 1):
             m = half[ids] == h
             if m.any():

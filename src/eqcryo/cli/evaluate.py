@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from ..data.errors import InputError
-from ..training.trainer import TrainConfig, Trainer
+from ..training.batches import TrainingData
+from ..training.evaluator import Evaluator, GroundTruth
+from ..training.inference import load_trained
+from ..training.schedule import LossBand
 from .common import verb_parser
 
 
@@ -24,17 +26,17 @@ def add_parser(sub):
     p.set_defaults(func=run)
 
 
-def load_run(run_dir: str, checkpoint: str | None = None, **overrides) -> Trainer:
-    """A trained run, read-only, with its checkpoint (or ``checkpoint``) loaded."""
-    tr = Trainer(TrainConfig.from_run(run_dir, **overrides), read_only=True)
-    tr._load_checkpoint(Path(checkpoint) if checkpoint else None)
-    return tr
-
-
 def run(args) -> int:
-    tr = load_run(args.run, args.checkpoint, gt_poses=args.gt_poses, gt_volume=args.gt_volume)
-    if tr.gt_R is None:
+    tm = load_trained(args.run, args.checkpoint, gt_poses=args.gt_poses, gt_volume=args.gt_volume)
+    cfg = tm.cfg
+    if not cfg.gt_poses:
         raise InputError(f"{args.run}: no ground truth; give --gt-poses (and --gt-volume) to evaluate")
-    row = tr.evaluate(log=False)
-    print(json.dumps(row, indent=2, default=float))
+    data = TrainingData(cfg)
+    gt = GroundTruth.load(cfg, data.n, data.box, data.apix)
+    c = tm.state.get("counters", {})
+    refined = (tm.state.get("refinement") or {}).get("target_R") is not None
+    band = LossBand(data.box, cfg.lowpass_start, cfg.lowpass_images, cfg.distill_band)
+    ev = Evaluator(data, gt, cfg.track_mirror)(tm.model, band.radius(int(c.get("images_seen", 0)), refined),
+                                               step=c.get("step"), images_seen=c.get("images_seen"))
+    print(json.dumps(ev.row, indent=2, default=float))
     return 0

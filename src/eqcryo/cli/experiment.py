@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
 from ..data.errors import InputError
 from ..experiments.grid import load_spec, run_grid
 from ..experiments.report import write_report
@@ -60,17 +58,16 @@ def run(args) -> int:
 def _figures(d: Path) -> None:
     """Pose-error curves per (data set, model) for every seed; FSC of the best d4-l2 vs standard."""
     from ..evaluation.figures import plot_series
-    from ..evaluation.report import read_metrics
     from ..experiments.report import read_run
-    from ..physics.fsc import FSCResult
+    from ..training.rundir import RunDir
 
     grid = json.loads((d / "grid.json").read_text())
     for ds in dict.fromkeys(g["dataset"] for g in grid):
         for m in dict.fromkeys(g["model"] for g in grid):
             series = []
             for g in grid:
-                if g["dataset"] == ds and g["model"] == m and (Path(g["path"]) / "metrics.csv").exists():
-                    mm = read_metrics(Path(g["path"]) / "metrics.csv")
+                mm = RunDir(g["path"]).read_metrics() if g["dataset"] == ds and g["model"] == m else {}
+                if "pose_mse" in mm:
                     series += [(f"seed {g['seed']} MSE", mm["train_seconds"], mm["pose_mse"]),
                                (f"seed {g['seed']} MedSE", mm["train_seconds"], mm["pose_medse"])]
             if series:
@@ -78,12 +75,11 @@ def _figures(d: Path) -> None:
         curves = []
         for m in ("d4-l2", "standard"):
             rs = [(read_run(Path(g["path"]), ds, m, g["seed"]), g) for g in grid if g["dataset"] == ds and g["model"] == m]
-            rs = [(r, g) for r, g in rs if r is not None and (Path(g["path"]) / "fsc.json").exists()]
+            rs = [(r, g, RunDir(g["path"]).read_fsc()) for r, g in rs if r is not None]
+            rs = [x for x in rs if x[2] is not None]
             if rs:
-                r, g = min(rs, key=lambda x: x[0].mse)
-                f = json.loads((Path(g["path"]) / "fsc.json").read_text())
-                curves.append((f"{m} seed {g['seed']}", FSCResult(np.array(f["freq_inv_angstrom"]), np.array(f["fsc"]),
-                                                                  f["apix"], f["box"])))
+                r, g, fsc = min(rs, key=lambda x: x[0].mse)
+                curves.append((f"{m} seed {g['seed']}", fsc))
         if curves:
             from ..evaluation.figures import plot_fsc
             plot_fsc(d / f"fsc_best_{ds}.png", curves)

@@ -9,11 +9,11 @@ import numpy as np
 import torch
 
 from ..data.atomic import refuse_overwriting_inputs
+from ..data.dataset import ParticleDataset
 from ..data.errors import InputError
 from ..data.io import load_particles, save_metadata
 from ..data.mrc import write_volume
-from ..physics.ctf import ctf_2d
-from ..training.projection_matching import MatchConfig, projection_matching
+from ..reconstruction.projection_matching import MatchConfig, projection_matching
 from .common import add_particle_options, verb_parser
 
 
@@ -64,9 +64,11 @@ def run(args) -> int:
         if len(gt) != t.n:
             raise InputError(f"{args.gt_poses}: {len(gt)} poses but {args.particles} has {t.n} particles")
 
+    ds = ParticleDataset(t, dtype=torch.float64)
+
     def reader(ids):
-        c = None if t.ctf is None else ctf_2d(L, apix, t.ctf_params(ids), torch.float64)
-        return torch.from_numpy(t.images.read(ids)), c
+        b = ds.batch(ids)
+        return b.images, b.ctf
 
     def report(it, R, origin):
         msg = {"iteration": it + 1}

@@ -19,7 +19,7 @@ import json
 import math
 import os
 import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +68,6 @@ class SimulationConfig:
     chunk: int = 10000  # images per .mrcs file
     batch: int = 128  # images per projection batch
     pad: int = 2
-    extra: dict = field(default_factory=dict)
 
 
 #: The paper's data sets (App. C) at two scales. ``paper``: 128 px, 100k images; ``cpu``: 64 px

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 
 import matplotlib
@@ -21,18 +19,6 @@ def _save(fig, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-
-
-def read_metrics(path: Path) -> dict[str, np.ndarray]:
-    with open(path) as fh:
-        rows = list(csv.DictReader(fh))
-    out = {}
-    for k in (rows[0].keys() if rows else []):
-        try:
-            out[k] = np.array([float(r[k]) if r[k] not in ("", "None") else np.nan for r in rows])
-        except ValueError:
-            out[k] = np.array([r[k] for r in rows])
-    return out
 
 
 def plot_pose_error(path: Path, m: dict[str, np.ndarray]) -> None:
@@ -62,36 +48,37 @@ def plot_map(path: Path, vol: np.ndarray) -> None:
     _save(fig, path)
 
 
-def write_report(trainer, volume: np.ndarray) -> None:
-    """Figures and report.md for a finished run; ``volume`` is its exported map (L, L, L)."""
-    out = Path(trainer.out)
-    m = read_metrics(out / "metrics.csv")
+def write_report(out: Path, title: str, facts: list[str], metrics: dict[str, np.ndarray],
+                 volume: np.ndarray | None, fsc=None, files: list[str] = ()) -> Path:
+    """Figures and ``out/report.md`` for a finished run: ``facts`` as bullet points, the last value of
+    each metric (``metrics``: columns of the run's evaluations), the pose-error curve, the FSC
+    against the truth (``fsc``: :class:`~eqcryo.physics.fsc.FSCResult` or None) and the map's
+    central slices and projections (``volume`` (L, L, L) or None). Returns the report's path."""
+    out = Path(out)
+    m = metrics
     figs = []
     if "pose_mse" in m and np.isfinite(m["pose_mse"]).any():
         plot_pose_error(out / "pose_error.png", m)
         figs.append(("Pose error on the held-out particles", "pose_error.png"))
-    if getattr(trainer, "last_fsc", None) is not None:
-        plot_fsc(out / "fsc.png", [("reconstruction vs ground truth", trainer.last_fsc)])
+    if fsc is not None:
+        plot_fsc(out / "fsc.png", [("reconstruction vs ground truth", fsc)])
         figs.append(("FSC against the ground-truth map (after alignment)", "fsc.png"))
-    plot_map(out / "map.png", volume)
-    figs.append(("Reconstruction: central slices and projections", "map.png"))
-    c = trainer.cfg
+    if volume is not None:
+        plot_map(out / "map.png", volume)
+        figs.append(("Reconstruction: central slices and projections", "map.png"))
     last = {k: v[-1] for k, v in m.items()} if m else {}
-    lines = [f"# eqcryo run: {c.model} ({c.profile} profile)", "",
-             f"- particles: `{c.particles}` ({trainer.t.n}, {trainer.L} px, {trainer.apix} Å/px); "
-             f"held-out for evaluation: {len(trainer.eval_ids)}",
-             f"- steps: {trainer.step}, training time: {trainer.train_seconds:.0f} s, images seen: {trainer.images_seen}",
-             "- converged (pose MSE < 0.1): " + (json.dumps(trainer.converged) if trainer.converged else "no"), ""]
+    lines = [f"# {title}", ""] + [f"- {f}" for f in facts] + [""]
     if last:
         lines += ["| metric | last value |", "|---|---|"]
         for k in ("loss", "pose_mse", "pose_medse", "geodesic_median_deg", "view_median_deg", "shift_rmse_angstrom",
                   "resolution_0.5_angstrom", "resolution_0.143_angstrom"):
-            if k in last and not (isinstance(last[k], float) and np.isnan(last[k])):
+            if k in last and isinstance(last[k], (float, np.floating)) and not np.isnan(last[k]):
                 lines.append(f"| {k} | {last[k]:.4g} |")
         lines.append("")
-    for title, f in figs:
-        lines += [f"## {title}", "", f"![{title}]({f})", ""]
-    lines += ["Files: `reconstruction.mrc`, `predicted_particles.star`, `predicted_poses.pkl`, `metrics.csv`, "
-              "`config.yaml`, `checkpoint.pt`, `tensorboard/`.", ""]
+    for t, f in figs:
+        lines += [f"## {t}", "", f"![{t}]({f})", ""]
+    if files:
+        lines += ["Files: " + ", ".join(f"`{f}`" for f in files) + ".", ""]
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text("\n".join(lines))
+    return out / "report.md"

@@ -5,8 +5,8 @@ Spec (YAML)::
     time_budget: 600              # seconds of training per run
     seeds: [0, 1, 2]
     models: [standard, c4-l2, c4-mirror, d4-l2]
-    profile: cpu
-    train: {batch_size: 32, lr: 1.0e-3}     # any TrainConfig field
+    recipe: cpu-amortized         # a training recipe (eqcryo train --list-recipes), optional
+    train: {track_mirror: true}   # overrides of the recipe: any TrainConfig field
     datasets:
       spliceosome-noiseless:
         particles: data/particles.star      # or: simulate: {recipe: spliceosome-noiseless-cpu}
@@ -33,7 +33,8 @@ from pathlib import Path
 import yaml
 
 from ..data.errors import InputError
-from ..training.trainer import TrainConfig
+from ..training.config import TrainConfig, load_recipe, make_config
+from ..training.rundir import RunDir
 
 __all__ = ["GridRun", "load_spec", "grid_runs", "run_status", "run_one", "run_grid"]
 
@@ -61,9 +62,18 @@ def load_spec(path: str | os.PathLike) -> dict:
     if spec.get("time_budget") is None and spec.get("steps") is None:
         raise InputError(f"{p}: give time_budget (seconds per run) or steps")
     fields = set(TrainConfig.__dataclass_fields__)
-    bad = set(spec.get("train", {})) - fields
+    bad = set(spec.get("train") or {}) - fields
     if bad:
         raise InputError(f"{p}: unknown train option(s) {sorted(bad)}")
+    for key, kind in (("seeds", list), ("models", list), ("datasets", dict)):
+        if not isinstance(spec[key], kind) or not spec[key]:
+            raise InputError(f"{p}: {key} must be a non-empty {'list' if kind is list else 'mapping'}, "
+                             f"found {spec[key]!r}")
+    if spec.get("recipe"):
+        r = spec["recipe"]
+        local = p.parent / r
+        spec["recipe"] = str(local) if r.endswith((".yaml", ".yml")) and local.exists() else r
+        load_recipe(spec["recipe"])  # an unknown recipe is an error now, not after the first runs
     spec["_base"] = str(p.parent.resolve())
     return spec
 
@@ -79,13 +89,13 @@ def grid_runs(spec: dict, out: str | os.PathLike) -> list[GridRun]:
 
 def run_status(run: GridRun, spec: dict) -> str:
     """"done", "interrupted" or "new"."""
-    summ = run.path / "summary.json"
-    if summ.exists():
-        d = json.loads(summ.read_text())
+    rd = RunDir(run.path)
+    d = rd.read_summary()
+    if d is not None:
         if (spec.get("steps") is not None and d["steps"] >= spec["steps"]) or \
                 (spec.get("time_budget") is not None and d["train_seconds"] >= spec["time_budget"]):
             return "done"
-    return "interrupted" if (run.path / "checkpoint.pt").exists() else "new"
+    return "interrupted" if rd.has_checkpoint() else "new"
 
 
 def _dataset_paths(spec: dict, name: str, out: Path) -> dict:
@@ -120,16 +130,18 @@ def run_one(spec: dict, run: GridRun, out: Path, threads: int | None = None, pro
         return status
     ds = _dataset_paths(spec, run.dataset, out)
     if status == "interrupted":
-        cfg = TrainConfig.from_run(run.path)
+        cfg, _ = RunDir(run.path).read_config()
         cfg.time_budget, cfg.steps = spec.get("time_budget"), spec.get("steps")
         tr = Trainer(cfg, resume=True)
     else:
-        kw = dict(spec.get("train", {}))
-        kw.update(particles=ds["particles"], out=str(run.path), gt_poses=ds.get("gt_poses"),
-                  gt_volume=ds.get("gt_volume"), ctf=ds.get("ctf"), model=run.model, seed=run.seed,
-                  profile=spec.get("profile", "cpu"), time_budget=spec.get("time_budget"), steps=spec.get("steps"),
-                  threads=threads)
-        tr = Trainer(TrainConfig(**kw))
+        sets = dict(spec.get("train") or {})
+        sets["model"] = run.model
+        if spec.get("profile"):
+            sets["profile"] = spec["profile"]
+        cfg = make_config(spec.get("recipe"), sets, particles=ds["particles"], out=str(run.path),
+                          gt_poses=ds.get("gt_poses"), gt_volume=ds.get("gt_volume"), ctf=ds.get("ctf"),
+                          seed=run.seed, time_budget=spec.get("time_budget"), steps=spec.get("steps"), threads=threads)
+        tr = Trainer(cfg)
     tr.run(progress=progress)
     return status
 

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..training.rundir import RunDir
+
 __all__ = ["RunResult", "read_run", "aggregate", "table1_markdown", "table2_markdown", "diagnostics_markdown",
            "write_report"]
 
@@ -50,10 +52,7 @@ def _f(x):
 
 def read_run(path: Path, dataset: str, model: str, seed: int) -> RunResult | None:
     """Final metrics and convergence of one run folder (None if it has no evaluation yet)."""
-    mfile = Path(path) / "metrics.csv"
-    if not mfile.exists():
-        return None
-    rows = [r for r in csv.DictReader(open(mfile)) if r.get("pose_mse") not in (None, "")]
+    rows = [r for r in RunDir(path).metric_rows() if r.get("pose_mse") not in (None, "")]
     if not rows:
         return None
     conv = next((r for r in rows if _f(r["pose_mse"]) < CONVERGED), None)

@@ -66,8 +66,9 @@ class ModelOutput:
 class CryoModel(nn.Module):
     """Encoder + decoder + loss. ``model.encoder(images) -> (R (B,3,3), d (B,2) px)``.
 
-    ``band_radius`` (Fourier shells, None = the full disc |k| < L/2) limits the loss to
-    |k| < band_radius (frequency marching). The loss is then computed in Fourier space on the
+    ``forward(images, ctf, band_radius)``: ``band_radius`` (Fourier shells, None = the full disc
+    |k| < L/2) limits the loss to |k| < band_radius (frequency marching; the caller's schedule
+    decides it per step). The loss is then computed in Fourier space on the
     band's lattice points only — by Parseval the same number as the MSE of the low-pass
     filtered images, but the decoder is read at those points only (for the voxel decoder only
     the band of its padded DFT is computed), so early low-resolution training is several
@@ -85,7 +86,6 @@ class CryoModel(nn.Module):
         # saved in checkpoints (derived from the box)
         self.register_buffer("_radius", radius_2d(self.box, torch.float32).flatten(), persistent=False)
         self.register_buffer("_plane", plane_coords(self.box, torch.float32), persistent=False)
-        self.band_radius: float | None = None
         self._band_cache: tuple | None = None
 
     def image_loss(self, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -98,44 +98,46 @@ class CryoModel(nn.Module):
         origin = displacement_to_origin(d, self.box)
         return render_images(slices, ctf, origin)
 
-    def _band(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Flat lattice indices (M,) and plane points (M, 3) with |k| < band_radius (cached)."""
-        r = float(self.band_radius)
+    def _band(self, radius: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat lattice indices (M,) and plane points (M, 3) with |k| < radius (cached)."""
+        r = float(radius)
         if self._band_cache is None or self._band_cache[0] != (r, self._radius.device):
             idx = (self._radius < r).nonzero()[:, 0]
             self._band_cache = ((r, self._radius.device), idx, self._plane[idx])
         return self._band_cache[1], self._band_cache[2]
 
     def band_loss(self, y: torch.Tensor, R: torch.Tensor, d: torch.Tensor,
-                  ctf: torch.Tensor | None) -> torch.Tensor:
+                  ctf: torch.Tensor | None, band_radius: float) -> torch.Tensor:
         """Per-image loss (B,) on |k| < band_radius: ``Σ_band |Ŝ·T̂·ĥ - Ŷ|² / L⁴`` (Parseval:
         the MSE of the band-limited images)."""
         L = self.box
-        idx, pts = self._band()
+        idx, pts = self._band(band_radius)
         pts = pts.to(R.dtype)
-        S = self.decoder.slice_at(R, pts, self.band_radius)
+        S = self.decoder.slice_at(R, pts, band_radius)
         S = S * shift_phase_at(pts[:, 0], pts[:, 1], L, displacement_to_origin(d, L))
         if ctf is not None:
             S = S * ctf.flatten(1)[:, idx]
         E = S - fft2_centered(y).flatten(1)[:, idx]
         return (E.real ** 2 + E.imag ** 2).sum(1) / L ** 4
 
-    def _branch(self, y: torch.Tensor, ctf: torch.Tensor | None):
+    def _branch(self, y: torch.Tensor, ctf: torch.Tensor | None, band_radius: float | None):
         R, d = self.encoder(y)
-        if self.band_radius is not None and self.band_radius < self.box / 2:
-            return None, self.band_loss(y, R, d, ctf), R, d
+        if band_radius is not None and band_radius < self.box / 2:
+            return None, self.band_loss(y, R, d, ctf, band_radius), R, d
         pred = self.render(R, d, ctf)
         return pred, self.image_loss(pred, y), R, d
 
-    def forward(self, images: torch.Tensor, ctf: torch.Tensor | None = None) -> ModelOutput:
+    def forward(self, images: torch.Tensor, ctf: torch.Tensor | None = None,
+                band_radius: float | None = None) -> ModelOutput:
+        """images (B, L, L), CTF images (B, L, L) or None, loss band (shells; None = full disc)."""
         e = LOSSES[self.loss_name]
         B = images.shape[0]
         if e is None:
-            pred, loss, R, d = self._branch(images, ctf)
+            pred, loss, R, d = self._branch(images, ctf, band_radius)
             return ModelOutput(pred, loss, R, d, torch.zeros(B, dtype=torch.long, device=images.device))
         y2 = torch.cat([images, image_action(images, e)])
         c2 = None if ctf is None else torch.cat([ctf, transform_ctf(ctf, e)])
-        pred2, l2, R2, d2 = self._branch(y2, c2)
+        pred2, l2, R2, d2 = self._branch(y2, c2, band_radius)
         loss, branch = torch.stack([l2[:B], l2[B:]]).min(0)
         pr, pt = phi_r(e, R2.dtype).to(R2.device), phi_t(e, d2.dtype).to(d2.device)
         R = torch.where(branch[:, None, None] == 1, pr.T @ R2[B:], R2[:B])

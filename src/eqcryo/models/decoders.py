@@ -14,6 +14,7 @@ lattice (rows ``(kx, ky, 0) @ R``, :mod:`eqcryo.physics.lattice`) and export a r
 from __future__ import annotations
 
 import math
+from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 import torch.nn as nn
@@ -21,7 +22,31 @@ import torch.nn as nn
 from ..physics.lattice import _crop_or_pad_centered, fft3_centered, freq_index, ifft3_centered, plane_coords
 from ..physics.projection import centered_dft_band, gridding_correction, slice_fourier_volume
 
-__all__ = ["Siren", "FourierNet", "VoxelDecoder"]
+__all__ = ["Decoder", "Siren", "FourierNet", "VoxelDecoder"]
+
+
+@runtime_checkable
+class Decoder(Protocol):
+    """What the image model and training need of a decoder (both below implement it).
+
+    ``accepts_volume``: whether :meth:`set_volume` can replace the map (a voxel grid can; a
+    neural field cannot be set to a map without fitting it).
+    """
+
+    box: int
+    accepts_volume: ClassVar[bool]
+
+    def slice(self, R: torch.Tensor) -> torch.Tensor:
+        """Complex central slices (B, L, L) at rotations R (B, 3, 3)."""
+
+    def slice_at(self, R: torch.Tensor, pts: torch.Tensor, radius: float | None = None) -> torch.Tensor:
+        """Complex values (B, M) at plane points pts (M, 3) (integer frequency units) rotated by R."""
+
+    def volume(self) -> torch.Tensor:
+        """The real-space map (L, L, L), detached."""
+
+    def set_volume(self, vol: torch.Tensor) -> None:
+        """Replace the map by ``vol`` (L, L, L) (only when ``accepts_volume``)."""
 
 
 class SineLayer(nn.Module):
@@ -57,6 +82,8 @@ class Siren(nn.Module):
 class FourierNet(nn.Module):
     """cryoAI's FourierNet. Defaults are the paper's (width 256; modulant 3 hidden layers, ω0 40;
     envelope 2 hidden layers, ω0 30)."""
+
+    accepts_volume: ClassVar[bool] = False
 
     def __init__(self, box: int, width: int = 256, modulant_layers: int = 3, envelope_layers: int = 2,
                  omega_modulant: float = 40.0, omega_envelope: float = 30.0):
@@ -101,9 +128,14 @@ class FourierNet(nn.Module):
             vals[0], vals[:, 0], vals[:, :, 0] = 0, 0, 0
         return ifft3_centered(vals.to(torch.complex128)).real.to(dt)
 
+    def set_volume(self, vol: torch.Tensor) -> None:
+        raise NotImplementedError("FourierNet is a neural field: it cannot be set to a map (accepts_volume is False)")
+
 
 class VoxelDecoder(nn.Module):
     """A learnable real-space map (L, L, L), read through a 2× padded, gridding-corrected DFT."""
+
+    accepts_volume: ClassVar[bool] = True
 
     def __init__(self, box: int, pad: int = 2, init: torch.Tensor | None = None):
         super().__init__()
@@ -134,3 +166,7 @@ class VoxelDecoder(nn.Module):
     @torch.no_grad()
     def volume(self) -> torch.Tensor:
         return self.vol.detach().clone()
+
+    @torch.no_grad()
+    def set_volume(self, vol: torch.Tensor) -> None:
+        self.vol.copy_(vol.to(self.vol.dtype).to(self.vol.device))

@@ -81,7 +81,7 @@ class StandardEncoder(nn.Module):
     without BN, to 2. ``hidden`` = (512, 256) at cryoAI's size."""
 
     def __init__(self, box: int, channels=(64, 128, 256, 256, 256), convs=(2, 2, 3, 2, 2), hidden=(512, 256),
-                 so3: str = "gram_schmidt", trans_scale: float = 1.0, bin: int = 1):
+                 so3: str = "gram_schmidt", bin: int = 1):
         super().__init__()
         self.box, self.bin, self.n = box, bin, padded_size(_binned_size(box, bin))
         self.pyramid = GaussianPyramid()
@@ -106,7 +106,6 @@ class StandardEncoder(nn.Module):
                                       nn.Linear(h2, 6))
         self.trans_head = nn.Sequential(nn.Linear(feat, h1), nn.ReLU(), nn.Linear(h1, h2), nn.ReLU(), nn.Linear(h2, 2))
         self.so3 = so3
-        self.trans_scale = trans_scale
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """images (B, L, L) -> (R (B, 3, 3), d (B, 2) px)."""
@@ -114,7 +113,7 @@ class StandardEncoder(nn.Module):
         f = self.trunk(x).flatten(1)
         six = self.rot_head(f)
         R = sixd_to_matrix_gram_schmidt(six) if self.so3 == "gram_schmidt" else sixd_to_matrix_svd(six)
-        return R, self.trans_head(f) * (self.trans_scale * self.bin)
+        return R, self.trans_head(f) * self.bin
 
 
 class EquivariantEncoder(nn.Module):
@@ -128,7 +127,7 @@ class EquivariantEncoder(nn.Module):
     """
 
     def __init__(self, box: int, group: str = "D4", fields=(8, 16, 32, 32, 32), final_fields: int = 64,
-                 head_fields: int = 32, trans_scale: float = 1.0, bin: int = 1):
+                 head_fields: int = 32, bin: int = 1):
         super().__init__()
         self.box, self.bin, self.n = box, bin, padded_size(_binned_size(box, bin))
         self.G = Group(group)
@@ -150,7 +149,6 @@ class EquivariantEncoder(nn.Module):
                                      RegularToRep(self.G, head_fields, "t")])
         self.head_r = nn.ModuleList([RegularLinear(self.G, final_fields, head_fields),
                                      RegularToRep(self.G, head_fields, "r", copies=2)])
-        self.trans_scale = trans_scale
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Regular-field vector (B, final_fields·|G|) of images (B, L, L)."""
@@ -167,4 +165,4 @@ class EquivariantEncoder(nn.Module):
         f = self.features(images)
         t = self.head_t[1](F.relu(self.head_t[0](f)))
         six = self.head_r[1](F.relu(self.head_r[0](f)))
-        return sixd_to_matrix_svd(six), t * (self.trans_scale * self.bin)  # d in full-size pixels
+        return sixd_to_matrix_svd(six), t * self.bin  # d in full-size pixels

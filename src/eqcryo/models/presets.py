@@ -48,7 +48,7 @@ def build_encoder(preset: str, profile: str, box: int, so3: str = "gram_schmidt"
         raise ValueError(f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}")
     group, _ = PRESETS[preset]
     p = PROFILES[profile]
-    bin = p.get("bin", 1) if bin is None else bin
+    bin = 1 if bin is None else bin
     if group is None:
         return StandardEncoder(box, channels=p["std_channels"], hidden=p["std_hidden"], so3=so3, bin=bin)
     return EquivariantEncoder(box, group, fields=p["fields"][group], final_fields=p["final"][group],

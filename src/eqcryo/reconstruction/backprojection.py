@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from .lattice import _crop_or_pad_centered, fft2_centered, freq_index, ifft3_centered, plane_coords
-from .projection import shift_phase
+from ..physics.lattice import _crop_or_pad_centered, fft2_centered, freq_index, ifft3_centered, plane_coords
+from ..physics.projection import shift_phase
 
 __all__ = ["Backprojector"]
 

@@ -8,7 +8,7 @@ encoder's poses is dominated by the well-posed majority instead, and a global se
 image against it puts the mirrored minority back. One iteration:
 
 1. reconstruct ``V`` from the current poses by Wiener-filtered Fourier backprojection
-   (:class:`~eqcryo.physics.backprojection.Backprojector`);
+   (:class:`~eqcryo.reconstruction.backprojection.Backprojector`);
 2. global search: for every image the best of ``n_rotations`` rotations (a seeded uniform
    sample of SO(3)) × a 3×3 grid of shift offsets around its current origin, and its
    current pose; the score is the L2 image loss restricted to the band ``|k| < radius``,
@@ -30,7 +30,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..physics.backprojection import Backprojector
+from .backprojection import Backprojector
 from ..physics.lattice import fft2_centered, plane_coords
 from ..physics.rotations import axis_angle_to_matrix, random_rotations
 from ..physics.projection import FourierVolume, prepare_fourier_volume, shift_phase_at, slice_fourier_volume

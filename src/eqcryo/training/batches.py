@@ -1,0 +1,62 @@
+"""The training data: particles read and checked once, the held-out split, the intensity scale and
+the seeded order of batches.
+
+- held-out: ``eval_n`` particles (at most a tenth), drawn by the seed, never trained on;
+- scale: ``1 / std`` of up to 512 training images, so that losses are O(1) for any data;
+- order: epoch ``e`` is the permutation ``randperm(seed · 1000003 + e)`` of the training
+  particles, so a resumed run at (epoch, position) sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..data.dataset import ParticleDataset, Prefetcher
+from ..data.errors import InputError
+from ..data.io import load_particles
+from ..data.particles import ParticleTable
+from .config import TrainConfig
+
+__all__ = ["TrainingData"]
+
+
+class TrainingData:
+    """The particles of a run as batches on ``cfg.device`` (images × scale, CTF images)."""
+
+    def __init__(self, cfg: TrainConfig, table: ParticleTable | None = None):
+        t = table if table is not None else load_particles(cfg.particles, ctf=cfg.ctf, datadir=cfg.datadir,
+                                                            apix=cfg.apix)
+        if t.images is None:
+            raise InputError(f"{cfg.particles}: no images")
+        t.images.validate()
+        L = t.images.box()
+        if L % 2:
+            raise InputError(f"{cfg.particles}: box {L} is odd; eqcryo trains on even boxes (crop or pad by one)")
+        if t.ctf is None and cfg.ctf is None and t.source_format == "star":
+            raise InputError(f"{cfg.particles}: no CTF columns in the STAR file; give --ctf CTF.pkl "
+                             f"(or convert the data without CTF to .mrcs and train without one)")
+        self.table, self.seed = t, cfg.seed
+        g = torch.Generator().manual_seed(cfg.seed)
+        perm = torch.randperm(t.n, generator=g).numpy()
+        n_eval = min(cfg.eval_n, max(1, t.n // 10))
+        self.eval_ids, self.train_ids = np.sort(perm[:n_eval]), perm[n_eval:]
+        if len(self.train_ids) < cfg.batch_size:
+            raise InputError(f"{cfg.particles}: {len(self.train_ids)} training particles < batch size {cfg.batch_size}")
+        sample = t.images.read(self.train_ids[:min(512, len(self.train_ids))])
+        self.scale = float(1.0 / (sample.std() + 1e-12))
+        self.ds = ParticleDataset(t, cfg.device, self.scale, box=L)
+        self.box, self.apix, self.n = L, self.ds.apix, t.n
+
+    def resolved(self) -> dict:
+        """Facts about the data a run records in its config.yaml (a trained model needs only these)."""
+        return {"box": self.box, "apix": self.apix, "n_particles": self.n, "n_eval": len(self.eval_ids),
+                "intensity_scale": self.scale}
+
+    def order(self, epoch: int) -> np.ndarray:
+        g = torch.Generator().manual_seed(self.seed * 1000003 + epoch)
+        return self.train_ids[torch.randperm(len(self.train_ids), generator=g).numpy()]
+
+    def stream(self, epoch: int, pos: int, batch_size: int) -> Prefetcher:
+        """Full batches of epoch ``epoch`` from position ``pos``, read ahead in a thread."""
+        return self.ds.prefetch(self.order(epoch)[pos:], batch_size)

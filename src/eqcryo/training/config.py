@@ -1,0 +1,217 @@
+"""What a training run is: :class:`TrainConfig` (validated once) and the named recipes.
+
+One source of truth per default: the fields of :class:`TrainConfig`. A *recipe* is a YAML file
+of TrainConfig fields (package data in ``eqcryo/training/recipes/``, or any file); it may
+``extends:`` another recipe and carries a one-line ``description:``. A run's configuration is
+
+    TrainConfig defaults  <-  recipe  <-  --set key=value  <-  operational options
+
+and is written whole to ``RUN/config.yaml``, the run's truth (``--resume`` reads it back).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import asdict, dataclass, fields
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from ..data.errors import InputError
+from ..models.presets import PRESETS, PROFILES
+
+__all__ = ["TrainConfig", "list_recipes", "load_recipe", "make_config", "parse_sets"]
+
+#: options that say where and how long to run, not what to learn; everything else is a recipe's
+OPERATIONAL = ("particles", "out", "ctf", "datadir", "apix", "gt_poses", "gt_volume", "steps", "time_budget",
+               "seed", "device", "threads", "recipe")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; written to ``RUN/config.yaml``. Units in names; times are
+    seconds of training wall time (evaluation excluded, see :mod:`.schedule`)."""
+
+    particles: str = ""
+    out: str = ""
+    ctf: str | None = None
+    datadir: str | None = None
+    apix: float | None = None
+    gt_poses: str | None = None
+    gt_volume: str | None = None
+    recipe: str | None = None  # the recipe this configuration started from (for the record)
+    model: str = "d4-l2"
+    profile: str = "cpu"
+    decoder: str | None = None
+    so3: str = "gram_schmidt"
+    encoder_bin: int | None = None  # None: the profile's (average bin×bin blocks before the encoder)
+    steps: int | None = None
+    time_budget: float | None = None
+    seed: int = 0
+    batch_size: int = 64
+    lr: float = 1e-4
+    lr_decoder: float | None = None
+    clip: float = 1.0
+    device: str = "cpu"
+    threads: int | None = None
+    eval_every: float = 60.0  # seconds of training time
+    eval_n: int = 256
+    checkpoint_every: float = 300.0
+    # Frequency marching: the loss sees |k| < r shells, r growing linearly from
+    # ``lowpass_start`` to Nyquist over ``lowpass_images`` training images (None: full band).
+    lowpass_start: float | None = None
+    lowpass_images: int = 50000
+    # Uniform-orientation prior (beyond the paper): adds view_prior · ‖mean_b z zᵀ − I/3‖²_F over
+    # each batch's predicted viewing directions z, discouraging the collapse of all images onto
+    # a few viewing axes (docs/training.md). 0 = off, as the paper.
+    view_prior: float = 0.0
+    track_mirror: bool = False  # log the map's best mirror-plane correlation at each evaluation
+    # Semi-amortized refinement (beyond the paper; docs/training.md): once ``refine_images``
+    # images have been seen, the encoder's poses for the training particles seed
+    # ``refine_iters`` iterations of projection matching on |k| < ``refine_radius`` shells;
+    # the voxel decoder is set to the resulting map and the encoder is then also trained
+    # towards the refined poses, with weight ``distill`` (chordal distance² + 0.1 · shift² px²).
+    # None = off, as the paper.
+    refine_images: int | None = None
+    refine_iters: int = 3
+    refine_radius: float = 16.0
+    # Loss band (shells) once the refined poses are the encoder's targets (None: the
+    # frequency-marching schedule goes on). The refined map already holds the higher shells, and
+    # what remains is mostly teaching the encoder the refined poses: a narrower band makes each
+    # step ~3.7× cheaper at 16 of 32 shells (docs/benchmarks.md), so more images in the same time.
+    distill_band: float | None = None
+    distill: float = 1.0
+
+    def validate(self) -> "TrainConfig":
+        """Raise :class:`InputError` naming the first option that makes no sense; returns self."""
+        if self.model not in PRESETS:
+            raise InputError(f"unknown model {self.model!r}; expected one of {', '.join(PRESETS)}")
+        if self.profile not in PROFILES:
+            raise InputError(f"unknown profile {self.profile!r}; expected one of {', '.join(PROFILES)}")
+        if self.decoder not in (None, "voxel", "fouriernet"):
+            raise InputError(f"decoder {self.decoder!r}: expected voxel or fouriernet")
+        if self.so3 not in ("gram_schmidt", "svd"):
+            raise InputError(f"so3 {self.so3!r}: expected gram_schmidt or svd")
+        if self.steps is None and self.time_budget is None:
+            raise InputError("give --steps and/or --time-budget")
+        positive = {"batch_size": self.batch_size, "lr": self.lr, "lr_decoder": self.lr_decoder, "clip": self.clip,
+                    "eval_every": self.eval_every, "eval_n": self.eval_n, "checkpoint_every": self.checkpoint_every,
+                    "lowpass_start": self.lowpass_start, "lowpass_images": self.lowpass_images,
+                    "refine_iters": self.refine_iters, "refine_radius": self.refine_radius, "steps": self.steps,
+                    "time_budget": self.time_budget, "threads": self.threads, "encoder_bin": self.encoder_bin,
+                    "distill_band": self.distill_band, "apix": self.apix}
+        for k, v in positive.items():
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                raise InputError(f"{k.replace('_', '-')} {v!r}: expected a number")
+            if v is not None and not v > 0:
+                raise InputError(f"{k.replace('_', '-')} {v}: must be > 0")
+        for k, v in {"view_prior": self.view_prior, "distill": self.distill, "refine_images": self.refine_images,
+                     "seed": self.seed}.items():
+            if v is not None and v < 0:
+                raise InputError(f"{k.replace('_', '-')} {v}: must be >= 0")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, origin: str = "configuration") -> "TrainConfig":
+        """A config from a mapping of its fields; unknown keys are an :class:`InputError`."""
+        if not isinstance(d, dict):
+            raise InputError(f"{origin}: expected a mapping of training options, found {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        bad = sorted(set(d) - known)
+        if bad:
+            raise InputError(f"{origin}: unknown training option(s) {bad}")
+        try:
+            return cls(**d)
+        except TypeError as e:
+            raise InputError(f"{origin}: {e}") from None
+
+
+# ----------------------------------------------------------------------------- recipes
+def _recipe_dir():
+    return resources.files("eqcryo.training") / "recipes"
+
+
+def list_recipes() -> dict[str, str]:
+    """Bundled recipe name -> its description."""
+    out = {}
+    for f in sorted(_recipe_dir().iterdir(), key=lambda p: p.name):
+        if f.name.endswith(".yaml"):
+            out[f.name[:-5]] = (yaml.safe_load(f.read_text()) or {}).get("description", "")
+    return out
+
+
+def load_recipe(name_or_path: str, _seen: tuple = ()) -> dict:
+    """The TrainConfig fields of a bundled recipe (by name) or of a YAML file, ``extends`` resolved."""
+    if name_or_path in _seen:
+        raise InputError(f"recipe {name_or_path!r} extends itself (through {' -> '.join(_seen)})")
+    if name_or_path.endswith((".yaml", ".yml")) or os.sep in name_or_path:
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise InputError(f"{path}: recipe file not found")
+        text, origin = path.read_text(), str(path)
+    else:
+        f = _recipe_dir() / f"{name_or_path}.yaml"
+        if not f.is_file():
+            raise InputError(f"unknown recipe {name_or_path!r}; bundled recipes: {', '.join(list_recipes())} "
+                             f"(or give a .yaml file)")
+        text, origin = f.read_text(), f"recipe {name_or_path}"
+    try:
+        d = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise InputError(f"{origin}: not valid YAML: {e}") from None
+    if not isinstance(d, dict):
+        raise InputError(f"{origin}: expected a mapping of training options")
+    d = dict(d)
+    d.pop("description", None)
+    parent = d.pop("extends", None)
+    base = load_recipe(parent, _seen + (name_or_path,)) if parent else {}
+    TrainConfig.from_dict({**base, **d}, origin)  # unknown keys named here, with the file
+    return {**base, **d}
+
+
+def parse_sets(items: list[str] | None) -> dict:
+    """``["lr=1e-3", "lowpass_start=8"]`` -> ``{"lr": 0.001, "lowpass_start": 8}`` (values read as YAML)."""
+    out = {}
+    for it in items or []:
+        key, sep, val = it.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise InputError(f"--set {it!r}: expected KEY=VALUE, e.g. --set lr=1e-3")
+        try:
+            out[key] = yaml.safe_load(val) if val.strip() else None
+        except yaml.YAMLError:
+            raise InputError(f"--set {it!r}: cannot read the value {val!r}") from None
+        if isinstance(out[key], str) and key in {f.name for f in fields(TrainConfig)}:
+            # YAML reads 1e-3 as a string; numbers are numbers here
+            try:
+                out[key] = float(val) if any(c in val for c in ".eE") else int(val)
+            except ValueError:
+                pass
+    return out
+
+
+def make_config(recipe: str | None = None, sets: dict | None = None, **operational) -> TrainConfig:
+    """Defaults <- recipe <- ``sets`` <- ``operational`` (those that are not None), validated."""
+    d = load_recipe(recipe) if recipe else {}
+    d.update(sets or {})
+    d.update({k: v for k, v in operational.items() if v is not None})
+    if recipe:
+        d["recipe"] = recipe
+    cfg = TrainConfig.from_dict(d, f"recipe {recipe}" if recipe else "training options")
+    # a value of the wrong type (e.g. --set batch_size=abc) is caught here, not deep in torch
+    for f in fields(TrainConfig):
+        v = getattr(cfg, f.name)
+        if v is None or f.name in ("recipe",):
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if isinstance(default, bool) and not isinstance(v, bool):
+            raise InputError(f"{f.name}: expected true or false, got {v!r}")
+        if isinstance(default, (int, float)) and not isinstance(default, bool) and \
+                (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise InputError(f"{f.name}: expected a number, got {v!r}")
+    return cfg.validate()

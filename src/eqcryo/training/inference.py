@@ -1,0 +1,98 @@
+"""A trained model from its run folder alone, and the one eval-mode pass over particles.
+
+``load_trained(RUN)`` needs only ``RUN/config.yaml`` and the checkpoint: the training particles
+may have moved or gone (``eqcryo predict`` on new data works anywhere the run folder is).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..data.dataset import ParticleDataset
+from ..data.errors import InputError
+from ..data.particles import ParticleTable
+from ..models.autoencoder import CryoModel
+from ..models.presets import build_model
+from ..physics.group import displacement_to_origin
+from .config import TrainConfig
+from .rundir import RunDir
+
+__all__ = ["infer", "TrainedModel", "load_trained", "build_for"]
+
+
+def build_for(cfg: TrainConfig, box: int) -> CryoModel:
+    """The run's model, freshly initialised from ``cfg.seed`` (as at the start of training)."""
+    torch.manual_seed(cfg.seed)
+    return build_model(cfg.model, cfg.profile, box, cfg.decoder, cfg.so3, cfg.encoder_bin).to(cfg.device)
+
+
+@torch.no_grad()
+def infer(model: CryoModel, ds: ParticleDataset, ids: np.ndarray, batch: int = 128,
+          band_radius: float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One eval-mode pass over particles ``ids``: (R (k, 3, 3) float64, RELION origins (k, 2) Å,
+    per-image loss (k,)), with the symmetric/mirror branch correction applied to the poses."""
+    was = model.training
+    model.eval()
+    Rs, ds_, losses = [], [], []
+    for b in ds.batches(np.asarray(ids), batch):
+        out = model(b.images, b.ctf, band_radius=band_radius)
+        Rs.append(out.R.double().cpu())
+        ds_.append(out.d.double().cpu())
+        losses.append(out.loss.cpu())
+    model.train(was)
+    return torch.cat(Rs), displacement_to_origin(torch.cat(ds_), ds.box) * ds.apix, torch.cat(losses)
+
+
+@dataclass
+class TrainedModel:
+    """A run's model with what is needed to apply it: box (px), apix (Å), intensity scale."""
+
+    run: RunDir
+    cfg: TrainConfig
+    model: CryoModel
+    box: int
+    apix: float
+    scale: float
+    state: dict
+
+    def dataset(self, table: ParticleTable, source: str = "") -> ParticleDataset:
+        """``table`` as this model's input, after checking its box and pixel size."""
+        src = source or table.source
+        if table.images is None:
+            raise InputError(f"{src}: no images")
+        table.images.validate()
+        if table.images.box() != self.box:
+            raise InputError(f"{src}: box {table.images.box()} px but the model was trained at {self.box} px")
+        if table.apix is not None and abs(table.pixel_size() - self.apix) > 1e-3 * self.apix:
+            raise InputError(f"{src}: pixel size {table.pixel_size():.4g} Å but the model was trained at "
+                             f"{self.apix:.4g} Å")
+        return ParticleDataset(table, self.cfg.device, self.scale, box=self.box, apix=self.apix)
+
+    def predict(self, table: ParticleTable) -> tuple[torch.Tensor, torch.Tensor]:
+        """Poses of every particle of ``table``: (R (n, 3, 3), RELION origins (n, 2) Å)."""
+        R, origin, _ = infer(self.model, self.dataset(table), np.arange(table.n))
+        return R, origin
+
+
+def load_trained(run: str | os.PathLike | RunDir, checkpoint: str | os.PathLike | None = None,
+                 device: str | None = None, **overrides) -> TrainedModel:
+    """The model of ``run`` with its checkpoint (or ``checkpoint``) loaded; ``overrides`` of the
+    config (e.g. ground truth for evaluation) are applied. Reads no particles."""
+    rd = run if isinstance(run, RunDir) else RunDir(run)
+    cfg, res = rd.read_config(device=device, **overrides)
+    if "box" not in res or "intensity_scale" not in res:
+        raise InputError(f"{rd / rd.CONFIG}: lacks the resolved box/intensity scale; was the run started?")
+    state = rd.load_checkpoint(checkpoint, map_location=cfg.device)
+    model = build_for(cfg, int(res["box"]))
+    try:
+        model.load_state_dict(state["model"])
+    except (KeyError, RuntimeError) as e:
+        raise InputError(f"{checkpoint or rd / rd.CHECKPOINT}: does not fit the run's model "
+                         f"({cfg.model}, {cfg.profile}): {str(e).splitlines()[0][:200]}") from None
+    model.eval()
+    return TrainedModel(rd, cfg, model, int(res["box"]), float(res.get("apix", 1.0)), float(res["intensity_scale"]),
+                        state)

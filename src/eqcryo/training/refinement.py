@@ -1,0 +1,89 @@
+"""Semi-amortized refinement inside training (beyond the paper; docs/training.md).
+
+At its trigger the encoder's poses of the training particles seed projection matching
+(:mod:`eqcryo.reconstruction.projection_matching`) on a Fourier band; the refined poses become
+distillation *targets* the encoder is pulled towards (weight ``distill``), and a decoder that
+accepts a map is set to the refined map. The targets are this object's state (checkpointed).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..evaluation.metrics import pose_metrics
+from ..models.autoencoder import CryoModel, ModelOutput
+from ..physics.group import origin_to_displacement
+from ..reconstruction.projection_matching import MatchConfig, projection_matching
+from .batches import TrainingData
+from .inference import infer
+
+__all__ = ["Refinement"]
+
+
+class Refinement:
+    """Distillation targets for every particle (rows of held-out particles stay unused):
+    ``target_R`` (n, 3, 3), ``target_origin_px`` (n, 2); None until :meth:`run`."""
+
+    def __init__(self, iters: int, radius: float, distill: float, seed: int):
+        self.iters, self.radius, self.distill, self.seed = iters, radius, distill, seed
+        self.target_R: torch.Tensor | None = None
+        self.target_origin_px: torch.Tensor | None = None
+
+    @property
+    def has_targets(self) -> bool:
+        return self.target_R is not None
+
+    def run(self, model: CryoModel, data: TrainingData, gt_R: torch.Tensor | None = None,
+            log: Callable[[str], None] = print) -> dict:
+        """Refine the training particles' poses from the model's; set the targets (and the map, if
+        the decoder accepts one). Returns the record written to refinement.json."""
+        t0 = time.perf_counter()
+        ids, L, apix, dev = data.train_ids, data.box, data.apix, data.ds.device
+        R, origin, _ = infer(model, data.ds, ids)
+
+        def reader(b):  # projection matching runs on the CPU, in the data's own units
+            ctf = data.ds.ctf(b)
+            return torch.from_numpy(data.table.images.read(b)), None if ctf is None else ctf.cpu()
+
+        history = []
+
+        def report(it, R_it, o_it):
+            h = {"iteration": it + 1, "seconds": round(time.perf_counter() - t0, 2)}
+            if gt_R is not None:
+                m, _ = pose_metrics(R_it, gt_R[ids])
+                h.update(train_pose_mse=m["pose_mse"], train_pose_medse=m["pose_medse"])
+            history.append(h)
+            log(f"projection matching {it + 1}/{self.iters}: " +
+                ", ".join(f"{k} {v:.4g}" for k, v in h.items() if k != "iteration"))
+
+        mc = MatchConfig(radius=min(self.radius, L / 2), shift_step_px=0.0, seed=self.seed)
+        R_ref, o_ref, vol = projection_matching(reader, ids, L, R.double(), origin.double() / apix, self.iters,
+                                                mc, report)
+        self.target_R = torch.zeros(data.n, 3, 3)
+        self.target_origin_px = torch.zeros(data.n, 2)
+        self.target_R[ids], self.target_origin_px[ids] = R_ref.float(), o_ref.float()
+        if model.decoder.accepts_volume:
+            model.decoder.set_volume(vol.float().to(dev) * data.scale)
+        return {"seconds": round(time.perf_counter() - t0, 2), "decoder_set_to_map": model.decoder.accepts_volume,
+                "iterations": history, "match_config": asdict(mc)}
+
+    def penalty(self, out: ModelOutput, ids: np.ndarray, box: int) -> torch.Tensor:
+        """``distill`` × mean over the batch of ‖R − R*‖²_F + 0.1 ‖d − d*‖² (px²) to the targets
+        (0 before :meth:`run`)."""
+        if self.target_R is None or not self.distill:
+            return out.loss.new_zeros(())
+        dev = out.R.device
+        R_t = self.target_R[ids].to(dev)
+        d_t = origin_to_displacement(self.target_origin_px[ids], box).to(dev)
+        return self.distill * (((out.R - R_t) ** 2).sum((-2, -1)).mean() + 0.1 * ((out.d - d_t) ** 2).sum(-1).mean())
+
+    def state_dict(self) -> dict:
+        return {"target_R": self.target_R, "target_origin_px": self.target_origin_px}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.target_R, self.target_origin_px = s["target_R"], s["target_origin_px"]

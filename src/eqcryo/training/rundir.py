@@ -1,0 +1,223 @@
+"""The run folder: the one module that knows its file names and formats.
+
+``RUN/`` holds::
+
+    config.yaml              the whole configuration (TrainConfig fields + ``resolved``: box, apix, ...)
+    checkpoint.pt            model, optimiser, schedules, counters, RNG (atomic; loaded weights-only)
+    metrics.csv              one row per evaluation (columns: METRIC_COLUMNS)
+    eval_poses.npz           the held-out predictions of every evaluation (for App. G)
+    summary.json             steps, times, images, first convergence
+    fsc.json, refinement.json, reconstruction.mrc, predicted_particles.star, predicted_poses.pkl,
+    report.md and its figures, tensorboard/
+
+Every write is atomic; a resumed run truncates the logs to its checkpoint so they read as one
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from ..data.atomic import atomic_path
+from ..data.errors import InputError
+from .config import TrainConfig
+
+__all__ = ["RunDir", "METRIC_COLUMNS"]
+
+METRIC_COLUMNS = ["step", "train_seconds", "eval_seconds", "images_seen", "loss", "lowpass_shells", "pose_mse",
+                  "pose_medse", "geodesic_median_deg", "view_median_deg", "shift_rmse_angstrom",
+                  "resolution_0.5_angstrom", "resolution_0.143_angstrom", "hand_flipped", "view_anisotropy",
+                  "mirror_score"]
+
+
+class RunDir:
+    """Paths and readers/writers of one run folder."""
+
+    CONFIG, CHECKPOINT, METRICS, EVAL_POSES = "config.yaml", "checkpoint.pt", "metrics.csv", "eval_poses.npz"
+    SUMMARY, FSC, REFINEMENT, REPORT = "summary.json", "fsc.json", "refinement.json", "report.md"
+    MAP, POSES_PKL, POSES_STAR, TENSORBOARD = ("reconstruction.mrc", "predicted_poses.pkl",
+                                               "predicted_particles.star", "tensorboard")
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    # ------------------------------------------------------------------ config
+    def is_run(self) -> bool:
+        return (self / self.CONFIG).exists()
+
+    def has_checkpoint(self) -> bool:
+        return (self / self.CHECKPOINT).exists()
+
+    def write_config(self, cfg: TrainConfig, resolved: dict) -> None:
+        d = cfg.to_dict()
+        d["resolved"] = resolved
+        with atomic_path(self / self.CONFIG) as tmp:
+            tmp.write_text(yaml.safe_dump(d, sort_keys=False))
+
+    def read_config(self, **overrides) -> tuple[TrainConfig, dict]:
+        """(the run's TrainConfig with ``out`` = this folder and ``overrides`` not None applied,
+        its ``resolved`` facts: box, apix, n_particles, n_eval, intensity_scale, ...)."""
+        path = self / self.CONFIG
+        if not path.exists():
+            raise InputError(f"{path}: not found; is {self.path} a run folder written by eqcryo train?")
+        try:
+            d = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise InputError(f"{path}: not valid YAML ({e}); was it edited by hand?") from None
+        if not isinstance(d, dict):
+            raise InputError(f"{path}: not a run configuration (expected a mapping)")
+        resolved = d.pop("resolved", None) or {}
+        for dead in ("poses", "extra"):  # fields of older versions
+            d.pop(dead, None)
+        d.update({k: v for k, v in overrides.items() if v is not None})
+        d["out"] = str(self.path)
+        return TrainConfig.from_dict(d, str(path)), resolved
+
+    # ------------------------------------------------------------------ checkpoint
+    def save_checkpoint(self, state: dict) -> None:
+        with atomic_path(self / self.CHECKPOINT) as tmp:
+            torch.save(state, tmp)
+
+    def load_checkpoint(self, path: str | os.PathLike | None = None, map_location="cpu") -> dict:
+        """The checkpoint's state, loaded weights-only (tensors and plain containers: a crafted
+        file cannot run code). ``path`` defaults to RUN/checkpoint.pt."""
+        p = Path(path) if path is not None else self / self.CHECKPOINT
+        if not p.exists():
+            raise InputError(f"{p}: checkpoint not found")
+        try:
+            return torch.load(p, map_location=map_location, weights_only=True)
+        except Exception as e:  # truncated, garbage, or objects a weights-only load refuses
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise InputError(f"{p}: not a readable eqcryo checkpoint ({first[:200]})") from None
+
+    # ------------------------------------------------------------------ metrics.csv
+    def append_metrics(self, row: dict) -> None:
+        path = self / self.METRICS
+        new = not path.exists()
+        with open(path, "a", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in METRIC_COLUMNS})
+
+    def metric_rows(self) -> list[dict[str, str]]:
+        """metrics.csv as rows of strings ([] when there is none)."""
+        path = self / self.METRICS
+        if not path.exists():
+            return []
+        with open(path, newline="") as fh:
+            return list(csv.DictReader(fh))
+
+    def read_metrics(self) -> dict[str, np.ndarray]:
+        """metrics.csv as columns: numbers as float arrays (empty cells NaN), other columns as strings."""
+        rows = self.metric_rows()
+        out = {}
+        for k in (rows[0].keys() if rows else []):
+            try:
+                out[k] = np.array([float(r[k]) if r[k] not in ("", "None") else np.nan for r in rows])
+            except ValueError:
+                out[k] = np.array([r[k] for r in rows])
+        return out
+
+    def truncate_logs(self, step: int) -> None:
+        """Drop metrics.csv rows and eval_poses.npz entries logged after ``step`` (a run killed
+        after its last checkpoint logged evaluations that the resumed run redoes)."""
+        path = self / self.METRICS
+        rows = self.metric_rows()
+        keep = [r for r in rows if int(r["step"]) <= step]
+        if len(keep) < len(rows):
+            with atomic_path(path) as tmp:
+                with open(tmp, "w", newline="") as fh:
+                    w = csv.DictWriter(fh, fieldnames=list(rows[0].keys()))
+                    w.writeheader()
+                    w.writerows(keep)
+        z = self.read_eval_poses()
+        if z is not None:
+            k = z["steps"] <= step
+            if not k.all():
+                self._write_eval_poses(z["steps"][k], z["train_seconds"][k], z["rotations"][k], z["eval_ids"])
+
+    def clear_logs(self) -> None:
+        for name in (self.METRICS, self.EVAL_POSES):
+            if (self / name).exists():
+                (self / name).unlink()
+
+    # ------------------------------------------------------------------ eval_poses.npz
+    def read_eval_poses(self) -> dict[str, np.ndarray] | None:
+        """steps (E,), train_seconds (E,), rotations (E, n, 3, 3), eval_ids (n,); None if absent."""
+        path = self / self.EVAL_POSES
+        return dict(np.load(path)) if path.exists() else None
+
+    def append_eval_poses(self, step: int, seconds: float, R: torch.Tensor, eval_ids: np.ndarray) -> None:
+        old = self.read_eval_poses() or {}
+        steps = np.append(old.get("steps", np.zeros(0, np.int64)), step)
+        secs = np.append(old.get("train_seconds", np.zeros(0)), seconds)
+        rots = np.concatenate([old.get("rotations", np.zeros((0, len(eval_ids), 3, 3), np.float32)),
+                               R.float().numpy()[None]])
+        self._write_eval_poses(steps, secs, rots, eval_ids)
+
+    def _write_eval_poses(self, steps, secs, rots, eval_ids) -> None:
+        with atomic_path(self / self.EVAL_POSES, suffix=".npz") as tmp:
+            np.savez(tmp, steps=steps, train_seconds=secs, rotations=rots, eval_ids=eval_ids)
+
+    # ------------------------------------------------------------------ json files
+    def write_json(self, name: str, obj) -> None:
+        with atomic_path(self / name) as tmp:
+            tmp.write_text(json.dumps(obj, indent=2, default=float) + "\n")
+
+    def read_json(self, name: str) -> dict | None:
+        path = self / name
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}: not valid JSON ({e})") from None
+
+    def read_summary(self) -> dict | None:
+        return self.read_json(self.SUMMARY)
+
+    def write_summary(self, summary: dict) -> None:
+        self.write_json(self.SUMMARY, summary)
+
+    def read_fsc(self):
+        """The FSC against the ground truth of the last evaluation (FSCResult) or None."""
+        from ..physics.fsc import FSCResult
+
+        f = self.read_json(self.FSC)
+        if f is None:
+            return None
+        return FSCResult(np.array(f["freq_inv_angstrom"]), np.array(f["fsc"]), f["apix"], f["box"])
+
+    # ------------------------------------------------------------------ report
+    def write_report(self) -> Path:
+        """report.md and its figures, from this folder's files alone."""
+        from ..data.mrc import read_volume
+        from ..evaluation.report import write_report
+
+        cfg, res = self.read_config()
+        s = self.read_summary() or {}
+        vol = read_volume(self / self.MAP)[0] if (self / self.MAP).exists() else None
+        facts = [f"particles: `{cfg.particles}` ({res.get('n_particles')}, {res.get('box')} px, "
+                 f"{res.get('apix')} Å/px); held-out for evaluation: {res.get('n_eval')}",
+                 f"recipe: {cfg.recipe or '(none: defaults and options)'}; seed {cfg.seed}",
+                 f"steps: {s.get('steps')}, training time: {s.get('train_seconds', 0):.0f} s (wall, evaluation "
+                 f"excluded), evaluation: {s.get('eval_seconds', 0):.0f} s, images seen: {s.get('images_seen')}",
+                 "converged (pose MSE < 0.1): " + (json.dumps(s["converged"]) if s.get("converged") else "no")]
+        files = [self.MAP, self.POSES_STAR, self.POSES_PKL, self.METRICS, self.CONFIG, self.CHECKPOINT,
+                 self.TENSORBOARD + "/"]
+        return write_report(self.path, f"eqcryo run: {cfg.model} ({cfg.profile} profile)", facts,
+                            self.read_metrics(), vol, self.read_fsc(), files)

@@ -1,0 +1,150 @@
+"""The schedules of a training run, each a small object with its own ``state_dict()``.
+
+- :class:`Clock` — honest time: ``train_seconds`` is wall time of the training phase (data
+  loading, the step, the refinement all included; CUDA synchronised when read), evaluation is
+  timed apart as ``eval_seconds``;
+- :class:`LossBand` — the loss band limit in Fourier shells (frequency marching, then the
+  distillation band once refined poses exist);
+- :class:`Refinement trigger <RefinementTrigger>` — when the semi-amortized refinement runs;
+- :class:`Periodic` — every N seconds of training time (evaluation, checkpoints);
+- :class:`StopRule` — the step / time budget.
+
+All are pure functions of the counters they are given plus the state they return, so a resumed
+run makes exactly the decisions an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Iterator
+
+import torch
+
+__all__ = ["Clock", "LossBand", "RefinementTrigger", "Periodic", "StopRule"]
+
+
+class Clock:
+    """Training and evaluation wall time (s), continued across a resume.
+
+    ``train_seconds`` = time since :meth:`start` minus the time spent inside :meth:`excluded`
+    blocks, plus what the checkpoint had. On CUDA the device is synchronised before each read,
+    so queued kernels are not missed (a read without it could stop before backward finishes).
+    """
+
+    def __init__(self, device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        self.train_seconds = 0.0
+        self.eval_seconds = 0.0
+        self._t0: float | None = None
+        self._base = 0.0
+        self._excluded = 0.0
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def start(self) -> None:
+        self._t0, self._base, self._excluded = self._now(), self.train_seconds, 0.0
+
+    def tick(self) -> float:
+        """Update and return ``train_seconds``."""
+        if self._t0 is not None:
+            self.train_seconds = self._base + (self._now() - self._t0) - self._excluded
+        return self.train_seconds
+
+    @contextlib.contextmanager
+    def excluded(self) -> Iterator[None]:
+        """Time inside is evaluation: counted in ``eval_seconds``, not in ``train_seconds``."""
+        self.tick()
+        t = self._now()
+        try:
+            yield
+        finally:
+            dt = self._now() - t
+            self.eval_seconds += dt
+            self._excluded += dt
+
+    def state_dict(self) -> dict:
+        return {"train_seconds": self.tick(), "eval_seconds": self.eval_seconds}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.train_seconds, self.eval_seconds = float(s["train_seconds"]), float(s.get("eval_seconds", 0.0))
+        if self._t0 is not None:
+            self.start()
+
+
+class LossBand:
+    """Loss band limit (shells; None = the full disc |k| < L/2).
+
+    Before refinement: frequency marching from ``start`` shells to Nyquist, linear in the images
+    seen over ``images``; ``start`` None = full band. After refinement: ``distill_band`` shells if
+    given (the refined map holds the high shells already), else the marching goes on.
+    """
+
+    def __init__(self, box: int, start: float | None, images: int, distill_band: float | None = None):
+        self.box, self.start, self.images, self.distill_band = box, start, images, distill_band
+
+    def radius(self, images_seen: int, refined: bool = False) -> float | None:
+        half = self.box / 2
+        if self.distill_band is not None and refined:
+            return None if self.distill_band >= half else float(self.distill_band)
+        if self.start is None:
+            return None
+        r = self.start + (half - self.start) * min(1.0, images_seen / max(1, self.images))
+        return None if r >= half else r
+
+    def state_dict(self) -> dict:
+        return {}  # a function of the images seen and of whether targets exist
+
+    def load_state_dict(self, s: dict) -> None:
+        pass
+
+
+class RefinementTrigger:
+    """The refinement runs once, after ``after_images`` training images (None: never)."""
+
+    def __init__(self, after_images: int | None):
+        self.after_images = after_images
+        self.done = False
+
+    def due(self, images_seen: int) -> bool:
+        return self.after_images is not None and not self.done and images_seen >= self.after_images
+
+    def state_dict(self) -> dict:
+        return {"done": self.done}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.done = bool(s["done"])
+
+
+class Periodic:
+    """Fires every ``every`` seconds of training time."""
+
+    def __init__(self, every: float):
+        self.every = every
+        self.last = 0.0
+
+    def due(self, t: float) -> bool:
+        return t - self.last >= self.every
+
+    def reset(self, t: float) -> None:
+        self.last = t
+
+    def state_dict(self) -> dict:
+        return {"last": self.last}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.last = float(s["last"])
+
+
+class StopRule:
+    """Stop at ``steps`` steps and/or ``time_budget`` seconds of training time."""
+
+    def __init__(self, steps: int | None, time_budget: float | None):
+        self.steps, self.time_budget = steps, time_budget
+
+    def done(self, step: int, train_seconds: float) -> bool:
+        return (self.steps is not None and step >= self.steps) or \
+               (self.time_budget is not None and train_seconds >= self.time_budget)
