@@ -23,7 +23,7 @@ def add_parser(sub):
                     "a joy plot of |S_i| (Eq. 32: images consistent with image i's own alignment to the truth) for "
                     "the first --n images over time (two halves of N/2 = two internally consistent subsets), the "
                     "projective-plane view of predicted vs true viewing directions at the last evaluation, and the "
-                    "map's mirror-symmetry score over time (if the run used --track-mirror). Writes PNGs and "
+                    "map's mirror-symmetry score over time (if the run set track_mirror). Writes PNGs and "
                     "analysis.json into RUN (or --outdir).",
                     "eqcryo analyze run")
     p.add_argument("run", help="run folder written by eqcryo train (with --gt-poses)")

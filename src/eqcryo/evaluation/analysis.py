@@ -32,7 +32,7 @@ def viewing_direction_anisotropy(R: torch.Tensor) -> float:
     """Largest eigenvalue of the second moment ``mean_i z_i z_iᵀ`` of the viewing directions
     z_i = R_i[2, :] (N, 3, 3): 1/3 for directions spread evenly over the sphere, 1 when every
     image is assigned the same axis (±). Needs no ground truth: a value climbing towards 1
-    while the loss stalls is the pose collapse seen in failed runs (docs/training.md)."""
+    while the loss stalls is the pose collapse seen in failed runs (docs/training-notebook.md)."""
     return float(torch.linalg.eigvalsh(_view_second_moment(R.double()))[-1])
 
 

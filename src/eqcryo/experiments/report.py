@@ -6,7 +6,7 @@ best seeds by final MSE, and a dash for time/steps when one of those 3 did not c
 Table 2 (SNR sweep): per data set with an ``snr`` and model, the best seed.
 Failure-mode indicators (not in the paper): per data set × model, the mean over all seeds of the
 images seen, the lowest MSE any evaluation reached, the final median geodesic error and the
-final mirror score (App. G's spurious planar symmetry; logged with ``--track-mirror``).
+final mirror score (App. G's spurious planar symmetry; logged with ``track_mirror: true``).
 """
 
 from __future__ import annotations

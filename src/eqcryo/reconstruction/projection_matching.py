@@ -1,7 +1,7 @@
 """Projection matching (hard EM) on a Fourier band: the semi-amortized refinement of poses.
 
 Beyond the paper. An amortized encoder that has stalled in the mirror state of the paper's
-App. G (docs/training.md) predicts most poses well and about a quarter of them mirrored; the
+App. G (docs/training-notebook.md) predicts most poses well and about a quarter of them mirrored; the
 map it trains then acquires a spurious mirror plane, and both explain the data equally well,
 so gradient descent on the joint loss no longer moves. A direct reconstruction from the
 encoder's poses is dominated by the well-posed majority instead, and a global search of every
