@@ -197,7 +197,7 @@ def test_bad_inputs_are_clear_errors(tiny, tmp_path, capsys):
         assert main(["train", str(tiny / "particles.star"), "-o", str(tmp_path / "b4"), "--steps", "1",
                      "--set", opt]) == 2, opt
         assert msg in capsys.readouterr().err, opt
-    for opt, msg in ((["--steps", "-3"], "steps -3: must be > 0"), (["--time-budget", "0"], "time-budget 0")):
+    for opt, msg in ((["--steps", "-3"], "--steps: must be > 0, got -3"), (["--time-budget", "0"], "--time-budget: must be > 0")):
         assert main(["train", str(tiny / "particles.star"), "-o", str(tmp_path / "b5")] + opt) == 2
         assert msg in capsys.readouterr().err, opt
     assert not (tmp_path / "b4").exists() and not (tmp_path / "b5").exists()  # refused before anything is made

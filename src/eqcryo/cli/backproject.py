@@ -16,7 +16,7 @@ from ..data.io import load_particles
 from ..data.mrc import write_volume
 from ..reconstruction.backprojection import Backprojector
 from ..physics.fsc import fsc
-from .common import add_particle_options, verb_parser
+from .common import add_particle_options, positive_float, positive_int, verb_parser
 
 
 def add_parser(sub):
@@ -32,9 +32,9 @@ def add_parser(sub):
     p.add_argument("particles", help=".star, .cs, or .mrcs with --poses and --ctf")
     p.add_argument("-o", "--output", required=True, help="output map (.mrc)")
     add_particle_options(p, particles_option=False)
-    p.add_argument("--wiener", type=float, default=0.01, help="relative Wiener regulariser (default 0.01)")
+    p.add_argument("--wiener", type=positive_float, default=0.01, help="relative Wiener regulariser (default 0.01)")
     p.add_argument("--no-ctf-correction", action="store_true", help="ignore the CTF (data without one)")
-    p.add_argument("--batch-size", type=int, default=256, help="images per batch")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="images per batch")
     p.add_argument("--seed", type=int, default=0, help="seed of the half split (default 0)")
     p.add_argument("--no-half-maps", action="store_true", help="only the full map")
     p.set_defaults(func=run)
@@ -56,8 +56,9 @@ def run(args) -> int:
         raise InputError(f"{args.particles}: no images referenced")
     if t.ctf is None and not args.no_ctf_correction:
         raise InputError(f"{args.particles}: no CTF parameters; give --ctf CTF.pkl or --no-ctf-correction")
-    t.images.validate()
-    L = t.images.box()
+    for o in outs:
+        refuse_overwriting_inputs(o, ins, tables=(t,))
+    L = t.validate_images()
     apix = t.pixel_size()
     shifts_px = np.zeros((t.n, 2)) if t.shifts_angstrom is None else t.shifts_angstrom / apix
     if t.extra is not None and "rlnRandomSubset" in t.extra and set(np.unique(t.extra["rlnRandomSubset"])) == {1, 2}:
@@ -76,7 +77,7 @@ def run(args) -> int:
                            None if ctf is None else ctf[torch.from_numpy(m)])
     full = bps[0].merged(bps[1]).reconstruct(args.wiener)
     write_volume(out, full.float().numpy(), apix)
-    print(f"wrote {out} ({t.n} particles, {L} px, {apix} Å/px)")
+    print(f"wrote {out} ({t.n} particles, {L} px, {apix:.4g} Å/px)")
     if not args.no_half_maps:
         h1, h2 = bps[0].reconstruct(args.wiener), bps[1].reconstruct(args.wiener)
         write_volume(outs[1], h1.float().numpy(), apix)

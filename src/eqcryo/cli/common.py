@@ -5,6 +5,28 @@ from __future__ import annotations
 import argparse
 
 
+def positive_int(s: str) -> int:
+    """argparse type: an integer > 0."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
+    return v
+
+
+def positive_float(s: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be > 0, got {s}")
+    return v
+
+
 def verb_parser(sub, name: str, help: str, description: str, example: str) -> argparse.ArgumentParser:
     return sub.add_parser(name, help=help, description=description + "\n\nexample:\n  " + example,
                           formatter_class=argparse.RawDescriptionHelpFormatter)

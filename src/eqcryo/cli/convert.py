@@ -30,6 +30,8 @@ def run(args) -> int:
         refuse_overwriting_inputs(args.ctf_out, inputs + [args.output])
     t = load_particles(args.input, poses=args.poses, ctf=args.ctf, particles=args.particles, datadir=args.datadir,
                        box=args.box, apix=args.apix)
+    for o in (args.output, args.ctf_out):
+        refuse_overwriting_inputs(o, inputs, tables=(t,))
     for f in save_metadata(args.output, t, ctf_out=args.ctf_out):
         print(f"wrote {f} ({t.n} particles)")
     return 0

@@ -14,7 +14,7 @@ from ..data.io import load_particles
 from ..data.mrc import StackWriter, mrc_header_info, read_volume, write_volume
 from ..data.star import write_star
 from ..physics.lattice import fourier_crop_2d, fourier_crop_3d
-from .common import verb_parser
+from .common import positive_float, positive_int, verb_parser
 
 
 def add_parser(sub):
@@ -25,11 +25,11 @@ def add_parser(sub):
                     "stay in Å.",
                     "eqcryo downsample particles.star -D 64 -o particles.64.mrcs --out-star particles.64.star")
     p.add_argument("input", help="cubic .mrc map, or a particle stack/metadata (.mrcs, .star, .cs, .txt)")
-    p.add_argument("-D", "--box", type=int, required=True, help="new box size in pixels")
+    p.add_argument("-D", "--box", type=positive_int, required=True, help="new box size in pixels")
     p.add_argument("-o", "--output", required=True, help="output .mrc (map) or .mrcs (stack)")
     p.add_argument("--out-star", help="for particle input: write metadata pointing to the new stack")
     p.add_argument("--datadir", help="folder of the image stacks named in the metadata")
-    p.add_argument("--chunk", type=int, default=1000, help="images per chunk (bounds memory)")
+    p.add_argument("--chunk", type=positive_int, default=1000, help="images per chunk (bounds memory)")
     p.set_defaults(func=run)
 
 
@@ -51,8 +51,9 @@ def run(args) -> int:
     t = load_particles(path, datadir=args.datadir)
     if t.images is None:
         raise InputError(f"{path}: no images to down-sample")
-    t.images.validate()
-    L = t.images.box()
+    refuse_overwriting_inputs(args.output, [args.input], tables=(t,))
+    refuse_overwriting_inputs(args.out_star, [args.input], tables=(t,))
+    L = t.validate_images()
     if args.box > L:
         raise InputError(f"{path}: new box {args.box} is larger than {L}")
     apix = t.pixel_size() if t.apix is not None else 1.0

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch
 
 from ..data.errors import InputError
 from ..data.mrc import read_volume
 from ..physics.fsc import fsc
-from .common import verb_parser
+from .common import positive_float, positive_int, verb_parser
 
 
 def add_parser(sub):
@@ -21,7 +22,7 @@ def add_parser(sub):
                     "eqcryo fsc reconstruction.mrc gt_volume.mrc --plot fsc.png --json")
     p.add_argument("a", help="first map (.mrc)")
     p.add_argument("b", help="second map (.mrc)")
-    p.add_argument("--apix", type=float, help="voxel size in Å (default: from the headers)")
+    p.add_argument("--apix", type=positive_float, help="voxel size in Å (default: from the headers)")
     p.add_argument("--mask", help="optional mask (.mrc) applied to both maps")
     p.add_argument("--plot", help="write the curve as an image (.png/.pdf)")
     p.add_argument("--json", action="store_true", help="print the curve and resolutions as JSON")
@@ -29,6 +30,8 @@ def add_parser(sub):
 
 
 def run(args) -> int:
+    if args.plot and Path(args.plot).suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise InputError(f"--plot {args.plot}: the plot is written as an image; give a .png, .pdf or .svg path")
     a, pa = read_volume(args.a)
     b, pb = read_volume(args.b)
     if a.shape != b.shape:
@@ -37,7 +40,7 @@ def run(args) -> int:
     if apix is None:
         raise InputError(f"{args.a}: voxel size unknown; give --apix")
     if args.apix is None and pa and pb and abs(pa - pb) > 1e-3 * pa:
-        raise InputError(f"{args.b}: voxel size {pb} Å differs from {args.a} ({pa} Å)")
+        raise InputError(f"{args.b}: voxel size {pb:.4g} Å differs from {args.a} ({pa:.4g} Å)")
     mask = None
     if args.mask:
         m, _ = read_volume(args.mask)

@@ -36,11 +36,11 @@ def run(args) -> int:
             return _print(s, args.json)
     t = load_particles(path, poses=args.poses, ctf=args.ctf, particles=args.particles, datadir=args.datadir,
                        box=args.box, apix=args.apix)
+    checked = args.check or args.check_pixels
+    if checked:
+        t.validate_images(check_pixels=args.check_pixels)
     s = t.summary()
-    if args.check or args.check_pixels:
-        if t.images is None:
-            raise InputError(f"{path}: no images referenced")
-        t.images.validate(check_pixels=args.check_pixels)
+    if checked:
         s["images_checked"] = "pixels" if args.check_pixels else "headers and indices"
     return _print(s, args.json)
 

@@ -49,7 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a bad option (2, argparse has printed why)
+        return int(e.code or 0) if not isinstance(e.code, str) else 2
+    args.argv = argv  # the command line as given (recorded by verbs that write a report)
     try:
         return int(args.func(args) or 0)
     except InputError as e:
@@ -58,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"eqcryo {args.verb}: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # disk full, read-only folder, an output path under a regular file, ...
+        where = e.filename or "writing the output"
+        print(f"eqcryo {args.verb}: error: {where}: {e.strerror or e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

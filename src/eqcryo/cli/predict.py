@@ -33,6 +33,7 @@ def run(args) -> int:
     refuse_overwriting_inputs(args.output, [args.particles, args.ctf])
     tm = load_trained(args.run, args.checkpoint, device=args.device)
     t = load_particles(args.particles, ctf=args.ctf, datadir=args.datadir)
+    refuse_overwriting_inputs(args.output, [args.particles, args.ctf], tables=(t,))
     R, origin = tm.predict(t)
     t.rotations, t.shifts_angstrom, t.euler_degrees = R.numpy(), origin.numpy(), None
     t.box = tm.box

@@ -12,7 +12,7 @@ from ..data.io import load_particles
 from ..data.mrc import StackWriter, read_volume
 from ..physics.ctf import ctf_2d
 from ..physics.projection import prepare_fourier_volume, render_images
-from .common import verb_parser
+from .common import positive_float, positive_int, verb_parser
 
 
 def add_parser(sub):
@@ -27,9 +27,9 @@ def add_parser(sub):
     p.add_argument("--poses", required=True, help="metadata with poses (.star, .cs, .pkl)")
     p.add_argument("-o", "--output", required=True, help="output .mrcs stack")
     p.add_argument("--ctf", action="store_true", help="apply each particle's CTF from the metadata")
-    p.add_argument("--apix", type=float, help="voxel size in Å if the map header has none")
-    p.add_argument("--pad", type=int, default=2, help="Fourier padding factor (default 2)")
-    p.add_argument("--batch-size", type=int, default=128, help="images per batch (default 128)")
+    p.add_argument("--apix", type=positive_float, help="voxel size in Å if the map header has none")
+    p.add_argument("--pad", type=positive_int, default=2, help="Fourier padding factor (default 2)")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="images per batch (default 128)")
     p.set_defaults(func=run)
 
 
@@ -43,6 +43,7 @@ def run(args) -> int:
     t = load_particles(args.poses, box=L, apix=apix if args.poses.endswith(".pkl") else None)
     if t.rotations is None:
         raise InputError(f"{args.poses}: holds no poses")
+    refuse_overwriting_inputs(args.output, [args.volume, args.poses], tables=(t,))
     shifts_px = np.zeros((t.n, 2)) if t.shifts_angstrom is None else t.shifts_angstrom / apix
     if args.ctf and t.ctf is None:
         raise InputError(f"{args.poses}: --ctf given but the file has no CTF parameters")
@@ -56,5 +57,5 @@ def run(args) -> int:
                 ctf = ctf_2d(L, apix, {k: torch.from_numpy(np.array(v)) for k, v in t.ctf_array(sl).items()}, torch.float64)
             imgs = render_images(fv.slice(R), ctf, torch.from_numpy(shifts_px[sl]))
             w.write(s, imgs.float().numpy())
-    print(f"wrote {args.output}: {t.n} images of {L} px at {apix} Å/px")
+    print(f"wrote {args.output}: {t.n} images of {L} px at {apix:.4g} Å/px")
     return 0

@@ -14,7 +14,7 @@ from ..data.errors import InputError
 from ..data.io import load_particles, save_metadata
 from ..data.mrc import write_volume
 from ..reconstruction.projection_matching import MatchConfig, projection_matching
-from .common import add_particle_options, verb_parser
+from .common import add_particle_options, positive_float, positive_int, verb_parser
 
 
 def add_parser(sub):
@@ -33,9 +33,9 @@ def add_parser(sub):
     p.add_argument("-o", "--output", required=True, help="refined poses (.star or .pkl)")
     p.add_argument("--map", help="also write the map from the refined poses (.mrc)")
     add_particle_options(p, particles_option=False)
-    p.add_argument("--iters", type=int, default=3, help="iterations (default 3)")
-    p.add_argument("--radius", type=float, default=16.0, help="Fourier shells compared (default 16)")
-    p.add_argument("--n-rotations", type=int, default=8192, help="global search size (default 8192, ~12° apart)")
+    p.add_argument("--iters", type=positive_int, default=3, help="iterations (default 3)")
+    p.add_argument("--radius", type=positive_float, default=16.0, help="Fourier shells compared (default 16)")
+    p.add_argument("--n-rotations", type=positive_int, default=8192, help="global search size (default 8192, ~12° apart)")
     p.add_argument("--shift-step", type=float, default=0.0,
                    help="also search origins ±this many px around the current ones (default 0: refine only)")
     p.add_argument("--seed", type=int, default=0)
@@ -51,10 +51,9 @@ def run(args) -> int:
                        apix=args.apix)
     if t.rotations is None:
         raise InputError(f"{args.particles}: no poses to start from; give them with --poses")
-    if t.images is None:
-        raise InputError(f"{args.particles}: no images referenced")
-    t.images.validate()
-    L, apix = t.images.box(), t.pixel_size()
+    for o in outs:
+        refuse_overwriting_inputs(o, [args.particles, args.poses, args.ctf, args.gt_poses], tables=(t,))
+    L, apix = t.validate_images(), t.pixel_size()
     if args.radius <= 0 or args.iters < 1:
         raise InputError("refine: --radius must be > 0 and --iters >= 1")
     gt = None

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from ..data.errors import InputError
 from ..data.simulate import RECIPES, SimulationConfig, simulate
 from ..data.structure import DEFAULT_STRUCTURE
-from .common import verb_parser
+from .common import positive_float, positive_int, verb_parser
 
 _KEYS = ("n", "box", "apix", "snr", "defocus_lognormal")
 
@@ -28,17 +29,17 @@ def add_parser(sub):
         "Recipes (--recipe, see --list-recipes) set the paper's data sets at 'paper' (128 px, 100k) or "
         "'cpu' (64 px at twice the pixel size, 4000 images) scale; explicit options override them.",
         "eqcryo simulate builtin:5nrl -o sim --n 3000 --box 64 --apix 6.6 --snr 0.5 --seed 7")
-    p.add_argument("structure", nargs="?", default=DEFAULT_STRUCTURE,
-                   help=f"atomic model or .mrc map (default {DEFAULT_STRUCTURE})")
+    p.add_argument("structure", nargs="?",
+                   help=f"atomic model or .mrc map (default {DEFAULT_STRUCTURE}, or the recipe's structure)")
     p.add_argument("-o", "--outdir", help="output folder")
     p.add_argument("--recipe", choices=sorted(RECIPES), metavar="NAME", help="a paper data set recipe")
     p.add_argument("--list-recipes", action="store_true", help="print the recipes and exit")
-    p.add_argument("--n", type=int, help="number of images (default 3000)")
-    p.add_argument("--box", type=int, help="box size in px, even (default 64)")
-    p.add_argument("--apix", type=float, help="pixel size in Å (default 6.6)")
+    p.add_argument("--n", type=positive_int, help="number of images (default 3000)")
+    p.add_argument("--box", type=positive_int, help="box size in px, even (default 64)")
+    p.add_argument("--apix", type=positive_float, help="pixel size in Å (default 6.6)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--resolution", type=float, help="molmap resolution in Å (default 2 × apix)")
-    p.add_argument("--map-apix", type=float, help="voxel size (Å) of an input map whose header lacks it")
+    p.add_argument("--resolution", type=positive_float, help="molmap resolution in Å (default 2 × apix)")
+    p.add_argument("--map-apix", type=positive_float, help="voxel size (Å) of an input map whose header lacks it")
     p.add_argument("--trans-std", type=float, default=20.0, help="shift std per axis in Å (default 20, as the paper)")
     noise = p.add_mutually_exclusive_group()
     noise.add_argument("--snr", type=float, help="signal-to-noise ratio (see above)")
@@ -50,11 +51,11 @@ def add_parser(sub):
     p.add_argument("--defocus-lognormal", type=float, nargs=2, metavar=("MEDIAN", "SIGMA"),
                    help="log-normal mean defocus: median Å and sigma of its log (cryoAI: 20000 0.3)")
     p.add_argument("--astigmatism-std", type=float, default=200.0, help="|dU - dV| ~ |N(0, std)| Å (default 200)")
-    p.add_argument("--voltage", type=float, default=300.0, help="kV (default 300)")
+    p.add_argument("--voltage", type=positive_float, default=300.0, help="kV (default 300)")
     p.add_argument("--cs", type=float, default=2.7, help="spherical aberration in mm (default 2.7)")
     p.add_argument("--amplitude-contrast", type=float, default=0.1, help="(default 0.1)")
-    p.add_argument("--chunk", type=int, default=10000, help="images per .mrcs file (default 10000)")
-    p.add_argument("--batch-size", type=int, default=128, help="images rendered at once; bounds memory")
+    p.add_argument("--chunk", type=positive_int, default=10000, help="images per .mrcs file (default 10000)")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="images rendered at once; bounds memory")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -66,7 +67,18 @@ def run(args) -> int:
         return 0
     if not args.outdir:
         raise InputError("simulate: give the output folder with -o DIR")
-    cfg = SimulationConfig(structure=args.structure, seed=args.seed, trans_std_angstrom=args.trans_std,
+    out = Path(args.outdir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(f"{out}: exists and is not an empty folder; simulate writes a whole data set, so choose a "
+                         f"new folder (an old data set's stacks would otherwise be left beside the new one)")
+    structure = args.structure
+    if structure is None:
+        if args.recipe and args.recipe.startswith("ribosome"):
+            raise InputError(f"recipe {args.recipe}: needs a ribosome structure, which eqcryo does not bundle; pass a "
+                             f"ribosome model or map as STRUCTURE (e.g. an 80S .cif/.pdb from the PDB, or an .mrc from "
+                             f"the EMDB)")
+        structure = DEFAULT_STRUCTURE
+    cfg = SimulationConfig(structure=structure, seed=args.seed, trans_std_angstrom=args.trans_std,
                            ctf=not args.no_ctf, ctf_from=args.ctf_from, astigmatism_std_angstrom=args.astigmatism_std,
                            voltage_kv=args.voltage, cs_mm=args.cs, amplitude_contrast=args.amplitude_contrast,
                            chunk=args.chunk, batch=args.batch_size, resolution_angstrom=args.resolution,

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import shlex
+import shutil
+import sys
 
 from ..data.errors import InputError
 from ..models.presets import PRESETS
 from ..training.config import list_recipes, make_config, parse_sets
 from ..training.evaluator import held_out_summary
 from ..training.rundir import RunDir
-from ..training.trainer import Trainer, TrainingDiverged
-from .common import verb_parser
+from ..training.trainer import Trainer, TrainingDiverged, TrainingInterrupted
+from .common import positive_float, positive_int, verb_parser
 
 
 def add_parser(sub):
@@ -55,21 +58,27 @@ def add_parser(sub):
                                                    "--steps/--time-budget may extend it)")
     p.add_argument("--ctf", help="cryoDRGN CTF .pkl (for .mrcs input or to replace the file's CTF)")
     p.add_argument("--datadir", help="folder of the image stacks named in the metadata")
-    p.add_argument("--apix", type=float, help="pixel size in Å (overrides the file)")
+    p.add_argument("--apix", type=positive_float, help="pixel size in Å (overrides the file)")
     p.add_argument("--gt-poses", help="ground-truth poses (cryoDRGN .pkl), evaluation only")
     p.add_argument("--gt-volume", help="ground-truth map (.mrc), evaluation only (needs --gt-poses)")
-    p.add_argument("--steps", type=int, help="stop after this many steps")
-    p.add_argument("--time-budget", type=float, help="stop after this many seconds of training (wall time, "
+    p.add_argument("--steps", type=positive_int, help="stop after this many steps")
+    p.add_argument("--time-budget", type=positive_float, help="stop after this many seconds of training (wall time, "
                                                      "evaluation excluded)")
     p.add_argument("--seed", type=int, help="seed of the held-out split, the batch order and the initial "
                                             "weights (default 0)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default cpu)")
-    p.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: PyTorch's)")
+    p.add_argument("--threads", type=positive_int, help="CPU threads for PyTorch (default: PyTorch's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
+def _clean(args, fresh: bool | None) -> None:
+    if fresh and not RunDir(args.outdir).has_checkpoint():
+        shutil.rmtree(args.outdir, ignore_errors=True)
+
+
 def run(args) -> int:
+    command = " ".join(shlex.quote(a) for a in ["eqcryo", *args.argv])
     if args.list_recipes:
         for name, desc in list_recipes().items():
             print(f"{name:16s} {desc}")
@@ -81,24 +90,40 @@ def run(args) -> int:
         # --steps / --time-budget may extend a finished run; everything else comes from the run
         cfg, _ = RunDir(args.resume).read_config(steps=args.steps, time_budget=args.time_budget, device=args.device,
                                                  threads=args.threads)
-        trainer = Trainer(cfg, resume=True)
-    else:
-        if not args.particles or not args.outdir:
-            raise InputError("train: give PARTICLES and -o RUN (or --resume RUN)")
-        if RunDir(args.outdir).has_checkpoint():
-            raise InputError(f"{args.outdir}: already holds a run; use --resume {args.outdir} or another folder")
-        sets = parse_sets(args.sets)
-        if args.model:
-            sets["model"] = args.model
-        cfg = make_config(args.recipe, sets, particles=args.particles, out=args.outdir, ctf=args.ctf,
-                          datadir=args.datadir, apix=args.apix, gt_poses=args.gt_poses, gt_volume=args.gt_volume,
-                          steps=args.steps, time_budget=args.time_budget, seed=args.seed, device=args.device,
-                          threads=args.threads)
-        trainer = Trainer(cfg)
+        return _train(lambda: Trainer(cfg, resume=True, command=command), args, fresh=None)
+    if not args.particles or not args.outdir:
+        raise InputError("train: give PARTICLES and -o RUN (or --resume RUN)")
+    rd = RunDir(args.outdir)
+    if rd.has_checkpoint():
+        raise InputError(f"{args.outdir}: already holds a run; use --resume {args.outdir} or another folder")
+    if rd.path.exists() and (not rd.path.is_dir() or (any(rd.path.iterdir()) and not rd.is_run())):
+        raise InputError(f"{args.outdir}: exists and is not a run folder (files of yours would be replaced); "
+                         f"choose a new or empty folder")
+    fresh = not rd.path.exists()
+    sets = parse_sets(args.sets)
+    if args.model:
+        sets["model"] = args.model
+    cfg = make_config(args.recipe, sets, particles=args.particles, out=args.outdir, ctf=args.ctf,
+                      datadir=args.datadir, apix=args.apix, gt_poses=args.gt_poses, gt_volume=args.gt_volume,
+                      steps=args.steps, time_budget=args.time_budget, seed=args.seed, device=args.device,
+                      threads=args.threads)
+    return _train(lambda: Trainer(cfg, command=command), args, fresh)
+
+
+def _train(make, args, fresh: bool | None) -> int:
+    """Build and run; a new folder that a failure leaves without a checkpoint is removed."""
     try:
+        trainer = make()
         summary = trainer.run(progress=not args.no_progress)
     except TrainingDiverged as e:
+        _clean(args, fresh)
         raise InputError(str(e)) from None
+    except TrainingInterrupted as e:
+        print(f"eqcryo train: {e}", file=sys.stderr)
+        return 130
+    except BaseException:
+        _clean(args, fresh)
+        raise
     print(json.dumps(summary))
     if trainer.last_eval is not None:
         print(f"last evaluation: {trainer.last_eval.row['train_seconds']:.0f} s of training, "

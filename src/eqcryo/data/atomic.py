@@ -42,10 +42,18 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     return pa.resolve() == pb.resolve()
 
 
-def refuse_overwriting_inputs(output: str | os.PathLike, inputs: list) -> None:
-    """Raise :class:`InputError` if ``output`` names any of ``inputs`` (never clobber user data)."""
+def refuse_overwriting_inputs(output: str | os.PathLike | None, inputs: list, tables: tuple = ()) -> None:
+    """Raise :class:`InputError` if ``output`` names any of ``inputs`` or any file the particle
+    ``tables`` reference (their image stacks): never clobber user data."""
     from .errors import InputError
 
+    if output is None:
+        return
     for i in inputs:
         if i is not None and same_file(output, i):
             raise InputError(f"{output}: refusing to overwrite the input file {i}; choose another output path")
+    for t in tables:
+        for f in t.referenced_files():
+            if same_file(output, f):
+                raise InputError(f"{output}: refusing to overwrite {f}, an image stack that {t.source} "
+                                 f"references; choose another output path")

@@ -25,14 +25,39 @@ CTF_COLUMNS = ("box_px", "apix_angstrom", "defocus_u_angstrom", "defocus_v_angst
                "voltage_kv", "cs_mm", "amplitude_contrast", "phase_shift_degrees")
 
 
+#: what a cryoDRGN pickle may reference: numpy arrays, dtypes and scalars (containers, numbers
+#: and strings need no lookup). Anything else — os.system, a class with a __reduce__ — is refused
+#: before it is called, so a crafted file cannot run code.
+_ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"),
+            ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+            ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) in _ALLOWED or (module == "numpy.dtypes" and name.endswith("DType")):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: a cryoDRGN pickle holds only numpy "
+                                     f"arrays and tuples")
+
+
 def _load(path: Path):
     if not path.exists():
         raise InputError(f"{path}: file not found")
     try:
         with open(path, "rb") as fh:
-            return pickle.load(fh)
+            return _ArrayUnpickler(fh).load()
     except Exception as e:
-        raise InputError(f"{path}: not a readable pickle: {e}") from None
+        msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise InputError(f"{path}: not a readable cryoDRGN pickle ({msg})") from None
+
+
+def _array(x, path: Path, what: str) -> np.ndarray:
+    try:
+        return np.asarray(x, dtype=np.float64)
+    except (ValueError, TypeError):
+        raise InputError(f"{path}: {what} are not an array of numbers ({type(x).__name__})") from None
 
 
 def read_pose_pkl(path: str | os.PathLike, box: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -43,15 +68,26 @@ def read_pose_pkl(path: str | os.PathLike, box: int) -> tuple[np.ndarray, np.nda
         if len(obj) not in (1, 2):
             raise InputError(f"{path}: expected (rot, trans) in a cryoDRGN pose pickle, got a tuple of {len(obj)}")
         rot, trans = obj[0], (obj[1] if len(obj) == 2 else None)
-    else:
+    elif isinstance(obj, np.ndarray):
         rot, trans = obj, None
-    rot = np.asarray(rot, dtype=np.float64)
+    else:
+        raise InputError(f"{path}: expected (rot (N, 3, 3), trans (N, 2)) in a cryoDRGN pose pickle, "
+                         f"found a {type(obj).__name__}")
+    rot = _array(rot, path, "rotations")
     if rot.ndim != 3 or rot.shape[1:] != (3, 3):
-        raise InputError(f"{path}: rotations must have shape (N, 3, 3), got {rot.shape}")
+        raise InputError(f"{path}: rotations must have shape (N, 3, 3), got {rot.shape}"
+                         + ("; is this a CTF pickle?" if rot.ndim == 2 and rot.shape[1] == 9 else ""))
     if not np.isfinite(rot).all():
         raise InputError(f"{path}: particle {int(np.nonzero(~np.isfinite(rot).all((1, 2)))[0][0])}: non-finite rotation")
+    err = np.abs(rot @ rot.transpose(0, 2, 1) - np.eye(3)).max((1, 2))
+    det = np.linalg.det(rot)
+    bad = (err > 1e-3) | (det < 0)
+    if bad.any():
+        i = int(np.nonzero(bad)[0][0])
+        raise InputError(f"{path}: particle {i}: not a rotation matrix (|R Rᵀ − I| = {err[i]:.2g}, "
+                         f"det = {det[i]:.3g}; expected orthonormal with det +1)")
     if trans is not None:
-        trans = np.asarray(trans, dtype=np.float64)
+        trans = _array(trans, path, "translations")
         if trans.shape != (len(rot), 2):
             raise InputError(f"{path}: translations must have shape ({len(rot)}, 2), got {trans.shape}")
         trans = trans * box
@@ -82,13 +118,22 @@ def ctf_to_array(t: ParticleTable) -> np.ndarray:
 
 def ctf_from_array(arr: np.ndarray, path: str = "") -> tuple[dict[str, np.ndarray], int, np.ndarray]:
     """(ctf dict, box, apix (N,)) from a (N, 9) array."""
-    arr = np.asarray(arr)
+    if not isinstance(arr, np.ndarray):
+        raise InputError(f"{path}: expected a cryoDRGN CTF array (N, 9), found a {type(arr).__name__}"
+                         + ("; is this a pose pickle?" if isinstance(arr, (tuple, list)) else ""))
+    arr = _array(arr, Path(path), "CTF parameters")
     if arr.ndim != 2 or arr.shape[1] != 9:
         raise InputError(f"{path}: a cryoDRGN CTF array must have shape (N, 9), got {arr.shape}")
     if not np.isfinite(arr).all():
         i = int(np.nonzero(~np.isfinite(arr).all(1))[0][0])
         raise InputError(f"{path}: particle {i}: non-finite CTF parameters")
     a = arr.astype(np.float64)
+    if len(a) == 0:
+        raise InputError(f"{path}: the CTF array is empty")
+    for j, k in ((0, "box_px"), (1, "apix_angstrom"), (5, "voltage_kv")):
+        if (a[:, j] <= 0).any():
+            i = int(np.nonzero(a[:, j] <= 0)[0][0])
+            raise InputError(f"{path}: particle {i}: {k} is {a[i, j]:g}; expected > 0")
     ctf = {k: a[:, j] for j, k in enumerate(CTF_COLUMNS) if j >= 2}
     ctf["bfactor_angstrom2"] = np.zeros(len(a))
     return ctf, int(a[0, 0]), a[:, 1].copy()

@@ -56,6 +56,12 @@ def read_cs(path: str | os.PathLike, datadir: str | os.PathLike | None = None, b
 
     ctf = None
     if "ctf/df1_A" in names:
+        # without these the CTF would be silently wrong (0 kV gives an all-NaN map)
+        missing = [k for k in ("ctf/df2_A", "ctf/accel_kv", "ctf/cs_mm", "ctf/amp_contrast") if k not in names]
+        if missing:
+            raise InputError(f"{path}: has ctf/df1_A but lacks {', '.join(missing)}; export the particles with their "
+                             f"full CTF from cryoSPARC (or convert to STAR and supply the values there)")
+
         def f(k, default=0.0):
             return a[k].astype(np.float64) if k in names else np.full(n, default)
         ctf = {
@@ -68,6 +74,10 @@ def read_cs(path: str | os.PathLike, datadir: str | os.PathLike | None = None, b
             "phase_shift_degrees": np.degrees(f("ctf/phase_shift_rad")),
             "bfactor_angstrom2": f("ctf/bfactor"),
         }
+        for k in ("voltage_kv", "cs_mm"):
+            if not np.isfinite(ctf[k]).all() or (k == "voltage_kv" and (ctf[k] <= 0).any()):
+                i = int(np.nonzero(~np.isfinite(ctf[k]) | (ctf[k] <= 0 if k == "voltage_kv" else False))[0][0])
+                raise InputError(f"{path}: particle {i}: {k} is {ctf[k][i]:g}")
     rot = shifts = None
     if "alignments3D/pose" in names:
         rot = cryosparc_pose_to_matrix(torch.from_numpy(a["alignments3D/pose"].astype(np.float64))).numpy()

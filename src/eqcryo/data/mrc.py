@@ -19,6 +19,9 @@ import numpy as np
 from .atomic import atomic_path
 from .errors import InputError
 
+#: bytes per value of each MRC mode (mrcfile's)
+_MODE_BYTES = {0: 1, 1: 2, 2: 4, 3: 4, 4: 8, 6: 2, 12: 2, 101: 1}
+
 __all__ = ["ImageStack", "read_volume", "write_volume", "write_stack", "StackWriter", "mrc_header_info"]
 
 
@@ -38,13 +41,24 @@ def _open_mmap(path: Path):
     except Exception as e:
         raise InputError(f"{path}: not a readable MRC file: {e}") from None
     h = m.header
-    expected = int(h.nx) * int(h.ny) * int(h.nz)
+    nx, ny, nz, mode = int(h.nx), int(h.ny), int(h.nz), int(h.mode)
+    expected = nx * ny * nz
     if m.data is None or m.data.size != expected or expected == 0:
-        got = 0 if m.data is None else m.data.size
         m.close()
+        size = _MODE_BYTES.get(mode)
+        data_bytes = path.stat().st_size - 1024 - max(int(h.nsymbt), 0)
+        if size and nx * ny and expected:
+            whole = max(data_bytes, 0) // (nx * ny * size)
+            raise InputError(f"{path}: truncated or corrupt MRC file: the header says {nz} section(s) of {nx} x {ny} "
+                             f"(mode {mode}, {size} bytes per value) but the data hold {max(data_bytes, 0)} bytes, "
+                             f"about {whole} complete section(s)")
         detail = "; ".join(str(w.message) for w in caught)
-        raise InputError(f"{path}: truncated or corrupt MRC file: header says {int(h.nx)} x {int(h.ny)} x "
-                         f"{int(h.nz)} values, data block holds {got}" + (f" ({detail})" if detail else ""))
+        raise InputError(f"{path}: truncated or corrupt MRC file: header says {nx} x {ny} x {nz} values, mode "
+                         f"{mode}" + (f" ({detail})" if detail else ""))
+    if m.data.dtype.kind == "c":
+        m.close()
+        raise InputError(f"{path}: complex-valued MRC data (mode {mode}); eqcryo reads real images and maps "
+                         f"(modes 0, 1, 2, 6, 12)")
     return m
 
 

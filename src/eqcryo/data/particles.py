@@ -88,6 +88,10 @@ class ImageSource:
             st = self._stack(path)
         except InputError as e:
             raise InputError(f"{e} -- needed by {self._where(i)}") from None
+        if idx == -1:  # named without idx@: the file's only image
+            if len(st) != 1:
+                raise InputError(self._no_index_message(i, len(st)))
+            idx = 0
         if not 0 <= idx < len(st):
             raise InputError(f"{path}: {self._where(i)} refers to image {idx + 1} (1-based) but the stack "
                              f"holds only {len(st)} images")
@@ -95,6 +99,10 @@ class ImageSource:
             return st[idx]
         except InputError as e:
             raise InputError(f"{e} -- {self._where(i)}") from None
+
+    def _no_index_message(self, i: int, n_images: int) -> str:
+        return (f"{self.paths[i]}: {self._where(i)} names the file without an image number (idx@file), which "
+                f"means a single-image file, but it holds {n_images} images; write idx@file (1-based)")
 
     def read(self, ids) -> np.ndarray:
         """Images of particles ``ids`` -> float32 (k, L, L)."""
@@ -122,7 +130,9 @@ class ImageSource:
             elif st.box != box:
                 raise InputError(f"{path}: box {st.box} px differs from {box} px of the other stacks "
                                  f"({self._where(int(sel[0]))})")
-            bad = sel[(self.indices[sel] < 0) | (self.indices[sel] >= len(st))]
+            if len(st) != 1 and (self.indices[sel] == -1).any():
+                raise InputError(self._no_index_message(int(sel[self.indices[sel] == -1][0]), len(st)))
+            bad = sel[(self.indices[sel] < -1) | (self.indices[sel] >= len(st))]
             if len(bad):
                 i = int(bad[0])
                 raise InputError(f"{path}: {self._where(i)} refers to image {int(self.indices[i]) + 1} (1-based) "
@@ -191,7 +201,7 @@ class ParticleTable:
             raise InputError(f"{self.source}: pixel size unknown; give it with --apix")
         u = np.unique(np.round(self.apix, 6))
         if len(u) > 1:
-            raise InputError(f"{self.source}: optics groups have different pixel sizes {list(u)} Å; "
+            raise InputError(f"{self.source}: optics groups have different pixel sizes {[float(x) for x in u]} Å; "
                              f"this step needs one (re-extract or rescale to a common pixel size)")
         return float(u[0])
 
@@ -203,6 +213,31 @@ class ParticleTable:
         if self.ctf is None:
             return None
         return {k: torch.from_numpy(np.ascontiguousarray(v[ids])) for k, v in self.ctf.items()}
+
+    def validate_images(self, check_pixels: bool = False) -> int:
+        """Check the image files (:meth:`ImageSource.validate`) and that their box agrees with the
+        metadata's (e.g. rlnImageSize); returns the box. A header pixel size that differs from the
+        metadata's by more than 1% is noted (``notes``), since the metadata's is what is used."""
+        if self.images is None:
+            raise InputError(f"{self.source}: no images referenced")
+        self.images.validate(check_pixels=check_pixels)
+        L = self.images.box()
+        if self.box is not None and self.box != L:
+            raise InputError(f"{self.images.paths[0]}: images are {L} px but {self.source} says the box is "
+                             f"{self.box} px; fix the metadata (or the stack) so that they agree")
+        hp = self.images.header_apix()
+        if hp and self.apix is not None:
+            u = np.unique(np.round(self.apix, 6))
+            if len(u) == 1 and abs(hp - u[0]) > 0.01 * u[0]:
+                note = (f"pixel size {u[0]:g} Å from {self.source} differs from {hp:g} Å in the header of "
+                        f"{self.images.paths[0]}; using {u[0]:g} Å (give --apix to choose)")
+                if note not in self.notes:
+                    self.notes.append(note)
+        return L
+
+    def referenced_files(self) -> list[str]:
+        """Every image file this table reads (absolute paths): outputs must never land on one."""
+        return [] if self.images is None else [str(p) for p in pd.unique(self.images.paths)]
 
     def require_box(self) -> int:
         if self.box is None:

@@ -60,8 +60,34 @@ _PARTICLE_OWNED = {"rlnImageName", "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi",
                    "rlnOriginXAngst", "rlnOriginYAngst", "rlnOpticsGroup", *_CTF_COLS}
 
 
+def numeric(values, path: Path, column: str, integer: bool = False) -> np.ndarray:
+    """``values`` as float64 (or int64), or an :class:`InputError` naming the first particle whose
+    ``column`` holds something that is not a number."""
+    a = np.asarray(values)
+    try:
+        out = a.astype(np.float64)
+    except (ValueError, TypeError):
+        for i, v in enumerate(a.ravel()):
+            try:
+                float(v)
+            except (ValueError, TypeError):
+                raise InputError(f"{path}: particle {i}: {column} is {str(v)!r}, not a number") from None
+        raise InputError(f"{path}: {column} holds values that are not numbers") from None
+    if integer:
+        bad = ~np.isfinite(out) | (out != np.round(out))
+        if bad.any():
+            i = int(np.nonzero(bad)[0][0])
+            raise InputError(f"{path}: particle {i}: {column} is {a.ravel()[i]!s}, not a whole number")
+        return out.astype(np.int64)
+    return out
+
+
 def parse_image_names(names, star_path: Path, datadir: str | os.PathLike | None) -> tuple[np.ndarray, np.ndarray]:
     """``"idx@path"`` names (1-based idx) -> (absolute paths, 0-based indices).
+
+    A name without ``idx@`` is RELION's way to name a single-image file; it gets index -1 here,
+    which :meth:`ImageSource.validate <eqcryo.data.particles.ImageSource.validate>` accepts only
+    for a file that holds exactly one image (never silently image 1 of a stack).
 
     Paths are found by :func:`~eqcryo.data.particles.resolve_image_path` (``datadir``, then
     beside the STAR file).
@@ -77,8 +103,8 @@ def parse_image_names(names, star_path: Path, datadir: str | os.PathLike | None)
             except ValueError:
                 raise InputError(f"{star_path}: particle {i}: rlnImageName {s!r} is not of the form idx@path") from None
         else:
-            k, p = 1, s
-        if k < 1:
+            k, p = 0, s  # -> index -1: "the file's only image"
+        if k < 1 and "@" in s:
             raise InputError(f"{star_path}: particle {i}: image index {k} in {s!r} must be >= 1 (RELION counts from 1)")
         if p not in cache:
             cache[p] = resolve_image_path(p, star_path, datadir)
@@ -133,7 +159,7 @@ def read_star(path: str | os.PathLike, datadir: str | os.PathLike | None = None,
             table = dict(zip(optics["rlnOpticsGroup"].astype(np.int64), optics[name]))
             missing = set(np.unique(og)) - set(table)
             if missing:
-                raise InputError(f"{path}: particles use optics group(s) {sorted(missing)} that data_optics lacks")
+                raise InputError(f"{path}: particles use optics group(s) {sorted(int(g) for g in missing)} that data_optics lacks")
             return np.array([table[g] for g in og])
         return None
 
@@ -157,7 +183,7 @@ def read_star(path: str | os.PathLike, datadir: str | os.PathLike | None = None,
     elif bx is not None:
         u = np.unique(bx.astype(np.int64))
         if len(u) > 1:
-            raise InputError(f"{path}: optics groups have different image sizes {list(u)}")
+            raise InputError(f"{path}: optics groups have different image sizes {[int(x) for x in u]}")
         bx = int(u[0])
     elif images is not None and Path(images.paths[0]).exists():
         bx = images.box()

@@ -104,6 +104,9 @@ def _dataset_paths(spec: dict, name: str, out: Path) -> dict:
     if "simulate" in d:
         from ..data.simulate import RECIPES, SimulationConfig, simulate
         sim = dict(d.pop("simulate"))
+        if str(sim.get("recipe", "")).startswith("ribosome") and not sim.get("structure"):
+            raise InputError(f"data set {name}: recipe {sim['recipe']} needs a ribosome structure "
+                             f"(simulate: {{structure: PATH}}); eqcryo bundles only the spliceosome")
         target = out / "data" / name
         if not (target / "dataset.json").exists():
             cfg = SimulationConfig()

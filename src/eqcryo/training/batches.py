@@ -9,6 +9,8 @@ the seeded order of batches.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import torch
 
@@ -29,8 +31,7 @@ class TrainingData:
                                                             apix=cfg.apix)
         if t.images is None:
             raise InputError(f"{cfg.particles}: no images")
-        t.images.validate()
-        L = t.images.box()
+        L = t.validate_images()
         if L % 2:
             raise InputError(f"{cfg.particles}: box {L} is odd; eqcryo trains on even boxes (crop or pad by one)")
         if t.ctf is None and cfg.ctf is None and t.source_format == "star":
@@ -40,6 +41,9 @@ class TrainingData:
         g = torch.Generator().manual_seed(cfg.seed)
         perm = torch.randperm(t.n, generator=g).numpy()
         n_eval = min(cfg.eval_n, max(1, t.n // 10))
+        if n_eval < cfg.eval_n:  # said, not silently changed; config.yaml records n_eval
+            print(f"note: eval_n {cfg.eval_n} is more than a tenth of the {t.n} particles; evaluating on "
+                  f"{n_eval} held-out particles", file=sys.stderr)
         self.eval_ids, self.train_ids = np.sort(perm[:n_eval]), perm[n_eval:]
         if len(self.train_ids) < cfg.batch_size:
             raise InputError(f"{cfg.particles}: {len(self.train_ids)} training particles < batch size {cfg.batch_size}")

@@ -22,7 +22,27 @@ import yaml
 from ..data.errors import InputError
 from ..models.presets import PRESETS, PROFILES
 
-__all__ = ["TrainConfig", "list_recipes", "load_recipe", "make_config", "parse_sets"]
+__all__ = ["TrainConfig", "list_recipes", "load_recipe", "make_config", "parse_sets", "check_device"]
+
+#: fields that name files or folders: stored absolute, so a run folder works from any directory
+PATH_FIELDS = ("particles", "out", "ctf", "datadir", "gt_poses", "gt_volume")
+
+
+def check_device(device: str) -> None:
+    """Refuse a device this machine does not have, in one line rather than deep in torch."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"device {device!r}: expected cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device {device!r}: this machine has no CUDA GPU that PyTorch can use; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InputError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif dev.type != "cpu":
+        raise InputError(f"device {device!r}: expected cpu, cuda or cuda:N")
 
 #: options that say where and how long to run, not what to learn; everything else is a recipe's
 OPERATIONAL = ("particles", "out", "ctf", "datadir", "apix", "gt_poses", "gt_volume", "steps", "time_budget",
@@ -42,6 +62,7 @@ class TrainConfig:
     gt_poses: str | None = None
     gt_volume: str | None = None
     recipe: str | None = None  # the recipe this configuration started from (for the record)
+    given_paths: dict | None = None  # the paths above as typed (they are stored absolute)
     model: str = "d4-l2"
     profile: str = "cpu"
     decoder: str | None = None
@@ -96,6 +117,7 @@ class TrainConfig:
             raise InputError(f"so3 {self.so3!r}: expected gram_schmidt or svd")
         if self.steps is None and self.time_budget is None:
             raise InputError("give --steps and/or --time-budget")
+        check_device(self.device)
         positive = {"batch_size": self.batch_size, "lr": self.lr, "lr_decoder": self.lr_decoder, "clip": self.clip,
                     "eval_every": self.eval_every, "eval_n": self.eval_n, "checkpoint_every": self.checkpoint_every,
                     "lowpass_start": self.lowpass_start, "lowpass_images": self.lowpass_images,
@@ -202,11 +224,15 @@ def make_config(recipe: str | None = None, sets: dict | None = None, **operation
     d.update({k: v for k, v in operational.items() if v is not None})
     if recipe:
         d["recipe"] = recipe
+    given = {k: d[k] for k in PATH_FIELDS if d.get(k)}
+    for k, v in given.items():
+        d[k] = os.path.abspath(os.path.expanduser(str(v)))
+    d["given_paths"] = given or None
     cfg = TrainConfig.from_dict(d, f"recipe {recipe}" if recipe else "training options")
     # a value of the wrong type (e.g. --set batch_size=abc) is caught here, not deep in torch
     for f in fields(TrainConfig):
         v = getattr(cfg, f.name)
-        if v is None or f.name in ("recipe",):
+        if v is None or f.name in ("recipe", "given_paths"):
             continue
         default = f.default if f.default is not dataclasses.MISSING else None
         if isinstance(default, bool) and not isinstance(v, bool):

@@ -64,9 +64,9 @@ class TrainedModel:
         src = source or table.source
         if table.images is None:
             raise InputError(f"{src}: no images")
-        table.images.validate()
-        if table.images.box() != self.box:
-            raise InputError(f"{src}: box {table.images.box()} px but the model was trained at {self.box} px")
+        L = table.validate_images()
+        if L != self.box:
+            raise InputError(f"{src}: box {L} px but the model was trained at {self.box} px")
         if table.apix is not None and abs(table.pixel_size() - self.apix) > 1e-3 * self.apix:
             raise InputError(f"{src}: pixel size {table.pixel_size():.4g} Å but the model was trained at "
                              f"{self.apix:.4g} Å")

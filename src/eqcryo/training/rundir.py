@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +86,19 @@ class RunDir:
         d.update({k: v for k, v in overrides.items() if v is not None})
         d["out"] = str(self.path)
         return TrainConfig.from_dict(d, str(path)), resolved
+
+    def remove_stale_temporaries(self) -> list[str]:
+        """Delete temporary files that a killed write left (atomic_path's ``.NAME.xxxx``), for this
+        folder's own files only; returns their names."""
+        own = (self.CONFIG, self.CHECKPOINT, self.METRICS, self.EVAL_POSES, self.SUMMARY, self.FSC,
+               self.REFINEMENT, self.REPORT, self.MAP, self.POSES_PKL, self.POSES_STAR)
+        gone = []
+        if self.path.is_dir():
+            for f in self.path.iterdir():
+                if f.is_file() and any(f.name.startswith(f".{n}.") for n in own):
+                    f.unlink()
+                    gone.append(f.name)
+        return gone
 
     # ------------------------------------------------------------------ checkpoint
     def save_checkpoint(self, state: dict) -> None:
@@ -202,6 +216,23 @@ class RunDir:
             return None
         return FSCResult(np.array(f["freq_inv_angstrom"]), np.array(f["fsc"]), f["apix"], f["box"])
 
+    # ------------------------------------------------------------------ results
+    def write_results(self, volume: np.ndarray, apix: float, predicted, summary: dict, fsc=None) -> None:
+        """The end of a run: the map (L, L, L) at ``apix`` Å, the predicted poses of every particle
+        (a ParticleTable) as .pkl and .star, fsc.json (FSCResult or None), summary.json, the report."""
+        from ..data.cryodrgn import write_pose_pkl
+        from ..data.mrc import write_volume
+        from ..data.star import write_star
+
+        write_volume(self / self.MAP, volume, apix)
+        write_pose_pkl(self / self.POSES_PKL, predicted)
+        if predicted.image_names is not None:
+            write_star(self / self.POSES_STAR, predicted)
+        if fsc is not None:
+            self.write_json(self.FSC, fsc.to_dict())
+        self.write_summary(summary)
+        self.write_report()
+
     # ------------------------------------------------------------------ report
     def write_report(self) -> Path:
         """report.md and its figures, from this folder's files alone."""
@@ -211,7 +242,11 @@ class RunDir:
         cfg, res = self.read_config()
         s = self.read_summary() or {}
         vol = read_volume(self / self.MAP)[0] if (self / self.MAP).exists() else None
-        facts = [f"particles: `{cfg.particles}` ({res.get('n_particles')}, {res.get('box')} px, "
+        from .. import __version__
+
+        facts = [f"command: `{s['command']}`" if s.get("command") else "command: (not recorded)",
+                 f"eqcryo {__version__}; report written {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
+                 f"particles: `{cfg.particles}` ({res.get('n_particles')}, {res.get('box')} px, "
                  f"{res.get('apix')} Å/px); held-out for evaluation: {res.get('n_eval')}",
                  f"recipe: {cfg.recipe or '(none: defaults and options)'}; seed {cfg.seed}",
                  f"steps: {s.get('steps')}, training time: {s.get('train_seconds', 0):.0f} s (wall, evaluation "

@@ -21,7 +21,7 @@ from typing import Iterator
 
 import torch
 
-__all__ = ["Clock", "LossBand", "RefinementTrigger", "Periodic", "StopRule"]
+__all__ = ["Clock", "LossBand", "RefinementTrigger", "Periodic", "StopRule", "Interrupt"]
 
 
 class Clock:
@@ -137,6 +137,36 @@ class Periodic:
 
     def load_state_dict(self, s: dict) -> None:
         self.last = float(s["last"])
+
+
+class Interrupt:
+    """Ctrl-C (SIGINT) as a flag the loop checks between steps, so the run can save a consistent
+    checkpoint and say how to resume; a second Ctrl-C stops at once (the old handler is back)."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+
+    def install(self) -> "Interrupt":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():  # signals go to the main thread only
+            self._old = signal.getsignal(signal.SIGINT)
+
+            def handler(signum, frame):
+                self.requested = True
+                signal.signal(signal.SIGINT, self._old)
+
+            signal.signal(signal.SIGINT, handler)
+        return self
+
+    def restore(self) -> None:
+        import signal
+
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+            self._old = None
 
 
 class StopRule:

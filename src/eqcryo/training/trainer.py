@@ -29,20 +29,25 @@ from .evaluator import Evaluation, Evaluator, GroundTruth
 from .inference import build_for, infer
 from .refinement import Refinement
 from .rundir import RunDir
-from .schedule import Clock, LossBand, Periodic, RefinementTrigger, StopRule
+from .schedule import Clock, Interrupt, LossBand, Periodic, RefinementTrigger, StopRule
 
-__all__ = ["TrainConfig", "Trainer", "TrainingDiverged"]
+__all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "TrainingInterrupted"]
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or Inf."""
 
 
+class TrainingInterrupted(RuntimeError):
+    """Ctrl-C (SIGINT) during training: a checkpoint was saved after the last whole step."""
+
+
 class Trainer:
     """Builds data, model, optimiser and schedules from a :class:`TrainConfig`; :meth:`run` trains."""
 
-    def __init__(self, cfg: TrainConfig, resume: bool = False):
-        """``resume``: continue from RUN/checkpoint.pt (the logs are cut back to it)."""
+    def __init__(self, cfg: TrainConfig, resume: bool = False, command: str | None = None):
+        """``resume``: continue from RUN/checkpoint.pt (the logs are cut back to it); ``command``:
+        the command line, for the summary and the report."""
         self.cfg = cfg.validate()
         self.run_dir = RunDir(cfg.out)
         if cfg.threads:
@@ -63,7 +68,9 @@ class Trainer:
         self.converged: dict | None = None
         self.last_eval: Evaluation | None = None
         self._tb = None
+        self.command = command
         self.run_dir.path.mkdir(parents=True, exist_ok=True)
+        self.run_dir.remove_stale_temporaries()
         if resume:
             self.load_state(self.run_dir.load_checkpoint(map_location=cfg.device))
             self.run_dir.truncate_logs(self.step)
@@ -175,12 +182,18 @@ class Trainer:
                    mininterval=0.1 if sys.stderr.isatty() else 30.0)
         ckpt_timer = Periodic(c.checkpoint_every)
         ckpt_timer.reset(self.clock.tick())
+        interrupt = Interrupt().install()
         try:
             while not self.stop.done(self.step, self.clock.tick()):
                 stream = self.data.stream(self.epoch, self.pos, c.batch_size)
                 try:
                     for batch in stream:
                         loss = self.train_step(batch)
+                        if interrupt.requested:
+                            self.save_checkpoint()
+                            raise TrainingInterrupted(
+                                f"interrupted at step {self.step}; a checkpoint was saved: continue with "
+                                f"eqcryo train --resume {self.run_dir.path}")
                         t = self.clock.tick()
                         bar.update(len(batch.ids))
                         mse = self.last_eval.row.get("pose_mse") if self.last_eval else None
@@ -208,6 +221,7 @@ class Trainer:
                     stream.close()
         finally:
             bar.close()
+            interrupt.restore()
         rows = self.run_dir.metric_rows()
         if not rows or int(rows[-1]["step"]) != self.step:  # (a resumed finished run has logged this step)
             self.evaluate()
@@ -217,26 +231,15 @@ class Trainer:
     # ------------------------------------------------------------------ outputs
     def finish(self, wall_seconds: float | None = None) -> dict:
         """Write the map, predicted poses for every particle, the summary and the report."""
-        from ..data.cryodrgn import write_pose_pkl
-        from ..data.mrc import write_volume
-        from ..data.star import write_star
-
-        rd, t = self.run_dir, self.data.table
-        write_volume(rd / RunDir.MAP, self.model.decoder.volume().float().cpu().numpy(), self.data.apix)
+        t = self.data.table
         R, origin, _ = infer(self.model, self.data.ds, np.arange(t.n))
         pred = t.subset(np.arange(t.n))
         pred.rotations, pred.shifts_angstrom, pred.euler_degrees = R.numpy(), origin.numpy(), None
         pred.box, pred.apix, pred.source_format = self.data.box, np.full(t.n, self.data.apix), "pred"
-        write_pose_pkl(rd / RunDir.POSES_PKL, pred)
-        if pred.image_names is not None:
-            write_star(rd / RunDir.POSES_STAR, pred)
         summary = {"steps": self.step, "train_seconds": self.clock.train_seconds,
                    "eval_seconds": self.clock.eval_seconds, "images_seen": self.images_seen,
-                   "converged": self.converged}
-        if wall_seconds is not None:
-            summary["wall_seconds"] = wall_seconds
-        if self.last_eval is not None and self.last_eval.fsc is not None:
-            rd.write_json(RunDir.FSC, self.last_eval.fsc.to_dict())
-        rd.write_summary(summary)
-        rd.write_report()
+                   "converged": self.converged, "wall_seconds": wall_seconds, "command": self.command}
+        self.run_dir.write_results(self.model.decoder.volume().float().cpu().numpy(), self.data.apix, pred,
+                                   {k: v for k, v in summary.items() if v is not None},
+                                   None if self.last_eval is None else self.last_eval.fsc)
         return summary
