@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from ..data.atomic import refuse_overwriting_inputs
 from ..data.dataset import ParticleDataset
@@ -40,6 +42,7 @@ def add_parser(sub):
                    help="also search origins ±this many px around the current ones (default 0: refine only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--gt-poses", help="ground-truth pose .pkl: report pose MSE after each iteration")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
@@ -69,19 +72,24 @@ def run(args) -> int:
         b = ds.batch(ids)
         return b.images, b.ctf
 
+    bar = tqdm(total=args.iters, desc="refine", unit="iteration", disable=args.no_progress)
+
     def report(it, R, origin):
+        bar.update(1)
         msg = {"iteration": it + 1}
         if gt is not None:
             from ..evaluation.metrics import pose_metrics
             m, _ = pose_metrics(R, gt)
             msg.update(pose_mse=m["pose_mse"], pose_medse=m["pose_medse"])
-        print(json.dumps(msg), flush=True)
+        bar.write(json.dumps(msg))
+        sys.stdout.flush()
 
     cfg = MatchConfig(radius=min(args.radius, L / 2), n_rotations=args.n_rotations, shift_step_px=args.shift_step,
                       seed=args.seed)
     shifts = np.zeros((t.n, 2)) if t.shifts_angstrom is None else t.shifts_angstrom
-    R, origin_px, vol = projection_matching(reader, np.arange(t.n), L, torch.from_numpy(t.rotations),
-                                            torch.from_numpy(shifts / apix), args.iters, cfg, report)
+    with bar:
+        R, origin_px, vol = projection_matching(reader, np.arange(t.n), L, torch.from_numpy(t.rotations),
+                                                torch.from_numpy(shifts / apix), args.iters, cfg, report)
     t.rotations, t.shifts_angstrom, t.euler_degrees = R.numpy(), origin_px.numpy() * apix, None
     for f in save_metadata(Path(args.output), t):
         print(f"wrote {f} ({t.n} particles)")

@@ -42,6 +42,21 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     return pa.resolve() == pb.resolve()
 
 
+def check_writable(output: str | os.PathLike) -> None:
+    """Raise :class:`InputError` now (not after the work) if ``output`` cannot be created: a
+    folder on its path is a regular file, or it is itself a folder."""
+    from .errors import InputError
+
+    p = Path(output)
+    if p.is_dir():
+        raise InputError(f"{output}: is a folder; give a file name")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"{output}: cannot be written: {parent} is a file, not a folder")
+            break
+
+
 def refuse_overwriting_inputs(output: str | os.PathLike | None, inputs: list, tables: tuple = ()) -> None:
     """Raise :class:`InputError` if ``output`` names any of ``inputs`` or any file the particle
     ``tables`` reference (their image stacks): never clobber user data."""
@@ -49,6 +64,7 @@ def refuse_overwriting_inputs(output: str | os.PathLike | None, inputs: list, ta
 
     if output is None:
         return
+    check_writable(output)
     for i in inputs:
         if i is not None and same_file(output, i):
             raise InputError(f"{output}: refusing to overwrite the input file {i}; choose another output path")

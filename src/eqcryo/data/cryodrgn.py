@@ -134,6 +134,8 @@ def ctf_from_array(arr: np.ndarray, path: str = "") -> tuple[dict[str, np.ndarra
         if (a[:, j] <= 0).any():
             i = int(np.nonzero(a[:, j] <= 0)[0][0])
             raise InputError(f"{path}: particle {i}: {k} is {a[i, j]:g}; expected > 0")
+    if (a[:, 0] != np.round(a[:, 0])).any() or len(np.unique(a[:, 0])) > 1:
+        raise InputError(f"{path}: box_px column holds {np.unique(a[:, 0])[:3].tolist()}; expected one whole number")
     ctf = {k: a[:, j] for j, k in enumerate(CTF_COLUMNS) if j >= 2}
     ctf["bfactor_angstrom2"] = np.zeros(len(a))
     return ctf, int(a[0, 0]), a[:, 1].copy()

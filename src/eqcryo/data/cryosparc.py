@@ -39,6 +39,17 @@ def read_cs(path: str | os.PathLike, datadir: str | os.PathLike | None = None, b
     names = set(a.dtype.names)
     n = len(a)
     notes = []
+    if n == 0:
+        raise InputError(f"{path}: holds no particles")
+
+    def finite(k: str, positive: bool = False) -> np.ndarray:
+        v = a[k].astype(np.float64)
+        bad = ~np.isfinite(v) | ((v <= 0) if positive else False)
+        if bad.any():
+            i = int(np.nonzero(bad.reshape(n, -1).any(1))[0][0])
+            raise InputError(f"{path}: particle {i}: {k} is {v[i]}; expected a finite number"
+                             + (" > 0" if positive else ""))
+        return v
     for req in ("blob/path", "blob/idx"):
         if req not in names:
             raise InputError(f"{path}: missing required field {req}")
@@ -47,12 +58,18 @@ def read_cs(path: str | os.PathLike, datadir: str | os.PathLike | None = None, b
     cache: dict[str, str] = {}
     paths = np.array([cache.setdefault(p, resolve_image_path(p, path, datadir)) for p in raw], dtype=object)
     idx = a["blob/idx"].astype(np.int64)
+    if (idx < 0).any():
+        i = int(np.nonzero(idx < 0)[0][0])
+        raise InputError(f"{path}: particle {i}: blob/idx is {idx[i]}; expected >= 0")
     images = ImageSource(paths, idx, origin=str(path))
     image_names = np.array([f"{i + 1:06d}@{p}" for i, p in zip(idx, raw)], dtype=object)
 
-    bx = int(box) if box is not None else (int(a["blob/shape"][0][0]) if "blob/shape" in names else None)
+    bx = int(box) if box is not None else (finite("blob/shape", True)[0][0] if "blob/shape" in names else None)
+    if bx is not None and (bx < 1 or bx != int(bx)):
+        raise InputError(f"{path}: blob/shape {bx:g}; expected a whole number of pixels")
+    bx = None if bx is None else int(bx)
     px = np.full(n, float(apix)) if apix is not None else (
-        a["blob/psize_A"].astype(np.float64) if "blob/psize_A" in names else None)
+        finite("blob/psize_A", True) if "blob/psize_A" in names else None)
 
     ctf = None
     if "ctf/df1_A" in names:
@@ -63,7 +80,7 @@ def read_cs(path: str | os.PathLike, datadir: str | os.PathLike | None = None, b
                              f"full CTF from cryoSPARC (or convert to STAR and supply the values there)")
 
         def f(k, default=0.0):
-            return a[k].astype(np.float64) if k in names else np.full(n, default)
+            return finite(k, k == "ctf/accel_kv") if k in names else np.full(n, default)
         ctf = {
             "defocus_u_angstrom": f("ctf/df1_A"),
             "defocus_v_angstrom": f("ctf/df2_A"),
@@ -80,12 +97,12 @@ def read_cs(path: str | os.PathLike, datadir: str | os.PathLike | None = None, b
                 raise InputError(f"{path}: particle {i}: {k} is {ctf[k][i]:g}")
     rot = shifts = None
     if "alignments3D/pose" in names:
-        rot = cryosparc_pose_to_matrix(torch.from_numpy(a["alignments3D/pose"].astype(np.float64))).numpy()
+        rot = cryosparc_pose_to_matrix(torch.from_numpy(finite("alignments3D/pose"))).numpy()
         if "alignments3D/shift" in names:
-            sp = a["alignments3D/psize_A"].astype(np.float64) if "alignments3D/psize_A" in names else px
+            sp = finite("alignments3D/psize_A", True) if "alignments3D/psize_A" in names else px
             if sp is None:
                 raise InputError(f"{path}: shifts need a pixel size; give it with --apix")
-            shifts = a["alignments3D/shift"].astype(np.float64) * sp[:, None]
+            shifts = finite("alignments3D/shift") * sp[:, None]
     elif "alignments2D/pose" in names:
         notes.append("only 2-D alignments (no 3-D poses)")
     return ParticleTable(n=n, box=bx, apix=px, images=images, image_names=image_names, ctf=ctf, rotations=rot,

@@ -145,7 +145,7 @@ def read_star(path: str | os.PathLike, datadir: str | os.PathLike | None = None,
         raise InputError(f"{path}: the particle block is empty")
 
     if "rlnOpticsGroup" in parts:
-        og = parts["rlnOpticsGroup"].to_numpy().astype(np.int64)
+        og = numeric(parts["rlnOpticsGroup"].to_numpy(), path, "rlnOpticsGroup", integer=True)
     else:
         og = np.ones(n, dtype=np.int64)
 
@@ -156,7 +156,8 @@ def read_star(path: str | os.PathLike, datadir: str | os.PathLike | None = None,
         if optics is not None and name in optics:
             if "rlnOpticsGroup" not in optics:
                 raise InputError(f"{path}: data_optics has no rlnOpticsGroup column")
-            table = dict(zip(optics["rlnOpticsGroup"].astype(np.int64), optics[name]))
+            table = dict(zip(numeric(optics["rlnOpticsGroup"], path, "data_optics rlnOpticsGroup", integer=True),
+                             optics[name]))
             missing = set(np.unique(og)) - set(table)
             if missing:
                 raise InputError(f"{path}: particles use optics group(s) {sorted(int(g) for g in missing)} that data_optics lacks")
@@ -165,11 +166,16 @@ def read_star(path: str | os.PathLike, datadir: str | os.PathLike | None = None,
 
     # Pixel size.
     px = col("rlnImagePixelSize")
-    if px is None and col("rlnDetectorPixelSize") is not None and col("rlnMagnification") is not None:
-        px = col("rlnDetectorPixelSize").astype(float) * 1e4 / col("rlnMagnification").astype(float)
+    if px is not None:
+        px = numeric(px, path, "rlnImagePixelSize")
+    elif col("rlnDetectorPixelSize") is not None and col("rlnMagnification") is not None:
+        px = numeric(col("rlnDetectorPixelSize"), path, "rlnDetectorPixelSize") * 1e4 / \
+            numeric(col("rlnMagnification"), path, "rlnMagnification")
     if apix is not None:
         px = np.full(n, float(apix))
-    px = None if px is None else px.astype(np.float64)
+    if px is not None and not (np.isfinite(px) & (px > 0)).all():
+        i = int(np.nonzero(~(np.isfinite(px) & (px > 0)))[0][0])
+        raise InputError(f"{path}: particle {i}: pixel size {px[i]:g} Å; expected > 0 (or give --apix)")
 
     # Images.
     images = names = None
@@ -181,7 +187,9 @@ def read_star(path: str | os.PathLike, datadir: str | os.PathLike | None = None,
     if box is not None:
         bx = int(box)
     elif bx is not None:
-        u = np.unique(bx.astype(np.int64))
+        u = np.unique(numeric(bx, path, "rlnImageSize", integer=True))
+        if (u <= 0).any():
+            raise InputError(f"{path}: rlnImageSize {int(u.min())}; expected > 0")
         if len(u) > 1:
             raise InputError(f"{path}: optics groups have different image sizes {[int(x) for x in u]}")
         bx = int(u[0])
@@ -201,11 +209,17 @@ def read_star(path: str | os.PathLike, datadir: str | os.PathLike | None = None,
         raise InputError(f"{path}: has {present} but is missing required column(s) "
                          f"{[c for c in angle_cols if c not in parts]} for poses")
     if present:
-        euler = parts[angle_cols].to_numpy(dtype=np.float64)
+        euler = np.stack([numeric(parts[c].to_numpy(), path, c) for c in angle_cols], 1)
+        if not np.isfinite(euler).all():
+            i = int(np.nonzero(~np.isfinite(euler).all(1))[0][0])
+            raise InputError(f"{path}: particle {i}: Euler angles are not finite")
         rot = euler_relion_to_matrix(*torch.from_numpy(euler).T).numpy()
     shifts = None
     if "rlnOriginXAngst" in parts or "rlnOriginYAngst" in parts:
-        shifts = parts[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy(dtype=np.float64)
+        for c in ("rlnOriginXAngst", "rlnOriginYAngst"):
+            if c not in parts:
+                raise InputError(f"{path}: missing required column {c} (the other origin column is present)")
+        shifts = np.stack([numeric(parts[c].to_numpy(), path, c) for c in ("rlnOriginXAngst", "rlnOriginYAngst")], 1)
     elif "rlnOriginX" in parts or "rlnOriginY" in parts:
         for c in ("rlnOriginX", "rlnOriginY"):
             if c not in parts:
@@ -213,7 +227,11 @@ def read_star(path: str | os.PathLike, datadir: str | os.PathLike | None = None,
         if px is None:
             raise InputError(f"{path}: origins are in pixels (rlnOriginX/Y) but the pixel size is unknown; "
                              f"give it with --apix")
-        shifts = parts[["rlnOriginX", "rlnOriginY"]].to_numpy(dtype=np.float64) * px[:, None]
+        shifts = np.stack([numeric(parts[c].to_numpy(), path, c) for c in ("rlnOriginX", "rlnOriginY")], 1) * px[:, None]
+
+    if shifts is not None and not np.isfinite(shifts).all():
+        i = int(np.nonzero(~np.isfinite(shifts).all(1))[0][0])
+        raise InputError(f"{path}: particle {i}: origin (shift) is not finite")
 
     # CTF.
     ctf = None
@@ -223,7 +241,7 @@ def read_star(path: str | os.PathLike, datadir: str | os.PathLike | None = None,
             v = col(c)
             if v is None:
                 raise InputError(f"{path}: CTF column {c} is missing (needed with rlnDefocusU)")
-            ctf[_CTF_COLS[c]] = v.astype(np.float64)
+            ctf[_CTF_COLS[c]] = numeric(v, path, c)
         for c, default in (("rlnDefocusAngle", 0.0), ("rlnPhaseShift", 0.0), ("rlnCtfBfactor", 0.0),
                            ("rlnAmplitudeContrast", None)):
             v = col(c)
@@ -232,7 +250,7 @@ def read_star(path: str | os.PathLike, datadir: str | os.PathLike | None = None,
                     default = DEFAULT_AMPLITUDE_CONTRAST if amplitude_contrast is None else amplitude_contrast
                     notes.append(f"no rlnAmplitudeContrast: using {default}")
                 v = np.full(n, default)
-            ctf[_CTF_COLS[c]] = np.asarray(v, dtype=np.float64)
+            ctf[_CTF_COLS[c]] = numeric(v, path, c)
         if amplitude_contrast is not None:
             ctf["amplitude_contrast"] = np.full(n, float(amplitude_contrast))
         for k, v in ctf.items():

@@ -33,7 +33,7 @@ from pathlib import Path
 import yaml
 
 from ..data.errors import InputError
-from ..training.config import TrainConfig, load_recipe, make_config
+from ..training.config import TrainConfig, make_config
 from ..training.rundir import RunDir
 
 __all__ = ["GridRun", "load_spec", "grid_runs", "run_status", "run_one", "run_grid"]
@@ -56,6 +56,8 @@ def load_spec(path: str | os.PathLike) -> dict:
         spec = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
         raise InputError(f"{p}: not valid YAML: {e}") from None
+    if not isinstance(spec, dict):
+        raise InputError(f"{p}: expected a mapping (time_budget, seeds, models, datasets, ...)")
     for key in ("datasets", "models", "seeds"):
         if key not in spec:
             raise InputError(f"{p}: missing required key {key!r}")
@@ -73,7 +75,12 @@ def load_spec(path: str | os.PathLike) -> dict:
         r = spec["recipe"]
         local = p.parent / r
         spec["recipe"] = str(local) if r.endswith((".yaml", ".yml")) and local.exists() else r
-        load_recipe(spec["recipe"])  # an unknown recipe is an error now, not after the first runs
+    if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in spec["seeds"]):
+        raise InputError(f"{p}: seeds must be whole numbers >= 0, found {spec['seeds']!r}")
+    # every run's options are checked now, not after the first runs (and before grid.json exists)
+    for m in spec["models"]:
+        sets = dict(spec.get("train") or {}, model=m, **({"profile": spec["profile"]} if spec.get("profile") else {}))
+        make_config(spec.get("recipe"), sets, time_budget=spec.get("time_budget"), steps=spec.get("steps"))
     spec["_base"] = str(p.parent.resolve())
     return spec
 

@@ -41,7 +41,7 @@ class TrainingData:
         g = torch.Generator().manual_seed(cfg.seed)
         perm = torch.randperm(t.n, generator=g).numpy()
         n_eval = min(cfg.eval_n, max(1, t.n // 10))
-        if n_eval < cfg.eval_n:  # said, not silently changed; config.yaml records n_eval
+        if n_eval < cfg.eval_n != TrainConfig.eval_n:  # a chosen eval_n is not cut silently (n_eval is recorded)
             print(f"note: eval_n {cfg.eval_n} is more than a tenth of the {t.n} particles; evaluating on "
                   f"{n_eval} held-out particles", file=sys.stderr)
         self.eval_ids, self.train_ids = np.sort(perm[:n_eval]), perm[n_eval:]

@@ -185,7 +185,9 @@ def load_recipe(name_or_path: str, _seen: tuple = ()) -> dict:
     try:
         d = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        raise InputError(f"{origin}: not valid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise InputError(f"{origin}: not valid YAML ({getattr(e, 'problem', None) or 'unreadable'}{where})") from None
     if not isinstance(d, dict):
         raise InputError(f"{origin}: expected a mapping of training options")
     d = dict(d)

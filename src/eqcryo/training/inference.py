@@ -18,7 +18,7 @@ from ..data.particles import ParticleTable
 from ..models.autoencoder import CryoModel
 from ..models.presets import build_model
 from ..physics.group import displacement_to_origin
-from .config import TrainConfig
+from .config import TrainConfig, check_device
 from .rundir import RunDir
 
 __all__ = ["infer", "TrainedModel", "load_trained", "build_for"]
@@ -84,6 +84,7 @@ def load_trained(run: str | os.PathLike | RunDir, checkpoint: str | os.PathLike 
     config (e.g. ground truth for evaluation) are applied. Reads no particles."""
     rd = run if isinstance(run, RunDir) else RunDir(run)
     cfg, res = rd.read_config(device=device, **overrides)
+    check_device(cfg.device)
     if "box" not in res or "intensity_scale" not in res:
         raise InputError(f"{rd / rd.CONFIG}: lacks the resolved box/intensity scale; was the run started?")
     state = rd.load_checkpoint(checkpoint, map_location=cfg.device)

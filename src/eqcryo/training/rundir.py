@@ -77,7 +77,10 @@ class RunDir:
         try:
             d = yaml.safe_load(path.read_text())
         except yaml.YAMLError as e:
-            raise InputError(f"{path}: not valid YAML ({e}); was it edited by hand?") from None
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise InputError(f"{path}: not valid YAML ({getattr(e, 'problem', None) or 'unreadable'}{where}); was it "
+                             f"edited by hand?") from None
         if not isinstance(d, dict):
             raise InputError(f"{path}: not a run configuration (expected a mapping)")
         resolved = d.pop("resolved", None) or {}
