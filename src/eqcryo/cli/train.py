@@ -11,6 +11,7 @@ from ..data.errors import InputError
 from ..models.presets import PRESETS
 from ..training.config import list_recipes, make_config, parse_sets
 from ..training.evaluator import held_out_summary
+from ..training.distributed import init_distributed
 from ..training.rundir import RunDir
 from ..training.trainer import Trainer, TrainingDiverged, TrainingInterrupted
 from .common import positive_float, positive_int, verb_parser
@@ -90,9 +91,11 @@ def run(args) -> int:
         # --steps / --time-budget may extend a finished run; everything else comes from the run
         cfg, _ = RunDir(args.resume).read_config(steps=args.steps, time_budget=args.time_budget, device=args.device,
                                                  threads=args.threads)
-        return _train(lambda: Trainer(cfg, resume=True, command=command), args, fresh=None)
+        dist, _ = init_distributed(cfg.device)
+        return _train(lambda: Trainer(cfg, resume=True, command=command, dist=dist), args, None, dist)
     if not args.particles or not args.outdir:
         raise InputError("train: give PARTICLES and -o RUN (or --resume RUN)")
+    dist, _ = init_distributed(args.device or "cpu")
     rd = RunDir(args.outdir)
     if rd.has_checkpoint():
         raise InputError(f"{args.outdir}: already holds a run; use --resume {args.outdir} or another folder")
@@ -100,6 +103,7 @@ def run(args) -> int:
         raise InputError(f"{args.outdir}: exists and is not a run folder (files of yours would be replaced); "
                          f"choose a new or empty folder")
     fresh = not rd.path.exists()
+    dist.barrier()  # every rank has looked at the folder before rank 0 makes it
     sets = parse_sets(args.sets)
     if args.model:
         sets["model"] = args.model
@@ -107,11 +111,12 @@ def run(args) -> int:
                       datadir=args.datadir, apix=args.apix, gt_poses=args.gt_poses, gt_volume=args.gt_volume,
                       steps=args.steps, time_budget=args.time_budget, seed=args.seed, device=args.device,
                       threads=args.threads)
-    return _train(lambda: Trainer(cfg, command=command), args, fresh)
+    return _train(lambda: Trainer(cfg, command=command, dist=dist), args, fresh, dist)
 
 
-def _train(make, args, fresh: bool | None) -> int:
-    """Build and run; a new folder that a failure leaves without a checkpoint is removed."""
+def _train(make, args, fresh: bool | None, dist) -> int:
+    """Build and run (under torchrun: this rank's part); a new folder that a failure
+    leaves without a checkpoint is removed."""
     try:
         trainer = make()
         summary = trainer.run(progress=not args.no_progress)
@@ -122,8 +127,13 @@ def _train(make, args, fresh: bool | None) -> int:
         print(f"eqcryo train: {e}", file=sys.stderr)
         return 130
     except BaseException:
-        _clean(args, fresh)
+        if dist.is_main:
+            _clean(args, fresh)
         raise
+    finally:
+        dist.shutdown()
+    if not dist.is_main:
+        return 0
     print(json.dumps(summary))
     if trainer.last_eval is not None:
         print(f"last evaluation: {trainer.last_eval.row['train_seconds']:.0f} s of training, "

@@ -26,7 +26,7 @@ __all__ = ["TrainingData"]
 class TrainingData:
     """The particles of a run as batches on ``cfg.device`` (images × scale, CTF images)."""
 
-    def __init__(self, cfg: TrainConfig, table: ParticleTable | None = None):
+    def __init__(self, cfg: TrainConfig, table: ParticleTable | None = None, device: str | None = None):
         t = table if table is not None else load_particles(cfg.particles, ctf=cfg.ctf, datadir=cfg.datadir,
                                                             apix=cfg.apix)
         if t.images is None:
@@ -49,7 +49,7 @@ class TrainingData:
             raise InputError(f"{cfg.particles}: {len(self.train_ids)} training particles < batch size {cfg.batch_size}")
         sample = t.images.read(self.train_ids[:min(512, len(self.train_ids))])
         self.scale = float(1.0 / (sample.std() + 1e-12))
-        self.ds = ParticleDataset(t, cfg.device, self.scale, box=L)
+        self.ds = ParticleDataset(t, device or cfg.device, self.scale, box=L)
         self.box, self.apix, self.n = L, self.ds.apix, t.n
 
     def resolved(self) -> dict:
@@ -61,6 +61,13 @@ class TrainingData:
         g = torch.Generator().manual_seed(self.seed * 1000003 + epoch)
         return self.train_ids[torch.randperm(len(self.train_ids), generator=g).numpy()]
 
-    def stream(self, epoch: int, pos: int, batch_size: int) -> Prefetcher:
-        """Full batches of epoch ``epoch`` from position ``pos``, read ahead in a thread."""
-        return self.ds.prefetch(self.order(epoch)[pos:], batch_size)
+    def stream(self, epoch: int, pos: int, batch_size: int, rank: int = 0, world: int = 1) -> Prefetcher:
+        """Full batches of epoch ``epoch`` from position ``pos``, read ahead in a thread. With
+        ``world`` processes, rank ``rank`` gets its contiguous 1/world slice of each global batch."""
+        order = self.order(epoch)[pos:]
+        if world == 1:
+            return self.ds.prefetch(order, batch_size)
+        b = batch_size // world
+        n = len(order) // batch_size * batch_size
+        mine = order[:n].reshape(-1, world, b)[:, rank].reshape(-1)
+        return self.ds.prefetch(mine, b)

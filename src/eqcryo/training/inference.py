@@ -21,13 +21,14 @@ from ..physics.group import displacement_to_origin
 from .config import TrainConfig, check_device
 from .rundir import RunDir
 
-__all__ = ["infer", "TrainedModel", "load_trained", "build_for"]
+__all__ = ["infer", "predicted_table", "TrainedModel", "load_trained", "build_for"]
 
 
-def build_for(cfg: TrainConfig, box: int) -> CryoModel:
-    """The run's model, freshly initialised from ``cfg.seed`` (as at the start of training)."""
+def build_for(cfg: TrainConfig, box: int, device: str | None = None) -> CryoModel:
+    """The run's model, freshly initialised from ``cfg.seed`` (as at the start of training), on
+    ``device`` (default ``cfg.device``)."""
     torch.manual_seed(cfg.seed)
-    return build_model(cfg.model, cfg.profile, box, cfg.decoder, cfg.so3, cfg.encoder_bin).to(cfg.device)
+    return build_model(cfg.model, cfg.profile, box, cfg.decoder, cfg.so3, cfg.encoder_bin).to(device or cfg.device)
 
 
 @torch.no_grad()
@@ -45,6 +46,16 @@ def infer(model: CryoModel, ds: ParticleDataset, ids: np.ndarray, batch: int = 1
         losses.append(out.loss.cpu())
     model.train(was)
     return torch.cat(Rs), displacement_to_origin(torch.cat(ds_), ds.box) * ds.apix, torch.cat(losses)
+
+
+def predicted_table(model: CryoModel, ds: ParticleDataset) -> ParticleTable:
+    """``ds``'s particle table with the model's poses for every particle (box and pixel size set)."""
+    t = ds.table
+    R, origin, _ = infer(model, ds, np.arange(t.n))
+    pred = t.subset(np.arange(t.n))
+    pred.rotations, pred.shifts_angstrom, pred.euler_degrees = R.numpy(), origin.numpy(), None
+    pred.box, pred.apix, pred.source_format = ds.box, np.full(t.n, ds.apix), "pred"
+    return pred
 
 
 @dataclass

@@ -82,6 +82,13 @@ class Refinement:
         d_t = origin_to_displacement(self.target_origin_px[ids], box).to(dev)
         return self.distill * (((out.R - R_t) ** 2).sum((-2, -1)).mean() + 0.1 * ((out.d - d_t) ** 2).sum(-1).mean())
 
+    def broadcast(self, dist, model: CryoModel, n: int) -> None:
+        """Rank 0's targets and decoder (the refined map) on every rank (:mod:`.distributed`)."""
+        if not dist.is_main:
+            self.target_R, self.target_origin_px = torch.zeros(n, 3, 3), torch.zeros(n, 2)
+        for t in (self.target_R, self.target_origin_px, *model.decoder.parameters()):
+            dist.broadcast_(t)
+
     def state_dict(self) -> dict:
         return {"target_R": self.target_R, "target_origin_px": self.target_origin_px}
 

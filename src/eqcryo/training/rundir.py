@@ -172,6 +172,19 @@ class RunDir:
             if (self / name).exists():
                 (self / name).unlink()
 
+    def log_scalars(self, row: dict, step: int) -> None:
+        """The numbers of an evaluation row to TensorBoard (RUN/tensorboard/), when it is installed."""
+        try:
+            if getattr(self, "_tb", None) is None:
+                from torch.utils.tensorboard import SummaryWriter
+                self._tb = SummaryWriter(str(self / self.TENSORBOARD))
+        except ImportError:
+            return
+        for k, v in row.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step":
+                self._tb.add_scalar(f"eval/{k}", v, step)
+        self._tb.flush()
+
     # ------------------------------------------------------------------ eval_poses.npz
     def read_eval_poses(self) -> dict[str, np.ndarray] | None:
         """steps (E,), train_seconds (E,), rotations (E, n, 3, 3), eval_ids (n,); None if absent."""

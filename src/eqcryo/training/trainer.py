@@ -17,7 +17,6 @@ from __future__ import annotations
 import sys
 import time
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -26,9 +25,10 @@ from ..evaluation.analysis import view_prior_penalty
 from .batches import TrainingData
 from .config import TrainConfig
 from .evaluator import Evaluation, Evaluator, GroundTruth
-from .inference import build_for, infer
+from .inference import build_for, predicted_table
 from .refinement import Refinement
 from .rundir import RunDir
+from .distributed import Distributed, sync_batch_norm
 from .schedule import Clock, Interrupt, LossBand, Periodic, RefinementTrigger, StopRule
 
 __all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "TrainingInterrupted"]
@@ -45,21 +45,33 @@ class TrainingInterrupted(RuntimeError):
 class Trainer:
     """Builds data, model, optimiser and schedules from a :class:`TrainConfig`; :meth:`run` trains."""
 
-    def __init__(self, cfg: TrainConfig, resume: bool = False, command: str | None = None):
+    def __init__(self, cfg: TrainConfig, resume: bool = False, command: str | None = None,
+                 dist: Distributed | None = None):
         """``resume``: continue from RUN/checkpoint.pt (the logs are cut back to it); ``command``:
-        the command line, for the summary and the report."""
+        the command line, for the summary and the report; ``dist``: this process's place among
+        ``torchrun``'s (:mod:`.distributed`; rank 0 alone writes the run folder)."""
         self.cfg = cfg.validate()
+        self.dist = dist or Distributed(device=cfg.device)
+        self.device = self.dist.device if self.dist.active else cfg.device  # (cuda:LOCAL_RANK under torchrun)
+        if cfg.batch_size % self.dist.world:
+            raise InputError(f"batch_size {cfg.batch_size} is not a multiple of the {self.dist.world} processes")
         self.run_dir = RunDir(cfg.out)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.data = TrainingData(cfg)
+        self.data = TrainingData(cfg, device=self.device)
         self.gt = GroundTruth.load(cfg, self.data.n, self.data.box, self.data.apix)
         self.evaluator = Evaluator(self.data, self.gt, cfg.track_mirror)
-        self.model = build_for(cfg, self.data.box)
+        self.model = build_for(cfg, self.data.box, self.device)
+        self.net = self.model  # what the step calls: the model, or its DistributedDataParallel wrapper
+        if self.dist.active:
+            self.model = sync_batch_norm(self.model, self.device)
+            dev = torch.device(self.device)
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[dev.index] if dev.type == "cuda"
+                                                                 else None)
         lr_dec = cfg.lr_decoder if cfg.lr_decoder is not None else cfg.lr
         self.opt = torch.optim.Adam([{"params": self.model.encoder.parameters(), "lr": cfg.lr},
                                      {"params": self.model.decoder.parameters(), "lr": lr_dec}], amsgrad=True)
-        self.clock = Clock(cfg.device)
+        self.clock = Clock(self.device)
         self.band = LossBand(self.data.box, cfg.lowpass_start, cfg.lowpass_images, cfg.distill_band)
         self.refine_trigger = RefinementTrigger(cfg.refine_images)
         self.refinement = Refinement(cfg.refine_iters, cfg.refine_radius, cfg.distill, cfg.seed)
@@ -67,21 +79,19 @@ class Trainer:
         self.step, self.images_seen, self.epoch, self.pos = 0, 0, 0, 0
         self.converged: dict | None = None
         self.last_eval: Evaluation | None = None
-        self._tb = None
         self.command = command
+        if resume:
+            self.load_state(self.run_dir.load_checkpoint(map_location=self.device))
+        if not self.dist.is_main:
+            return
         self.run_dir.path.mkdir(parents=True, exist_ok=True)
         self.run_dir.remove_stale_temporaries()
         if resume:
-            self.load_state(self.run_dir.load_checkpoint(map_location=cfg.device))
             self.run_dir.truncate_logs(self.step)
         else:
             self.run_dir.write_config(cfg, {**self.data.resolved(), "loss": self.model.loss_name,
                                             "decoder": type(self.model.decoder).__name__})
             self.run_dir.clear_logs()
-
-    @property
-    def train_seconds(self) -> float:
-        return self.clock.train_seconds
 
     def band_radius(self) -> float | None:
         """The loss band (shells) at this point of training."""
@@ -110,11 +120,15 @@ class Trainer:
                              f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
 
     def save_checkpoint(self) -> None:
-        self.run_dir.save_checkpoint(self.state_dict())
+        if self.dist.is_main:
+            self.run_dir.save_checkpoint(self.state_dict())
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> Evaluation:
-        """Evaluate, log to metrics.csv / eval_poses.npz / TensorBoard; its time is not training time."""
+        """Evaluate, log to metrics.csv / eval_poses.npz / TensorBoard; its time is not training time.
+        (Rank 0 only: the others go on to the next step and wait for it there.)"""
+        if not self.dist.is_main:
+            return None
         with self.clock.excluded():
             ev = self.evaluator(self.model, self.band_radius(), step=self.step,
                                 train_seconds=round(self.clock.train_seconds, 2),
@@ -125,26 +139,14 @@ class Trainer:
             self.last_eval = ev
             self.run_dir.append_eval_poses(self.step, self.clock.train_seconds, ev.R, self.data.eval_ids)
             self.run_dir.append_metrics(ev.row)
-            self._tensorboard(ev.row)
+            self.run_dir.log_scalars(ev.row, self.step)
         return ev
-
-    def _tensorboard(self, row: dict) -> None:
-        try:
-            if self._tb is None:
-                from torch.utils.tensorboard import SummaryWriter
-                self._tb = SummaryWriter(str(self.run_dir / RunDir.TENSORBOARD))
-            for k, v in row.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step":
-                    self._tb.add_scalar(f"eval/{k}", v, self.step)
-            self._tb.flush()
-        except ImportError:
-            pass
 
     # ------------------------------------------------------------------ training
     def train_step(self, batch) -> torch.Tensor:
         """One optimiser step on ``batch``; returns the (detached) loss."""
         c = self.cfg
-        out = self.model(batch.images, batch.ctf, band_radius=self.band_radius())
+        out = self.net(batch.images, batch.ctf, band_radius=self.band_radius())
         loss = out.loss.mean()
         if c.view_prior:
             loss = loss + c.view_prior * view_prior_penalty(out.R)
@@ -159,60 +161,67 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.clip)
         self.opt.step()
         self.step += 1
-        self.pos += len(batch.ids)
-        self.images_seen += len(batch.ids)
+        self.pos += c.batch_size  # global: every rank trained on its slice of the same batch
+        self.images_seen += c.batch_size
         return loss.detach()
 
     def refine(self, log=print) -> None:
-        """The semi-amortized refinement (:mod:`.refinement`), logged to refinement.json."""
-        info = self.refinement.run(self.model, self.data, self.gt.R, log)
+        """The semi-amortized refinement (:mod:`.refinement`), logged to refinement.json. Run by
+        rank 0; its targets and map reach the other ranks by broadcast."""
         self.refine_trigger.done = True
-        self.run_dir.write_json(RunDir.REFINEMENT, {"images_seen": self.images_seen, "step": self.step, **info})
+        if self.dist.is_main:
+            info = self.refinement.run(self.model, self.data, self.gt.R, log)
+            self.run_dir.write_json(RunDir.REFINEMENT, {"images_seen": self.images_seen, "step": self.step, **info})
+        if self.dist.active:
+            self.refinement.broadcast(self.dist, self.model, self.data.n)
 
     def run(self, progress: bool = True) -> dict:
         c = self.cfg
         self.model.train()
         self.clock.start()
         wall0 = time.perf_counter()
-        if self.step == 0 and not (self.run_dir / RunDir.METRICS).exists():
+        if self.step == 0 and self.dist.is_main and not (self.run_dir / RunDir.METRICS).exists():
             self.evaluate()
         # redirected to a log file, a bar redrawn 10 times a second would fill it: every 30 s there
-        bar = tqdm(desc=f"train {c.model}", unit="img", disable=not progress, initial=self.images_seen,
+        bar = tqdm(desc=f"train {c.model}", unit="img", initial=self.images_seen,
                    total=None if c.steps is None else c.steps * c.batch_size,
-                   mininterval=0.1 if sys.stderr.isatty() else 30.0)
+                   mininterval=0.1 if sys.stderr.isatty() else 30.0, disable=not (progress and self.dist.is_main))
         ckpt_timer = Periodic(c.checkpoint_every)
         ckpt_timer.reset(self.clock.tick())
         interrupt = Interrupt().install()
         try:
-            while not self.stop.done(self.step, self.clock.tick()):
-                stream = self.data.stream(self.epoch, self.pos, c.batch_size)
+            while not self.dist.agree([self.stop.done(self.step, self.clock.tick())])[0]:
+                stream = self.data.stream(self.epoch, self.pos, c.batch_size, self.dist.rank, self.dist.world)
                 try:
                     for batch in stream:
                         loss = self.train_step(batch)
-                        if interrupt.requested:
+                        t = self.clock.tick()
+                        bar.update(c.batch_size)
+                        mse = self.last_eval.row.get("pose_mse") if self.last_eval else None
+                        bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{self.images_seen / max(t, 1e-9):.0f}",
+                                        mse="-" if mse is None else f"{mse:.3f}", refresh=False)  # not every step
+                        stop_now, refine, evaluate, checkpoint, done = self.dist.agree([
+                            interrupt.requested, self.refine_trigger.due(self.images_seen), self.eval_timer.due(t),
+                            ckpt_timer.due(t), self.stop.done(self.step, t)])
+                        if stop_now:
                             self.save_checkpoint()
                             raise TrainingInterrupted(
                                 f"interrupted at step {self.step}; a checkpoint was saved: continue with "
                                 f"eqcryo train --resume {self.run_dir.path}")
-                        t = self.clock.tick()
-                        bar.update(len(batch.ids))
-                        mse = self.last_eval.row.get("pose_mse") if self.last_eval else None
-                        bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{self.images_seen / max(t, 1e-9):.0f}",
-                                        mse="-" if mse is None else f"{mse:.3f}", refresh=False)  # not every step
-                        if self.refine_trigger.due(self.images_seen):
+                        if refine:
                             self.refine(log=bar.write)
                             self.evaluate()
                             self.eval_timer.reset(self.clock.tick())
                             self.save_checkpoint()
                             ckpt_timer.reset(self.clock.train_seconds)
                             break  # restart the loader: the batch order continues at self.pos
-                        if self.eval_timer.due(t):
+                        if evaluate:
                             self.eval_timer.reset(t)
                             self.evaluate()
-                        if ckpt_timer.due(self.clock.tick()):
+                        if checkpoint:
                             self.save_checkpoint()
-                            ckpt_timer.reset(self.clock.train_seconds)
-                        if self.stop.done(self.step, self.clock.tick()):
+                            ckpt_timer.reset(self.clock.tick())
+                        if done:
                             break
                     else:
                         self.epoch += 1
@@ -222,20 +231,18 @@ class Trainer:
         finally:
             bar.close()
             interrupt.restore()
-        rows = self.run_dir.metric_rows()
-        if not rows or int(rows[-1]["step"]) != self.step:  # (a resumed finished run has logged this step)
-            self.evaluate()
+        rows = self.run_dir.metric_rows() if self.dist.is_main else []
+        if self.dist.is_main and (not rows or int(rows[-1]["step"]) != self.step):  # (a resumed finished run
+            self.evaluate()                                                           # has logged this step)
         self.save_checkpoint()
         return self.finish(wall_seconds=time.perf_counter() - wall0)
 
     # ------------------------------------------------------------------ outputs
     def finish(self, wall_seconds: float | None = None) -> dict:
-        """Write the map, predicted poses for every particle, the summary and the report."""
-        t = self.data.table
-        R, origin, _ = infer(self.model, self.data.ds, np.arange(t.n))
-        pred = t.subset(np.arange(t.n))
-        pred.rotations, pred.shifts_angstrom, pred.euler_degrees = R.numpy(), origin.numpy(), None
-        pred.box, pred.apix, pred.source_format = self.data.box, np.full(t.n, self.data.apix), "pred"
+        """Write the map, predicted poses for every particle, the summary and the report (rank 0)."""
+        if not self.dist.is_main:
+            return {"steps": self.step, "images_seen": self.images_seen, "rank": self.dist.rank}
+        pred = predicted_table(self.model, self.data.ds)
         summary = {"steps": self.step, "train_seconds": self.clock.train_seconds,
                    "eval_seconds": self.clock.eval_seconds, "images_seen": self.images_seen,
                    "converged": self.converged, "wall_seconds": wall_seconds, "command": self.command}
