@@ -20,7 +20,7 @@ import starfile
 import torch
 
 from eqcryo.cli.main import main
-from eqcryo.data.mrc import write_stack, write_volume
+from eqcryo.data.mrc import write_stack
 from eqcryo.data.simulate import SimulationConfig, simulate
 
 

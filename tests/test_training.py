@@ -310,3 +310,15 @@ def test_clock_counts_what_happens_outside_evaluation():
     c2.start()
     time.sleep(0.05)
     assert c2.tick() > c.train_seconds + 0.04 and c2.eval_seconds == c.eval_seconds
+
+
+def test_images_in_memory_train_exactly_as_images_read_from_disk(tiny, tmp_path):
+    """preload (the whole stack in device memory, batches by indexing) changes where images come
+    from, not what they are: the same model after the same steps, bit for bit."""
+    a = Trainer(_cfg(tiny, tmp_path / "mem", steps=5, preload=True))
+    b = Trainer(_cfg(tiny, tmp_path / "disk", steps=5, preload=False))
+    assert a.data.ds.memory is not None and b.data.ds.memory is None
+    a.run(progress=False)
+    b.run(progress=False)
+    for (k, x), y in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        torch.testing.assert_close(x, y, atol=0, rtol=0, msg=k)

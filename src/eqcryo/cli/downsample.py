@@ -14,7 +14,7 @@ from ..data.io import load_particles
 from ..data.mrc import StackWriter, mrc_header_info, read_volume, write_volume
 from ..data.star import write_star
 from ..physics.lattice import fourier_crop_2d, fourier_crop_3d
-from .common import positive_float, positive_int, verb_parser
+from .common import positive_int, verb_parser
 
 
 def add_parser(sub):

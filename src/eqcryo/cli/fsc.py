@@ -10,7 +10,7 @@ import torch
 from ..data.errors import InputError
 from ..data.mrc import read_volume
 from ..physics.fsc import fsc
-from .common import positive_float, positive_int, verb_parser
+from .common import positive_float, verb_parser
 
 
 def add_parser(sub):

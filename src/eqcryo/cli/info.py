@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..data.errors import InputError
 from ..data.io import load_particles
 from ..data.mrc import mrc_header_info
 from .common import add_particle_options, verb_parser

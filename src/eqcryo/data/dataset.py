@@ -9,11 +9,18 @@ reconstruction consumes (cryoDRGN's ``source.py`` / ``dataset.py`` split):
 - :meth:`ParticleDataset.batches` — consecutive batches in a given order;
 - :meth:`ParticleDataset.prefetch` — the same read ahead by a background thread, so that disk
   reads overlap the model's compute.
+
+With ``preload`` the whole stack is read once into one tensor on the device (RAM, or the GPU's
+memory), and a batch is an index into it: no file reads, no reader thread in front of a GPU.
+By default (``preload=None``) that happens when the stack takes at most a quarter of the free
+memory of the device (the lazy, memory-mapped path serves larger data).
 """
 
 from __future__ import annotations
 
+import os
 import queue
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Iterator
@@ -25,7 +32,17 @@ from ..physics.ctf import ctf_2d
 from .errors import InputError
 from .particles import ParticleTable
 
-__all__ = ["Batch", "ParticleDataset"]
+__all__ = ["Batch", "ParticleDataset", "free_memory_bytes"]
+
+
+def free_memory_bytes(device: torch.device) -> int:
+    """Free memory of ``device`` in bytes: the GPU's (CUDA), else the machine's available RAM."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 @dataclass
@@ -45,12 +62,28 @@ class ParticleDataset:
     """
 
     def __init__(self, table: ParticleTable, device: str | torch.device = "cpu", scale: float = 1.0,
-                 dtype: torch.dtype = torch.float32, box: int | None = None, apix: float | None = None):
+                 dtype: torch.dtype = torch.float32, box: int | None = None, apix: float | None = None,
+                 preload: bool | None = False):
         if table.images is None:
             raise InputError(f"{table.source}: no images")
         self.table, self.device, self.scale, self.dtype = table, torch.device(device), float(scale), dtype
         self.box = box if box is not None else table.images.box()
         self.apix = apix if apix is not None else (table.pixel_size() if table.apix is not None else 1.0)
+        self.memory: torch.Tensor | None = None  # (n, L, L) on the device when preloaded
+        need = table.n * self.box * self.box * torch.finfo(dtype).bits // 8
+        if preload or (preload is None and need <= free_memory_bytes(self.device) // 4):
+            self._preload()
+
+    def _preload(self, chunk: int = 4096) -> None:
+        """Read every image once (scaled, as :meth:`read_images` would) into device memory."""
+        n, L = self.table.n, self.box
+        mem = torch.empty(n, L, L, dtype=self.dtype, device=self.device)
+        if n > 20000:
+            print(f"reading {n} images into {self.device} memory ...", file=sys.stderr)
+        for s in range(0, n, chunk):
+            ids = torch.arange(s, min(s + chunk, n)).numpy()
+            mem[s:s + len(ids)] = self.read_images(ids).to(self.device)
+        self.memory = mem
 
     @property
     def n(self) -> int:
@@ -70,8 +103,11 @@ class ParticleDataset:
 
     def batch(self, ids: np.ndarray, images: torch.Tensor | None = None) -> Batch:
         """The batch of particles ``ids`` on the device (``images``: already read, e.g. by a prefetcher)."""
+        ids = np.asarray(ids)
+        if images is None and self.memory is not None:
+            images = self.memory[torch.from_numpy(ids).to(self.device)]
         x = self.read_images(ids) if images is None else images
-        return Batch(np.asarray(ids), x.to(self.device), self.ctf(ids))
+        return Batch(ids, x.to(self.device), self.ctf(ids))
 
     def batches(self, order: np.ndarray, batch_size: int, drop_last: bool = False) -> Iterator[Batch]:
         """Consecutive batches of ``order`` (the last one shorter unless ``drop_last``)."""
@@ -80,8 +116,25 @@ class ParticleDataset:
             yield self.batch(order[s:s + batch_size])
 
     def prefetch(self, order: np.ndarray, batch_size: int, depth: int = 4) -> "Prefetcher":
-        """Full batches of ``order`` read ahead by a background thread (close it when done early)."""
+        """Full batches of ``order`` read ahead by a background thread (close it when done early);
+        from memory when preloaded (no thread)."""
+        if self.memory is not None:
+            return _InMemory(self, order, batch_size)
         return Prefetcher(self, order, batch_size, depth)
+
+
+class _InMemory:
+    """Full batches of ``order`` from the preloaded tensor (the Prefetcher's interface)."""
+
+    def __init__(self, ds: ParticleDataset, order: np.ndarray, batch_size: int):
+        self.ds, self.order, self.b = ds, order, batch_size
+
+    def __iter__(self) -> Iterator[Batch]:
+        for s in range(0, len(self.order) - self.b + 1, self.b):
+            yield self.ds.batch(self.order[s:s + self.b])
+
+    def close(self) -> None:
+        pass
 
 
 class Prefetcher:

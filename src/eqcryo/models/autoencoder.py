@@ -66,13 +66,12 @@ class ModelOutput:
 class CryoModel(nn.Module):
     """Encoder + decoder + loss. ``model.encoder(images) -> (R (B,3,3), d (B,2) px)``.
 
-    ``forward(images, ctf, band_radius)``: ``band_radius`` (Fourier shells, None = the full disc
-    |k| < L/2) limits the loss to |k| < band_radius (frequency marching; the caller's schedule
-    decides it per step). The loss is then computed in Fourier space on the
-    band's lattice points only — by Parseval the same number as the MSE of the low-pass
-    filtered images, but the decoder is read at those points only (for the voxel decoder only
-    the band of its padded DFT is computed), so early low-resolution training is several
-    times cheaper. In band mode ``ModelOutput.pred`` is None (no images are rendered).
+    ``forward(images, ctf, band_radius)``: the loss is computed in Fourier space on the lattice
+    points of one Hermitian half of the disc |k| < r (r = ``band_radius`` shells for frequency
+    marching, chosen per step by the caller's schedule; None = L/2) — by Parseval the MSE of the
+    band-limited images — and the decoder is read at those points only (for the voxel decoder
+    below Nyquist only the band of its padded DFT is computed). No images are rendered
+    (``ModelOutput.pred`` is None) unless ``return_images``.
     """
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, loss: str = "l2", name: str = ""):
@@ -98,46 +97,61 @@ class CryoModel(nn.Module):
         origin = displacement_to_origin(d, self.box)
         return render_images(slices, ctf, origin)
 
-    def _band(self, radius: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Flat lattice indices (M,) and plane points (M, 3) with |k| < radius (cached)."""
+    def _band(self, radius: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Flat lattice indices (M,), plane points (M, 3) and weights (M,) of one Hermitian half of
+        the disc |k| < radius (cached).
+
+        Images are real, so their spectra, the CTF's and the map's slices are Hermitian: the
+        error at -k is the conjugate of the error at k. The loss therefore visits ky > 0 (and
+        ky = 0, kx ≥ 0) with weight 2 — DC, its own partner, with weight 1 — and so reads the
+        decoder at ~1/2.5 of the L² lattice points that rendering whole images would.
+        """
         r = float(radius)
         if self._band_cache is None or self._band_cache[0] != (r, self._radius.device):
-            idx = (self._radius < r).nonzero()[:, 0]
-            self._band_cache = ((r, self._radius.device), idx, self._plane[idx])
-        return self._band_cache[1], self._band_cache[2]
+            kx, ky = self._plane[:, 0], self._plane[:, 1]
+            half = (ky > 0) | ((ky == 0) & (kx >= 0))
+            idx = ((self._radius < r) & half).nonzero()[:, 0]
+            w = torch.where((kx[idx] == 0) & (ky[idx] == 0), 1.0, 2.0).to(self._plane.dtype)
+            self._band_cache = ((r, self._radius.device), idx, self._plane[idx], w)
+        return self._band_cache[1], self._band_cache[2], self._band_cache[3]
 
     def band_loss(self, y: torch.Tensor, R: torch.Tensor, d: torch.Tensor,
                   ctf: torch.Tensor | None, band_radius: float) -> torch.Tensor:
         """Per-image loss (B,) on |k| < band_radius: ``Σ_band |Ŝ·T̂·ĥ - Ŷ|² / L⁴`` (Parseval:
-        the MSE of the band-limited images)."""
+        the MSE of the band-limited images), summed over one Hermitian half with weights."""
         L = self.box
-        idx, pts = self._band(band_radius)
+        idx, pts, w = self._band(band_radius)
         pts = pts.to(R.dtype)
         S = self.decoder.slice_at(R, pts, band_radius)
         S = S * shift_phase_at(pts[:, 0], pts[:, 1], L, displacement_to_origin(d, L))
         if ctf is not None:
             S = S * ctf.flatten(1)[:, idx]
         E = S - fft2_centered(y).flatten(1)[:, idx]
-        return (E.real ** 2 + E.imag ** 2).sum(1) / L ** 4
+        return ((E.real ** 2 + E.imag ** 2) * w.to(E.real.dtype)).sum(1) / L ** 4
 
-    def _branch(self, y: torch.Tensor, ctf: torch.Tensor | None, band_radius: float | None):
+    def _branch(self, y: torch.Tensor, ctf: torch.Tensor | None, band_radius: float | None, images: bool):
         R, d = self.encoder(y)
-        if band_radius is not None and band_radius < self.box / 2:
-            return None, self.band_loss(y, R, d, ctf, band_radius), R, d
+        if not images:
+            r = self.box / 2 if band_radius is None else min(band_radius, self.box / 2)
+            return None, self.band_loss(y, R, d, ctf, r), R, d
         pred = self.render(R, d, ctf)
         return pred, self.image_loss(pred, y), R, d
 
     def forward(self, images: torch.Tensor, ctf: torch.Tensor | None = None,
-                band_radius: float | None = None) -> ModelOutput:
-        """images (B, L, L), CTF images (B, L, L) or None, loss band (shells; None = full disc)."""
+                band_radius: float | None = None, return_images: bool = False) -> ModelOutput:
+        """images (B, L, L), CTF images (B, L, L) or None, loss band (shells; None = the full disc
+        |k| < L/2). By default the loss is computed in Fourier space on one Hermitian half of the
+        band (no images rendered, ``pred`` None). ``return_images``: render whole images and use
+        the pixel MSE over the box (the same gradients; the loss is larger by the data's energy
+        outside the disc, which no map can explain)."""
         e = LOSSES[self.loss_name]
         B = images.shape[0]
         if e is None:
-            pred, loss, R, d = self._branch(images, ctf, band_radius)
+            pred, loss, R, d = self._branch(images, ctf, band_radius, return_images)
             return ModelOutput(pred, loss, R, d, torch.zeros(B, dtype=torch.long, device=images.device))
         y2 = torch.cat([images, image_action(images, e)])
         c2 = None if ctf is None else torch.cat([ctf, transform_ctf(ctf, e)])
-        pred2, l2, R2, d2 = self._branch(y2, c2, band_radius)
+        pred2, l2, R2, d2 = self._branch(y2, c2, band_radius, return_images)
         loss, branch = torch.stack([l2[:B], l2[B:]]).min(0)
         pr, pt = phi_r(e, R2.dtype).to(R2.device), phi_t(e, d2.dtype).to(d2.device)
         R = torch.where(branch[:, None, None] == 1, pr.T @ R2[B:], R2[:B])

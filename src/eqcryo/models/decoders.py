@@ -19,8 +19,8 @@ from typing import ClassVar, Protocol, runtime_checkable
 import torch
 import torch.nn as nn
 
-from ..physics.lattice import _crop_or_pad_centered, fft3_centered, freq_index, ifft3_centered, plane_coords
-from ..physics.projection import centered_dft_band, gridding_correction, slice_fourier_volume
+from ..physics.lattice import _crop_or_pad_centered, fft3_centered, ifft3_centered, plane_coords
+from ..physics.projection import centered_dft_band, gridding_correction, hermitian_lattice, slice_fourier_volume
 
 __all__ = ["Decoder", "Siren", "FourierNet", "VoxelDecoder"]
 
@@ -116,17 +116,27 @@ class FourierNet(nn.Module):
 
     @torch.no_grad()
     def volume(self, chunk: int = 65536) -> torch.Tensor:
-        """The real-space map (L, L, L): V̂ on the L³ lattice in chunks (unpaired Nyquist planes
-        zeroed, so the lattice values are exactly Hermitian), inverse FFT."""
+        """The real-space map (L, L, L): V̂ on the lattice points inside the sphere |k| < L/2 (the
+        frequencies the loss trains; beyond them the network is unconstrained and is read as 0),
+        evaluated on one Hermitian half only and completed by V̂(-k) = conj V̂(k) (~1/3.8 of the
+        L³ evaluations), then the inverse FFT."""
         L = self.box
         dt = self.modulant.out.weight.dtype
-        k = freq_index(L, dt, self.plane.device) / (L / 2)
-        kz, ky, kx = torch.meshgrid(k, k, k, indexing="ij")
-        pts = torch.stack([kx, ky, kz], -1).reshape(-1, 3)
-        vals = torch.cat([self.evaluate(pts[i:i + chunk]) for i in range(0, len(pts), chunk)]).reshape(L, L, L)
-        if L % 2 == 0:  # the unpaired Nyquist planes have no Hermitian partner on the lattice
-            vals[0], vals[:, 0], vals[:, :, 0] = 0, 0, 0
-        return ifft3_centered(vals.to(torch.complex128)).real.to(dt)
+        dev = self.plane.device
+        i = torch.arange(L, device=dev)
+        iz, iy, ix = (a.reshape(-1) for a in torch.meshgrid(i, i, i, indexing="ij"))
+        kz, ky, kx = iz - L // 2, iy - L // 2, ix - L // 2
+        inside = (kx * kx + ky * ky + kz * kz) < (L / 2) ** 2
+        half = (kz > 0) | ((kz == 0) & ((ky > 0) | ((ky == 0) & (kx >= 0))))
+        sel = (inside & half).nonzero()[:, 0]
+        pts = torch.stack([kx, ky, kz], -1)[sel].to(dt) / (L / 2)
+        v = torch.cat([self.evaluate(pts[j:j + chunk]) for j in range(0, len(pts), chunk)])
+        vals = torch.zeros(L ** 3, dtype=torch.complex128, device=dev)
+        vals[sel] = v.to(torch.complex128)
+        # the partner of lattice index i is L - i (for i >= 1; inside the sphere no index is 0)
+        partner = ((L - iz[sel]) * L + (L - iy[sel])) * L + (L - ix[sel])
+        vals[partner] = v.to(torch.complex128).conj()
+        return ifft3_centered(vals.reshape(L, L, L)).real.to(dt)
 
     def set_volume(self, vol: torch.Tensor) -> None:
         raise NotImplementedError("FourierNet is a neural field: it cannot be set to a map (accepts_volume is False)")
@@ -145,8 +155,11 @@ class VoxelDecoder(nn.Module):
         self.register_buffer("plane", plane_coords(box, torch.float32))
 
     def fourier(self) -> torch.Tensor:
+        """The padded centred DFT (N, N, N), N = pad·L, with its unpaired Nyquist planes (index 0
+        of each axis, |K| = N/2) zeroed: trilinear reads near |k| → L/2 then see zeros on both
+        sides, so slices are exactly Hermitian (S(-k) = conj S(k)), which the half-plane loss uses."""
         v = _crop_or_pad_centered(self.vol * self.grid_corr, self.pad * self.box, 3)
-        return fft3_centered(v)
+        return hermitian_lattice(fft3_centered(v))
 
     def slice(self, R: torch.Tensor) -> torch.Tensor:
         """Slices (B, L, L) complex at rotations R (B, 3, 3)."""

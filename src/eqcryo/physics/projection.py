@@ -99,7 +99,20 @@ def prepare_fourier_volume(volume: torch.Tensor, pad: int = 2, gridding: bool = 
     if gridding:
         volume = volume * gridding_correction(L, pad, volume.dtype, volume.device)
     vp = _crop_or_pad_centered(volume, pad * L, 3) if pad != 1 else volume
-    return FourierVolume(fft3_centered(vp), L, pad)
+    return FourierVolume(hermitian_lattice(fft3_centered(vp)), L, pad)
+
+
+def hermitian_lattice(F: torch.Tensor) -> torch.Tensor:
+    """A centred DFT (N, N, N) of a real volume with its unpaired Nyquist planes (index 0 of each
+    axis, |K| = N/2, whose partners +N/2 are off the lattice) set to zero.
+
+    Trilinear slicing near |K| → N/2 reads index 0 on the negative side and zeros (outside the
+    array) on the positive side; with those planes zeroed both sides read zeros, so every slice is
+    exactly Hermitian, S(-k) = conj S(k), as the spectrum of a real image must be.
+    """
+    keep = torch.ones(F.shape[-1], dtype=F.real.dtype, device=F.device)
+    keep[0] = 0
+    return F * keep[:, None, None] * keep[None, :, None] * keep[None, None, :]
 
 
 def slice_fourier_volume(vol_ft: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:

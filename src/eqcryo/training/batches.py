@@ -49,7 +49,7 @@ class TrainingData:
             raise InputError(f"{cfg.particles}: {len(self.train_ids)} training particles < batch size {cfg.batch_size}")
         sample = t.images.read(self.train_ids[:min(512, len(self.train_ids))])
         self.scale = float(1.0 / (sample.std() + 1e-12))
-        self.ds = ParticleDataset(t, device or cfg.device, self.scale, box=L)
+        self.ds = ParticleDataset(t, device or cfg.device, self.scale, box=L, preload=cfg.preload)
         self.box, self.apix, self.n = L, self.ds.apix, t.n
 
     def resolved(self) -> dict:

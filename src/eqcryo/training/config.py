@@ -77,6 +77,9 @@ class TrainConfig:
     clip: float = 1.0
     device: str = "cpu"
     threads: int | None = None
+    # hold the image stack in the device's memory (True), read it lazily from disk (False), or
+    # decide by size: in memory when it takes at most a quarter of the free memory (None)
+    preload: bool | None = None
     eval_every: float = 60.0  # seconds of training time
     eval_n: int = 256
     checkpoint_every: float = 300.0
@@ -118,6 +121,10 @@ class TrainConfig:
         if self.steps is None and self.time_budget is None:
             raise InputError("give --steps and/or --time-budget")
         check_device(self.device)
+        if self.preload not in (None, True, False):
+            raise InputError(f"preload {self.preload!r}: expected true, false or null (decide by size)")
+        if not isinstance(self.track_mirror, bool):
+            raise InputError(f"track_mirror {self.track_mirror!r}: expected true or false")
         positive = {"batch_size": self.batch_size, "lr": self.lr, "lr_decoder": self.lr_decoder, "clip": self.clip,
                     "eval_every": self.eval_every, "eval_n": self.eval_n, "checkpoint_every": self.checkpoint_every,
                     "lowpass_start": self.lowpass_start, "lowpass_images": self.lowpass_images,
