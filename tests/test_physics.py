@@ -283,3 +283,24 @@ def test_band_dft_equals_the_central_block_of_the_padded_fft():
         c = pad * L // 2
         block = full[c - K:c + K + 1, c - K:c + K + 1, c - K:c + K + 1]
         torch.testing.assert_close(centered_dft_band(v, pad, K), block, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("N", [8, 10, 12, 16])
+def test_centred_fft_as_sign_flips(N):
+    """fft3_centered(x) = c ⊙ fftn(c ⊙ x) (times (-1)^(3N/2)) with c the checkerboard, for even N:
+    the identity the voxel decoder uses instead of the rolls of fftshift."""
+    from eqcryo.physics.lattice import checkerboard_3d, fft3_centered
+    x = torch.randn(N, N, N, dtype=torch.float64)
+    c = checkerboard_3d(N)
+    s = (-1) ** (3 * N // 2)
+    torch.testing.assert_close(s * c * torch.fft.fftn(c * x), fft3_centered(x), atol=1e-10, rtol=1e-12)
+
+
+def test_voxel_decoder_fourier_is_the_centred_hermitian_dft():
+    from eqcryo.models.decoders import VoxelDecoder
+    from eqcryo.physics.lattice import _crop_or_pad_centered, fft3_centered
+    from eqcryo.physics.projection import hermitian_lattice
+    for L in (12, 11):  # 3N/2 even and odd
+        d = VoxelDecoder(L, init=torch.randn(L, L, L)).double()
+        ref = hermitian_lattice(fft3_centered(_crop_or_pad_centered(d.vol * d.grid_corr, 2 * L, 3)))
+        torch.testing.assert_close(d.fourier(), ref, atol=1e-10, rtol=1e-10)

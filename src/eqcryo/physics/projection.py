@@ -123,7 +123,9 @@ def slice_fourier_volume(vol_ft: torch.Tensor, coords: torch.Tensor) -> torch.Te
     """
     N = vol_ft.shape[-1]
     real_dtype = coords.dtype
-    vol = torch.stack([vol_ft.real, vol_ft.imag], 0)[None].to(real_dtype)  # (1, 2, N, N, N)
+    ctype = torch.complex128 if real_dtype == torch.float64 else torch.complex64
+    # (1, 2, N, N, N) as a view of the complex array (channels last in memory): no copy of the volume
+    vol = torch.view_as_real(vol_ft.to(ctype)).permute(3, 0, 1, 2)[None]
     grid = (coords + N // 2) * (2.0 / (N - 1)) - 1.0  # align_corners=True: index 0 -> -1, N-1 -> +1
     B, M, _ = coords.shape
     out = F.grid_sample(vol, grid.reshape(1, B, M, 1, 3), mode="bilinear", padding_mode="zeros",
