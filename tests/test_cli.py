@@ -73,3 +73,34 @@ def test_downsample_volume_and_stack(tmp_path):
     t = load_particles(tmp_path / "t.star")
     assert t.n == 4 and t.box == 16 and t.pixel_size() == pytest.approx(3.0)
     assert t.images.read([3]).shape == (1, 16, 16)
+
+
+def test_fsc_cannot_lie_about_sign_or_hand(tmp_path, capsys):
+    """A map against its negative: no resolution (it used to print 0.02 Å, finer than Nyquist),
+    the reason, and the contrast inversion that makes them agree; against its mirror image: the
+    hand."""
+    from eqcryo.physics.projection import flip_hand
+    v = gaussian_blobs(32, [(4, 1, -3), (-5, 3, 2), (1, -6, 4)], [3.5, 4.0, 3.0], [1.0, 0.7, 1.3])
+    write_volume(tmp_path / "v.mrc", v.float().numpy(), 2.0)
+    write_volume(tmp_path / "neg.mrc", (-v).float().numpy(), 2.0)
+    write_volume(tmp_path / "mirror.mrc", flip_hand(v).float().numpy(), 2.0)
+    assert main(["fsc", str(tmp_path / "v.mrc"), str(tmp_path / "neg.mrc")]) == 0
+    out = capsys.readouterr().out
+    assert "resolution at FSC 0.5:   none (the maps are anticorrelated" in out and "inverted?" in out
+    assert "with the contrast of A inverted the maps agree: resolution at FSC 0.5 4.00 Å" in out
+    assert main(["fsc", str(tmp_path / "mirror.mrc"), str(tmp_path / "v.mrc"), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["resolution_0.5"] > 20  # a mirror image agrees only at low resolution
+    assert d["corrected"]["operation"] == "hand of A flipped (z -> -z)" and d["corrected"]["resolution_0.5"] == 4.0
+    assert main(["fsc", str(tmp_path / "v.mrc"), str(tmp_path / "v.mrc")]) == 0
+    out = capsys.readouterr().out
+    assert "resolution at FSC 0.5:   4.00 Å" in out and "agree" not in out
+
+
+def test_resolution_is_never_finer_than_nyquist():
+    from eqcryo.physics.fsc import resolution_at
+    f = np.arange(17) / (32 * 2.0)
+    assert resolution_at(f, -np.ones(17), 0.5) is None  # starts below: no reading (was 0.02 Å-like)
+    assert resolution_at(f, np.ones(17), 0.5) == pytest.approx(4.0)  # never crosses: the Nyquist bound
+    c = np.linspace(1, -1, 17)
+    assert 4.0 <= resolution_at(f, c, 0.143) < 64

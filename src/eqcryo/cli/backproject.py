@@ -40,6 +40,10 @@ def add_parser(sub):
     p.set_defaults(func=run)
 
 
+def _angstrom(x: float | None) -> str:
+    return "none" if x is None else f"{x:.2f} Å"
+
+
 def run(args) -> int:
     out = Path(args.output)
     stem = out.with_suffix("")
@@ -89,5 +93,6 @@ def run(args) -> int:
             tmp.write_text(json.dumps(d, indent=2) + "\n")
         from ..evaluation.figures import plot_fsc
         plot_fsc(f"{stem}_fsc.png", [("half-maps", r)])
-        print(f"half-map FSC: {r.resolution(0.5):.2f} Å at 0.5, {r.resolution(0.143):.2f} Å at 0.143 -> {outs[3]}")
+        print(f"half-map FSC: {_angstrom(r.resolution(0.5))} at 0.5, {_angstrom(r.resolution(0.143))} at 0.143 "
+              f"-> {outs[3]}" + (f" ({r.diagnosis()})" if r.diagnosis() else ""))
     return 0

@@ -10,6 +10,7 @@ import torch
 from ..data.errors import InputError
 from ..data.mrc import read_volume
 from ..physics.fsc import fsc
+from ..physics.projection import flip_hand
 from .common import positive_float, verb_parser
 
 
@@ -18,7 +19,10 @@ def add_parser(sub):
                     "Compute the FSC between two maps of the same box and voxel size. Shells are rings of "
                     "round(|k|) on the centred Fourier lattice, from DC to Nyquist; the resolution at a threshold "
                     "is the first crossing, linearly interpolated in frequency (reported at 0.5 and 0.143). If the "
-                    "curve never crosses, the Nyquist resolution is reported as a bound.",
+                    "curve never crosses, the Nyquist resolution is reported as a bound; if it starts below the threshold "
+                    "(or is negative) no resolution is reported, and the message says why. The maps are also "
+                    "compared with A's contrast inverted and A in the other hand: when one of those agrees far better, "
+                    "that is said, with its resolution (an inverted contrast or a mirror-image reconstruction).",
                     "eqcryo fsc reconstruction.mrc gt_volume.mrc --plot fsc.png --json")
     p.add_argument("a", help="first map (.mrc)")
     p.add_argument("b", help="second map (.mrc)")
@@ -47,14 +51,34 @@ def run(args) -> int:
         if m.shape != a.shape:
             raise InputError(f"{args.mask}: mask box {m.shape[0]} differs from the maps' {a.shape[0]}")
         mask = torch.from_numpy(m).double()
-    res = fsc(torch.from_numpy(a), torch.from_numpy(b), apix, mask)
+    ta, tb = torch.from_numpy(a).double(), torch.from_numpy(b).double()
+    res = fsc(ta, tb, apix, mask)
+    # Is B explained better by A with inverted contrast and/or in the other hand?
+    variants = {"contrast of A inverted": -ta, "hand of A flipped (z -> -z)": flip_hand(ta),
+                "contrast of A inverted and hand flipped": -flip_hand(ta)}
+    best, best_res = None, res
+    for name, v in variants.items():
+        r = fsc(v, tb, apix, mask)
+        if r.low_frequency_correlation() > max(0.3, best_res.low_frequency_correlation() + 0.2):
+            best, best_res = name, r
     if args.plot:
         from ..evaluation.figures import plot_fsc
-        plot_fsc(args.plot, [(f"{args.a} vs {args.b}", res)])
+        curves = [(f"{args.a} vs {args.b}", res)] + ([(f"{best}", best_res)] if best else [])
+        plot_fsc(args.plot, curves)
+    out = res.to_dict()
+    out["diagnosis"] = res.diagnosis()
+    if best:
+        out["corrected"] = {"operation": best, **best_res.to_dict()}
     if args.json:
-        print(json.dumps(res.to_dict(), indent=2))
-    else:
-        print(f"resolution at FSC 0.5:   {res.resolution(0.5):.2f} Å")
-        print(f"resolution at FSC 0.143: {res.resolution(0.143):.2f} Å")
-        print(f"(Nyquist {2 * apix:.2f} Å)")
+        print(json.dumps(out, indent=2))
+        return 0
+    why = res.diagnosis()
+    for t in (0.5, 0.143):
+        r = res.resolution(t)
+        print(f"resolution at FSC {t}:{' ' * (6 - len(str(t)))}" + (f"{r:.2f} Å" if r is not None else f"none ({why})"))
+    print(f"(Nyquist {2 * apix:.2f} Å)")
+    if best:
+        r5, r1 = best_res.resolution(0.5), best_res.resolution(0.143)
+        fmt = (lambda x: "none" if x is None else f"{x:.2f} Å")
+        print(f"with the {best} the maps agree: resolution at FSC 0.5 {fmt(r5)}, at 0.143 {fmt(r1)}")
     return 0

@@ -14,7 +14,8 @@ def plot_fsc(path, curves, thresholds=(0.5, 0.143)) -> None:
     """Plot FSC curves [(label, FSCResult), ...] against spatial frequency (1/Å)."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, r in curves:
-        ax.plot(r.freq_inv_angstrom, r.fsc, label=f"{label} ({r.resolution(0.5):.1f} Å @0.5)")
+        res = r.resolution(0.5)
+        ax.plot(r.freq_inv_angstrom, r.fsc, label=f"{label} ({'no crossing' if res is None else f'{res:.1f} Å'} @0.5)")
     for t in thresholds:
         ax.axhline(t, color="grey", lw=0.8, ls="--")
     ax.set_xlabel("spatial frequency (1/Å)")

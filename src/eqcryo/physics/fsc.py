@@ -27,9 +27,27 @@ class FSCResult:
     apix: float
     box: int
 
-    def resolution(self, threshold: float) -> float:
-        """Resolution (Å) where the curve first drops below ``threshold`` (see :func:`resolution_at`)."""
+    def resolution(self, threshold: float) -> float | None:
+        """Resolution (Å) where the curve first drops below ``threshold`` (see :func:`resolution_at`);
+        None when the curve starts below it (no resolution can be read; see :meth:`diagnosis`)."""
         return resolution_at(self.freq_inv_angstrom, self.fsc, threshold)
+
+    def low_frequency_correlation(self) -> float:
+        """Mean FSC over the low shells 1 .. max(2, L/8): ~1 for the same map, ~0 for unrelated
+        maps, ~-1 for a map and its contrast-inverted copy."""
+        n = max(2, self.box // 8)
+        return float(np.mean(self.fsc[1:n + 1]))
+
+    def diagnosis(self, threshold: float = 0.143) -> str | None:
+        """Why no resolution can be read from this curve, or None when one can."""
+        if self.resolution(threshold) is not None:
+            return None
+        low = self.low_frequency_correlation()
+        if low < -0.2:
+            return (f"the maps are anticorrelated at low resolution (mean FSC {low:.2f} over the first shells): "
+                    f"is the contrast of one of them inverted?")
+        return (f"the maps do not correlate even at low resolution (mean FSC {low:.2f} over the first shells): "
+                f"are they in the same hand, orientation and position, and of the same structure?")
 
     def to_dict(self) -> dict:
         return {
@@ -68,12 +86,16 @@ def fsc(vol_a: torch.Tensor, vol_b: torch.Tensor, apix: float = 1.0,
     return FSCResult(freqs, curve.numpy(), apix, L)
 
 
-def resolution_at(freq: np.ndarray, curve: np.ndarray, threshold: float) -> float:
+def resolution_at(freq: np.ndarray, curve: np.ndarray, threshold: float) -> float | None:
     """Resolution (Å) at the first crossing of ``threshold`` after the DC shell, linearly
     interpolated in frequency between the shells on either side. If the curve never drops
-    below the threshold, returns the Nyquist resolution ``1 / freq[-1]`` (a bound, not a measurement).
+    below the threshold, returns the Nyquist resolution ``1 / freq[-1]`` (a bound, not a
+    measurement). If it is already below at the first shell after DC there is no crossing to
+    read: None (never a number finer than Nyquist from an extrapolation).
     """
-    for i in range(1, len(curve)):
+    if len(curve) < 2 or curve[1] < threshold:
+        return None
+    for i in range(2, len(curve)):
         if curve[i] < threshold:
             f0, f1, c0, c1 = freq[i - 1], freq[i], curve[i - 1], curve[i]
             f = f0 + (c0 - threshold) / (c0 - c1) * (f1 - f0) if c0 != c1 else f1
