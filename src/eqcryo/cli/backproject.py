@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from tqdm import tqdm
 
 from ..data.atomic import atomic_path, refuse_overwriting_inputs
 from ..data.dataset import ParticleDataset
+from ..reconstruction.contrast import decide_inversion
 from ..data.errors import InputError
 from ..data.io import load_particles
 from ..data.mrc import write_volume
@@ -37,6 +39,8 @@ def add_parser(sub):
     p.add_argument("--batch-size", type=positive_int, default=256, help="images per batch")
     p.add_argument("--seed", type=int, default=0, help="seed of the half split (default 0)")
     p.add_argument("--no-half-maps", action="store_true", help="only the full map")
+    p.add_argument("--invert-contrast", choices=["auto", "yes", "no"], default="auto",
+                   help="multiply the images by -1: auto decides from the data (default auto)")
     p.set_defaults(func=run)
 
 
@@ -71,6 +75,11 @@ def run(args) -> int:
         half = np.random.default_rng(args.seed).permutation(t.n) % 2
     bps = [Backprojector(L), Backprojector(L)]
     ds = ParticleDataset(t, dtype=torch.float64)
+    invert, evidence = decide_inversion(args.invert_contrast, ds)
+    if invert:  # (an inverted data set would give a negative map)
+        ds.scale = -1.0
+        print(f"contrast: inverted relative to the image model ({evidence}); images multiplied by -1",
+              file=sys.stderr)
     for b in tqdm(ds.batches(np.arange(t.n), args.batch_size), desc="backproject", unit="batch",
                   total=-(-t.n // args.batch_size)):
         ids, imgs, ctf = b.ids, b.images, None if args.no_ctf_correction else b.ctf

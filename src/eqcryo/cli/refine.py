@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from ..data.atomic import refuse_overwriting_inputs
 from ..data.dataset import ParticleDataset
+from ..reconstruction.contrast import decide_inversion
 from ..data.errors import InputError
 from ..data.io import load_particles, save_metadata
 from ..data.mrc import write_volume
@@ -43,6 +44,8 @@ def add_parser(sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--gt-poses", help="ground-truth pose .pkl: report pose MSE after each iteration")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--invert-contrast", choices=["auto", "yes", "no"], default="auto",
+                   help="multiply the images by -1: auto decides from the data (default auto)")
     p.set_defaults(func=run)
 
 
@@ -67,6 +70,11 @@ def run(args) -> int:
             raise InputError(f"{args.gt_poses}: {len(gt)} poses but {args.particles} has {t.n} particles")
 
     ds = ParticleDataset(t, dtype=torch.float64)
+    invert, evidence = decide_inversion(args.invert_contrast, ds)
+    if invert:  # (an inverted data set would give a negative map)
+        ds.scale = -1.0
+        print(f"contrast: inverted relative to the image model ({evidence}); images multiplied by -1",
+              file=sys.stderr)
 
     def reader(ids):
         b = ds.batch(ids)

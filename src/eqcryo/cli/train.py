@@ -67,6 +67,9 @@ def add_parser(sub):
                                                      "evaluation excluded)")
     p.add_argument("--seed", type=int, help="seed of the held-out split, the batch order and the initial "
                                             "weights (default 0)")
+    p.add_argument("--invert-contrast", choices=["auto", "yes", "no"],
+                   help="multiply the images by -1: auto decides from the data (a phase-flipped average must be "
+                        "a positive blob; decision and score in config.yaml and the report); default auto")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default cpu)")
     p.add_argument("--threads", type=positive_int, help="CPU threads for PyTorch (default: PyTorch's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -110,7 +113,7 @@ def run(args) -> int:
     cfg = make_config(args.recipe, sets, particles=args.particles, out=args.outdir, ctf=args.ctf,
                       datadir=args.datadir, apix=args.apix, gt_poses=args.gt_poses, gt_volume=args.gt_volume,
                       steps=args.steps, time_budget=args.time_budget, seed=args.seed, device=args.device,
-                      threads=args.threads)
+                      threads=args.threads, invert_contrast=args.invert_contrast)
     return _train(lambda: Trainer(cfg, command=command, dist=dist), args, fresh, dist)
 
 

@@ -46,7 +46,7 @@ def check_device(device: str) -> None:
 
 #: options that say where and how long to run, not what to learn; everything else is a recipe's
 OPERATIONAL = ("particles", "out", "ctf", "datadir", "apix", "gt_poses", "gt_volume", "steps", "time_budget",
-               "seed", "device", "threads", "recipe")
+               "seed", "device", "threads", "recipe", "invert_contrast")
 
 
 @dataclass
@@ -61,6 +61,9 @@ class TrainConfig:
     apix: float | None = None
     gt_poses: str | None = None
     gt_volume: str | None = None
+    # the sign of the images: "auto" decides from the data (eqcryo.reconstruction.contrast),
+    # "yes" multiplies them by -1, "no" takes them as they are
+    invert_contrast: str = "auto"
     recipe: str | None = None  # the recipe this configuration started from (for the record)
     given_paths: dict | None = None  # the paths above as typed (they are stored absolute)
     model: str = "d4-l2"
@@ -121,6 +124,8 @@ class TrainConfig:
         if self.steps is None and self.time_budget is None:
             raise InputError("give --steps and/or --time-budget")
         check_device(self.device)
+        if self.invert_contrast not in ("auto", "yes", "no"):
+            raise InputError(f"invert_contrast {self.invert_contrast!r}: expected auto, yes or no")
         if self.preload not in (None, True, False):
             raise InputError(f"preload {self.preload!r}: expected true, false or null (decide by size)")
         if not isinstance(self.track_mirror, bool):

@@ -32,6 +32,16 @@ from .config import TrainConfig
 
 __all__ = ["RunDir", "METRIC_COLUMNS"]
 
+
+def _contrast_line(c: dict | None) -> str:
+    if not c:
+        return "(not recorded)"
+    what = "inverted (images multiplied by -1)" if c.get("inverted") else "as in the image model (kept)"
+    if c.get("mode") != "auto":
+        return f"{what}, by --invert-contrast {c.get('mode')}"
+    sure = "" if c.get("confident") else "; LOW CONFIDENCE: check the map's sign"
+    return f"{what}, decided from the data: score {c['score']:.1f} over {c['n_images']} images{sure}"
+
 METRIC_COLUMNS = ["step", "train_seconds", "eval_seconds", "images_seen", "loss", "lowpass_shells", "pose_mse",
                   "pose_medse", "geodesic_median_deg", "view_median_deg", "shift_rmse_angstrom",
                   "resolution_0.5_angstrom", "resolution_0.143_angstrom", "hand_flipped", "view_anisotropy",
@@ -265,6 +275,7 @@ class RunDir:
                  f"particles: `{cfg.particles}` ({res.get('n_particles')}, {res.get('box')} px, "
                  f"{res.get('apix')} Å/px); held-out for evaluation: {res.get('n_eval')}",
                  f"recipe: {cfg.recipe or '(none: defaults and options)'}; seed {cfg.seed}",
+                 "contrast: " + _contrast_line(res.get("contrast")),
                  f"steps: {s.get('steps')}, training time: {s.get('train_seconds', 0):.0f} s (wall, evaluation "
                  f"excluded), evaluation: {s.get('eval_seconds', 0):.0f} s, images seen: {s.get('images_seen')}",
                  "converged (pose MSE < 0.1): " + (json.dumps(s["converged"]) if s.get("converged") else "no")]
