@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import os
+from datetime import timedelta
 import subprocess
 import sys
 
@@ -39,7 +40,8 @@ def _grads(m, x, band):
 
 
 def _worker(rank: int, init: str, model_name: str, band, out: str) -> None:
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=WORLD)
+    # a peer that died must not leave this one waiting for gloo's default 30 minutes
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=WORLD, timeout=timedelta(seconds=120))
     m, x = _model_and_batch(model_name)
     m = sync_batch_norm(m, "cpu")
     net = torch.nn.parallel.DistributedDataParallel(m)

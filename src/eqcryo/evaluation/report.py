@@ -49,10 +49,10 @@ def plot_map(path: Path, vol: np.ndarray) -> None:
 
 
 def write_report(out: Path, title: str, facts: list[str], metrics: dict[str, np.ndarray],
-                 volume: np.ndarray | None, fsc=None, files: list[str] = ()) -> Path:
+                 volume: np.ndarray | None, fsc_curves: list = (), files: list[str] = ()) -> Path:
     """Figures and ``out/report.md`` for a finished run: ``facts`` as bullet points, the last value of
     each metric (``metrics``: columns of the run's evaluations), the pose-error curve, the FSC
-    against the truth (``fsc``: :class:`~eqcryo.physics.fsc.FSCResult` or None) and the map's
+    curves (``fsc_curves``: (label, :class:`~eqcryo.physics.fsc.FSCResult`) pairs) and the map's
     central slices and projections (``volume`` (L, L, L) or None). Returns the report's path."""
     out = Path(out)
     m = metrics
@@ -60,9 +60,9 @@ def write_report(out: Path, title: str, facts: list[str], metrics: dict[str, np.
     if "pose_mse" in m and np.isfinite(m["pose_mse"]).any():
         plot_pose_error(out / "pose_error.png", m)
         figs.append(("Pose error on the held-out particles", "pose_error.png"))
-    if fsc is not None:
-        plot_fsc(out / "fsc.png", [("reconstruction vs ground truth", fsc)])
-        figs.append(("FSC against the ground-truth map (after alignment)", "fsc.png"))
+    if fsc_curves:
+        plot_fsc(out / "fsc.png", list(fsc_curves))
+        figs.append(("FSC: half-maps (no ground truth needed) and against the truth when known", "fsc.png"))
     if volume is not None:
         plot_map(out / "map.png", volume)
         figs.append(("Reconstruction: central slices and projections", "map.png"))

@@ -15,6 +15,7 @@ correction) and cropped to the original box.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..physics.lattice import _crop_or_pad_centered, fft2_centered, freq_index, ifft3_centered, plane_coords
@@ -88,3 +89,33 @@ class Backprojector:
         s = torch.sinc(k) ** 2
         v = v / (s[:, None, None] * s[None, :, None] * s[None, None, :])
         return _crop_or_pad_centered(v, L, 3)
+
+
+def soft_sphere_mask(L: int, radius: float | None = None, width: float = 4.0,
+                     dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """A soft spherical mask (L, L, L) about the centre L // 2: 1 inside ``radius`` px (default
+    0.4 L), a raised-cosine edge ``width`` px wide, 0 beyond."""
+    from ..physics.lattice import radius_3d
+
+    r0 = 0.4 * L if radius is None else radius
+    r = radius_3d(L, dtype)
+    edge = 0.5 * (1 + torch.cos(torch.pi * (r - r0).clamp(0, width) / width))
+    return torch.where(r <= r0, torch.ones_like(r), edge)
+
+
+def half_maps(read, ids, L: int, R: torch.Tensor, origin_px: torch.Tensor, seed: int = 0, batch: int = 256,
+              wiener: float = 0.01) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """Two maps (L, L, L) from disjoint random halves of particles ``ids`` at poses R (n, 3, 3) and
+    RELION origins (n, 2) px; ``read(ids) -> (images, ctf or None)``. Returns (half 1, half 2, the
+    half (0/1) of each particle)."""
+    half = np.random.default_rng(seed).permutation(len(ids)) % 2
+    bps = [Backprojector(L), Backprojector(L)]
+    for s in range(0, len(ids), batch):
+        sel = np.arange(s, min(s + batch, len(ids)))
+        imgs, ctf = read(ids[sel])
+        for h in (0, 1):
+            m = half[sel] == h
+            if m.any():
+                mt = torch.from_numpy(m)
+                bps[h].add(imgs[mt], R[sel][mt], origin_px[sel][mt], None if ctf is None else ctf[mt])
+    return bps[0].reconstruct(wiener), bps[1].reconstruct(wiener), half

@@ -21,7 +21,7 @@ from ..physics.group import displacement_to_origin
 from .config import TrainConfig, check_device
 from .rundir import RunDir
 
-__all__ = ["infer", "predicted_table", "TrainedModel", "load_trained", "build_for"]
+__all__ = ["infer", "predicted_table", "half_map_fsc", "TrainedModel", "load_trained", "build_for"]
 
 
 def build_for(cfg: TrainConfig, box: int, device: str | None = None) -> CryoModel:
@@ -56,6 +56,27 @@ def predicted_table(model: CryoModel, ds: ParticleDataset) -> ParticleTable:
     pred.rotations, pred.shifts_angstrom, pred.euler_degrees = R.numpy(), origin.numpy(), None
     pred.box, pred.apix, pred.source_format = ds.box, np.full(t.n, ds.apix), "pred"
     return pred
+
+
+def half_map_fsc(ds: ParticleDataset, pred: ParticleTable, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The resolution a user can trust without ground truth: two maps from disjoint random halves
+    of the particles at ``pred``'s poses (Wiener backprojection), and their FSC unmasked and
+    inside a soft sphere (radius 0.4 L, 4 px edge). Returns (half 1, half 2, the FSC record)."""
+    from ..physics.fsc import fsc
+    from ..reconstruction.backprojection import half_maps, soft_sphere_mask
+
+    def read(ids):
+        b = ds.batch(ids)
+        return b.images.double().cpu(), None if b.ctf is None else b.ctf.double().cpu()
+
+    ids = np.arange(pred.n)
+    h1, h2, half = half_maps(read, ids, ds.box, torch.from_numpy(pred.rotations),
+                             torch.from_numpy(pred.shifts_angstrom / ds.apix), seed)
+    rec = {"n_half1": int((half == 0).sum()), "n_half2": int((half == 1).sum()), "mask": "soft sphere, radius 0.4 L"}
+    for name, mask in (("unmasked", None), ("masked", soft_sphere_mask(ds.box))):
+        r = fsc(h1, h2, ds.apix, mask)
+        rec[name] = {**r.to_dict(), "diagnosis": r.diagnosis()}
+    return h1, h2, rec
 
 
 @dataclass

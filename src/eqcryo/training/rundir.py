@@ -53,6 +53,7 @@ class RunDir:
 
     CONFIG, CHECKPOINT, METRICS, EVAL_POSES = "config.yaml", "checkpoint.pt", "metrics.csv", "eval_poses.npz"
     SUMMARY, FSC, REFINEMENT, REPORT = "summary.json", "fsc.json", "refinement.json", "report.md"
+    HALF1, HALF2, FSC_HALVES = "half1.mrc", "half2.mrc", "fsc_halfmaps.json"
     MAP, POSES_PKL, POSES_STAR, TENSORBOARD = ("reconstruction.mrc", "predicted_poses.pkl",
                                                "predicted_particles.star", "tensorboard")
 
@@ -243,9 +244,11 @@ class RunDir:
         return FSCResult(np.array(f["freq_inv_angstrom"]), np.array(f["fsc"]), f["apix"], f["box"])
 
     # ------------------------------------------------------------------ results
-    def write_results(self, volume: np.ndarray, apix: float, predicted, summary: dict, fsc=None) -> None:
+    def write_results(self, volume: np.ndarray, apix: float, predicted, summary: dict, fsc=None,
+                      halves: tuple | None = None) -> None:
         """The end of a run: the map (L, L, L) at ``apix`` Å, the predicted poses of every particle
-        (a ParticleTable) as .pkl and .star, fsc.json (FSCResult or None), summary.json, the report."""
+        (a ParticleTable) as .pkl and .star, fsc.json (FSCResult or None), the half-maps and their
+        FSC (``halves``: (half 1, half 2, record) or None), summary.json, the report."""
         from ..data.cryodrgn import write_pose_pkl
         from ..data.mrc import write_volume
         from ..data.star import write_star
@@ -256,6 +259,10 @@ class RunDir:
             write_star(self / self.POSES_STAR, predicted)
         if fsc is not None:
             self.write_json(self.FSC, fsc.to_dict())
+        if halves is not None:
+            write_volume(self / self.HALF1, halves[0].float().numpy(), apix)
+            write_volume(self / self.HALF2, halves[1].float().numpy(), apix)
+            self.write_json(self.FSC_HALVES, halves[2])
         self.write_summary(summary)
         self.write_report()
 
@@ -264,6 +271,7 @@ class RunDir:
         """report.md and its figures, from this folder's files alone."""
         from ..data.mrc import read_volume
         from ..evaluation.report import write_report
+        from ..physics.fsc import FSCResult
 
         cfg, res = self.read_config()
         s = self.read_summary() or {}
@@ -279,7 +287,27 @@ class RunDir:
                  f"steps: {s.get('steps')}, training time: {s.get('train_seconds', 0):.0f} s (wall, evaluation "
                  f"excluded), evaluation: {s.get('eval_seconds', 0):.0f} s, images seen: {s.get('images_seen')}",
                  "converged (pose MSE < 0.1): " + (json.dumps(s["converged"]) if s.get("converged") else "no")]
-        files = [self.MAP, self.POSES_STAR, self.POSES_PKL, self.METRICS, self.CONFIG, self.CHECKPOINT,
-                 self.TENSORBOARD + "/"]
+        curves = []
+        halves = self.read_json(self.FSC_HALVES)
+        if halves:
+            def res(d, t):
+                r = d.get(f"resolution_{t}")
+                return "none" if r is None else f"{r:.1f} Å"
+            m, u = halves["masked"], halves["unmasked"]
+            facts.append(f"**resolution without ground truth** (FSC 0.143 of two half-maps, {halves['n_half1']} + "
+                         f"{halves['n_half2']} particles at the final poses): {res(m, 0.143)} masked "
+                         f"({halves['mask']}), {res(u, 0.143)} unmasked" + (f"; {m['diagnosis']}" if m.get("diagnosis") else ""))
+            for name in ("masked", "unmasked"):
+                d = halves[name]
+                curves.append((f"half-maps, {name}", FSCResult(np.array(d["freq_inv_angstrom"]), np.array(d["fsc"]),
+                                                               d["apix"], d["box"])))
+        gt = self.read_fsc()
+        if gt is not None:
+            r5 = gt.resolution(0.5)
+            facts.append(f"against the ground truth (FSC 0.5, after alignment): "
+                         f"{'none' if r5 is None else f'{r5:.1f} Å'}")
+            curves.append(("reconstruction vs ground truth", gt))
+        files = [self.MAP, self.HALF1, self.HALF2, self.FSC_HALVES, self.POSES_STAR, self.POSES_PKL, self.METRICS,
+                 self.CONFIG, self.CHECKPOINT, self.TENSORBOARD + "/"]
         return write_report(self.path, f"eqcryo run: {cfg.model} ({cfg.profile} profile)", facts,
-                            self.read_metrics(), vol, self.read_fsc(), files)
+                            self.read_metrics(), vol, curves, files)

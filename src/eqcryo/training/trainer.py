@@ -25,7 +25,7 @@ from ..evaluation.analysis import view_prior_penalty
 from .batches import TrainingData
 from .config import TrainConfig
 from .evaluator import Evaluation, Evaluator, GroundTruth
-from .inference import build_for, predicted_table
+from .inference import build_for, half_map_fsc, predicted_table
 from .refinement import Refinement
 from .rundir import RunDir
 from .distributed import Distributed, sync_batch_norm
@@ -243,10 +243,11 @@ class Trainer:
         if not self.dist.is_main:
             return {"steps": self.step, "images_seen": self.images_seen, "rank": self.dist.rank}
         pred = predicted_table(self.model, self.data.ds)
+        halves = half_map_fsc(self.data.ds, pred, self.cfg.seed)
         summary = {"steps": self.step, "train_seconds": self.clock.train_seconds,
                    "eval_seconds": self.clock.eval_seconds, "images_seen": self.images_seen,
                    "converged": self.converged, "wall_seconds": wall_seconds, "command": self.command}
         self.run_dir.write_results(self.model.decoder.volume().float().cpu().numpy(), self.data.apix, pred,
                                    {k: v for k, v in summary.items() if v is not None},
-                                   None if self.last_eval is None else self.last_eval.fsc)
+                                   None if self.last_eval is None else self.last_eval.fsc, halves)
         return summary
