@@ -343,3 +343,31 @@ def test_half_maps_at_the_true_poses_resolve_the_data(tiny):
     t2.rotations = random_rotations(t.n, torch.Generator().manual_seed(0)).numpy()
     _, _, bad = half_map_fsc(ds, t2)
     assert bad["masked"]["resolution_0.143"] is None or bad["masked"]["resolution_0.143"] > 2 * rec["masked"]["resolution_0.143"]
+
+
+def test_report_html_is_one_self_contained_page(tiny, tmp_path):
+    """report.html embeds every figure (decodable PNGs, no external file), and carries the facts:
+    command, contrast decision, resolution without ground truth. When Chromium is installed it
+    renders the page headless to a screenshot."""
+    import base64
+    import re
+    import shutil
+    import subprocess
+    out = tmp_path / "r"
+    assert main(["train", str(tiny / "particles.star"), "-o", str(out), "--steps", "2", "--set", "batch_size=16",
+                 "--set", "eval_n=16", "--gt-poses", str(tiny / "gt_poses.pkl"), "--gt-volume",
+                 str(tiny / "gt_volume.mrc"), "--no-progress"]) == 0
+    page = (out / "report.html").read_text()
+    imgs = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
+    assert len(imgs) == 5  # loss, pose error, FSC, map, viewing directions
+    assert all(base64.b64decode(x)[:8] == b"\x89PNG\r\n\x1a\n" for x in imgs)
+    assert not re.search(r"src=['\"](?!data:)", page)  # nothing loaded from outside the file
+    for fact in ("command: <code>eqcryo train", "contrast: as in the image model", "resolution without ground truth",
+                 "against the ground truth"):
+        assert fact in page, fact
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium:
+        shot = tmp_path / "shot.png"
+        subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
+                        "--window-size=1000,3000", (out / "report.html").as_uri()], capture_output=True, timeout=120)
+        assert shot.exists() and shot.stat().st_size > 20000

@@ -290,13 +290,13 @@ class RunDir:
         curves = []
         halves = self.read_json(self.FSC_HALVES)
         if halves:
-            def res(d, t):
+            def fmt(d, t):
                 r = d.get(f"resolution_{t}")
                 return "none" if r is None else f"{r:.1f} Å"
             m, u = halves["masked"], halves["unmasked"]
             facts.append(f"**resolution without ground truth** (FSC 0.143 of two half-maps, {halves['n_half1']} + "
-                         f"{halves['n_half2']} particles at the final poses): {res(m, 0.143)} masked "
-                         f"({halves['mask']}), {res(u, 0.143)} unmasked" + (f"; {m['diagnosis']}" if m.get("diagnosis") else ""))
+                         f"{halves['n_half2']} particles at the final poses): {fmt(m, 0.143)} masked "
+                         f"({halves['mask']}), {fmt(u, 0.143)} unmasked" + (f"; {m['diagnosis']}" if m.get("diagnosis") else ""))
             for name in ("masked", "unmasked"):
                 d = halves[name]
                 curves.append((f"half-maps, {name}", FSCResult(np.array(d["freq_inv_angstrom"]), np.array(d["fsc"]),
@@ -309,5 +309,9 @@ class RunDir:
             curves.append(("reconstruction vs ground truth", gt))
         files = [self.MAP, self.HALF1, self.HALF2, self.FSC_HALVES, self.POSES_STAR, self.POSES_PKL, self.METRICS,
                  self.CONFIG, self.CHECKPOINT, self.TENSORBOARD + "/"]
+        rot = None
+        if (self / self.POSES_PKL).exists():
+            from ..data.cryodrgn import read_pose_pkl
+            rot = read_pose_pkl(self / self.POSES_PKL, int(res.get("box") or 1))[0]
         return write_report(self.path, f"eqcryo run: {cfg.model} ({cfg.profile} profile)", facts,
-                            self.read_metrics(), vol, curves, files)
+                            self.read_metrics(), vol, curves, files + [self.REPORT, "report.html"], rot)
