@@ -123,6 +123,7 @@ def _train(make, args, fresh: bool | None, dist) -> int:
     try:
         trainer = make()
         summary = trainer.run(progress=not args.no_progress)
+        dist.barrier()  # the others wait for rank 0's outputs, then all leave the group together
     except TrainingDiverged as e:
         _clean(args, fresh)
         raise InputError(str(e)) from None
