@@ -10,6 +10,7 @@ import os
 from datetime import timedelta
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -50,6 +51,7 @@ def _worker(rank: int, init: str, model_name: str, band, out: str) -> None:
     if rank == 0:
         torch.save(g, out)
     dist.barrier()
+    open(f"{out}.done{rank}", "w").close()
     dist.destroy_process_group()
 
 
@@ -60,7 +62,18 @@ def test_two_processes_give_the_single_process_gradient(tmp_path, model_name, ba
     m, x = _model_and_batch(model_name)
     ref = _grads(m, x, band)
     out = str(tmp_path / "g.pt")
-    mp.spawn(_worker, args=(f"file://{tmp_path / 'init'}", model_name, band, out), nprocs=WORLD, join=True)
+    ctx = mp.spawn(_worker, args=(f"file://{tmp_path / 'init'}", model_name, band, out), nprocs=WORLD, join=False)
+    # wait for both workers' results, not for their exit: gloo's teardown has been seen to hang at
+    # exit on this machine (about 1 run in 6); the result is what is tested
+    deadline = time.time() + 180
+    while time.time() < deadline and not all(os.path.exists(f"{out}.done{r}") for r in range(WORLD)):
+        if ctx.join(timeout=0.5):
+            break
+    for p in ctx.processes:
+        p.join(timeout=10)
+        if p.is_alive():
+            p.terminate()
+    assert os.path.exists(out), "the workers did not finish"
     got = torch.load(out, weights_only=True)
     for k, v in ref.items():
         assert got[k].dtype == v.dtype, k
