@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +11,11 @@ from tqdm import tqdm
 
 from ..data.atomic import atomic_path, refuse_overwriting_inputs
 from ..data.dataset import ParticleDataset
-from ..reconstruction.contrast import decide_inversion
+from ..reconstruction.contrast import orient_contrast
 from ..data.errors import InputError
 from ..data.io import load_particles
 from ..data.mrc import write_volume
-from ..reconstruction.backprojection import Backprojector
+from ..reconstruction.backprojection import backproject_halves
 from ..physics.fsc import fsc
 from .common import add_particle_options, positive_float, positive_int, verb_parser
 
@@ -73,21 +72,12 @@ def run(args) -> int:
         half = t.extra["rlnRandomSubset"].to_numpy() - 1
     else:
         half = np.random.default_rng(args.seed).permutation(t.n) % 2
-    bps = [Backprojector(L), Backprojector(L)]
     ds = ParticleDataset(t, dtype=torch.float64)
-    invert, evidence = decide_inversion(args.invert_contrast, ds)
-    if invert:  # (an inverted data set would give a negative map)
-        ds.scale = -1.0
-        print(f"contrast: inverted relative to the image model ({evidence}); images multiplied by -1",
-              file=sys.stderr)
-    for b in tqdm(ds.batches(np.arange(t.n), args.batch_size), desc="backproject", unit="batch",
-                  total=-(-t.n // args.batch_size)):
-        ids, imgs, ctf = b.ids, b.images, None if args.no_ctf_correction else b.ctf
-        for h in (0, 1):
-            m = half[ids] == h
-            if m.any():
-                bps[h].add(imgs[m], torch.from_numpy(t.rotations[ids[m]]), torch.from_numpy(shifts_px[ids[m]]),
-                           None if ctf is None else ctf[torch.from_numpy(m)])
+    orient_contrast(ds, args.invert_contrast)
+    batches = tqdm(ds.batches(np.arange(t.n), args.batch_size), desc="backproject", unit="batch",
+                   total=-(-t.n // args.batch_size))
+    bps = backproject_halves(batches, L, torch.from_numpy(t.rotations), torch.from_numpy(shifts_px), half,
+                             ctf_correction=not args.no_ctf_correction)
     full = bps[0].merged(bps[1]).reconstruct(args.wiener)
     write_volume(out, full.float().numpy(), apix)
     print(f"wrote {out} ({t.n} particles, {L} px, {apix:.4g} Å/px)")
@@ -102,6 +92,7 @@ def run(args) -> int:
             tmp.write_text(json.dumps(d, indent=2) + "\n")
         from ..evaluation.figures import plot_fsc
         plot_fsc(f"{stem}_fsc.png", [("half-maps", r)])
+        why = r.diagnosis()
         print(f"half-map FSC: {_angstrom(r.resolution(0.5))} at 0.5, {_angstrom(r.resolution(0.143))} at 0.143 "
-              f"-> {outs[3]}" + (f" ({r.diagnosis()})" if r.diagnosis() else ""))
+              f"-> {outs[3]}" + (f" ({why})" if why else ""))
     return 0

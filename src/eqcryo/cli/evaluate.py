@@ -31,6 +31,7 @@ def run(args) -> int:
     cfg = tm.cfg
     if not cfg.gt_poses:
         raise InputError(f"{args.run}: no ground truth; give --gt-poses (and --gt-volume) to evaluate")
+    cfg.preload = False  # only the held-out particles are read: no need to load the whole stack
     data = TrainingData(cfg)
     gt = GroundTruth.load(cfg, data.n, data.box, data.apix)
     c = tm.state.get("counters", {})

@@ -65,14 +65,14 @@ def run(args) -> int:
         from ..evaluation.figures import plot_fsc
         curves = [(f"{args.a} vs {args.b}", res)] + ([(f"{best}", best_res)] if best else [])
         plot_fsc(args.plot, curves)
+    why = res.diagnosis()
     out = res.to_dict()
-    out["diagnosis"] = res.diagnosis()
+    out["diagnosis"] = why
     if best:
         out["corrected"] = {"operation": best, **best_res.to_dict()}
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
-    why = res.diagnosis()
     for t in (0.5, 0.143):
         r = res.resolution(t)
         print(f"resolution at FSC {t}:{' ' * (6 - len(str(t)))}" + (f"{r:.2f} Å" if r is not None else f"none ({why})"))

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from ..data.atomic import refuse_overwriting_inputs
 from ..data.dataset import ParticleDataset
-from ..reconstruction.contrast import decide_inversion
+from ..reconstruction.contrast import orient_contrast
 from ..data.errors import InputError
 from ..data.io import load_particles, save_metadata
 from ..data.mrc import write_volume
@@ -70,11 +70,7 @@ def run(args) -> int:
             raise InputError(f"{args.gt_poses}: {len(gt)} poses but {args.particles} has {t.n} particles")
 
     ds = ParticleDataset(t, dtype=torch.float64)
-    invert, evidence = decide_inversion(args.invert_contrast, ds)
-    if invert:  # (an inverted data set would give a negative map)
-        ds.scale = -1.0
-        print(f"contrast: inverted relative to the image model ({evidence}); images multiplied by -1",
-              file=sys.stderr)
+    orient_contrast(ds, args.invert_contrast)
 
     def reader(ids):
         b = ds.batch(ids)

@@ -159,7 +159,7 @@ class VoxelDecoder(nn.Module):
             # not saved in checkpoints (derived from box and pad)
             self.register_buffer("_in", self.grid_corr * _crop_or_pad_centered(c, box, 3), persistent=False)
             sign = -1.0 if (3 * N // 2) % 2 else 1.0
-            self.register_buffer("_out", sign * hermitian_lattice(c.to(torch.complex64)).real, persistent=False)
+            self.register_buffer("_out", sign * hermitian_lattice(c), persistent=False)
 
     def fourier(self) -> torch.Tensor:
         """The padded centred DFT (N, N, N), N = pad·L, with its unpaired Nyquist planes (index 0

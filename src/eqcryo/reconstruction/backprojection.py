@@ -103,19 +103,18 @@ def soft_sphere_mask(L: int, radius: float | None = None, width: float = 4.0,
     return torch.where(r <= r0, torch.ones_like(r), edge)
 
 
-def half_maps(read, ids, L: int, R: torch.Tensor, origin_px: torch.Tensor, seed: int = 0, batch: int = 256,
-              wiener: float = 0.01) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """Two maps (L, L, L) from disjoint random halves of particles ``ids`` at poses R (n, 3, 3) and
-    RELION origins (n, 2) px; ``read(ids) -> (images, ctf or None)``. Returns (half 1, half 2, the
-    half (0/1) of each particle)."""
-    half = np.random.default_rng(seed).permutation(len(ids)) % 2
+def backproject_halves(batches, L: int, R: torch.Tensor, origin_px: torch.Tensor, half: np.ndarray,
+                       ctf_correction: bool = True) -> list[Backprojector]:
+    """Two backprojections of a stream of batches (objects with ``ids``, ``images``, ``ctf``, e.g.
+    :meth:`ParticleDataset.batches <eqcryo.data.dataset.ParticleDataset.batches>`): particle i goes
+    into half ``half[i]`` (0/1) at pose ``R[i]`` (3, 3) and RELION origin ``origin_px[i]`` (2,) px."""
     bps = [Backprojector(L), Backprojector(L)]
-    for s in range(0, len(ids), batch):
-        sel = np.arange(s, min(s + batch, len(ids)))
-        imgs, ctf = read(ids[sel])
+    for b in batches:
+        imgs = b.images.cpu()
+        ctf = b.ctf.cpu() if ctf_correction and b.ctf is not None else None
         for h in (0, 1):
-            m = half[sel] == h
+            m = half[b.ids] == h
             if m.any():
-                mt = torch.from_numpy(m)
-                bps[h].add(imgs[mt], R[sel][mt], origin_px[sel][mt], None if ctf is None else ctf[mt])
-    return bps[0].reconstruct(wiener), bps[1].reconstruct(wiener), half
+                mt, sel = torch.from_numpy(m), b.ids[m]
+                bps[h].add(imgs[mt], R[sel], origin_px[sel], None if ctf is None else ctf[mt])
+    return bps

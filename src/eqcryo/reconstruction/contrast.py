@@ -15,6 +15,7 @@ its sign is the decision. Particle shifts of a few pixels do not matter at this 
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -23,7 +24,7 @@ import torch
 from ..data.dataset import ParticleDataset
 from ..physics.lattice import fft2_centered, ifft2_centered, radius_2d
 
-__all__ = ["ContrastCheck", "check_contrast", "decide_inversion"]
+__all__ = ["ContrastCheck", "check_contrast", "decide_inversion", "orient_contrast"]
 
 
 @dataclass
@@ -72,3 +73,16 @@ def decide_inversion(mode: str, ds: ParticleDataset, seed: int = 0) -> tuple[boo
         return False, {"mode": "no", "inverted": False}
     c = check_contrast(ds, seed=seed)
     return c.inverted, {"mode": "auto", **c.to_dict()}
+
+
+def orient_contrast(ds: ParticleDataset, mode: str, seed: int = 0) -> dict:
+    """Decide (``mode`` auto|yes|no) and, for inverted data, make ``ds`` read its images times -1
+    (the sign goes into its scale), saying so on stderr. Returns the evidence."""
+    invert, evidence = decide_inversion(mode, ds, seed)
+    if invert:
+        ds.scale = -ds.scale
+        if mode == "auto":  # (an inverted data set would give a negative map)
+            print(f"note: {ds.table.source}: the particles' contrast is inverted relative to the image model "
+                  f"(score {evidence['score']:.1f}); they are multiplied by -1 (--invert-contrast no to keep "
+                  f"them)", file=sys.stderr)
+    return evidence

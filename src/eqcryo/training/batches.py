@@ -18,7 +18,7 @@ from ..data.dataset import ParticleDataset, Prefetcher
 from ..data.errors import InputError
 from ..data.io import load_particles
 from ..data.particles import ParticleTable
-from ..reconstruction.contrast import decide_inversion
+from ..reconstruction.contrast import orient_contrast
 from .config import TrainConfig
 
 __all__ = ["TrainingData"]
@@ -50,15 +50,11 @@ class TrainingData:
             raise InputError(f"{cfg.particles}: {len(self.train_ids)} training particles < batch size {cfg.batch_size}")
         sample = t.images.read(self.train_ids[:min(512, len(self.train_ids))])
         self.scale = float(1.0 / (sample.std() + 1e-12))
-        # the contrast's sign goes into the scale: an inverted data set is read times -1
-        invert, self.contrast = decide_inversion(cfg.invert_contrast, ParticleDataset(t, "cpu", 1.0, box=L),
-                                                 seed=cfg.seed)
-        if invert:
-            self.scale = -self.scale
-            if cfg.invert_contrast == "auto":
-                print(f"note: {cfg.particles}: the particles' contrast is inverted relative to the image model "
-                      f"(score {self.contrast['score']:.1f}); they are multiplied by -1 (--invert-contrast no "
-                      f"to keep them)", file=sys.stderr)
+        # the contrast's sign goes into the scale: an inverted data set is read times -1 (decided on a
+        # lazy view before the stack is preloaded with its final scale)
+        probe = ParticleDataset(t, "cpu", self.scale, box=L)
+        self.contrast = orient_contrast(probe, cfg.invert_contrast, seed=cfg.seed)
+        self.scale = probe.scale
         self.ds = ParticleDataset(t, device or cfg.device, self.scale, box=L, preload=cfg.preload)
         self.box, self.apix, self.n = L, self.ds.apix, t.n
 

@@ -63,15 +63,12 @@ def half_map_fsc(ds: ParticleDataset, pred: ParticleTable, seed: int = 0) -> tup
     of the particles at ``pred``'s poses (Wiener backprojection), and their FSC unmasked and
     inside a soft sphere (radius 0.4 L, 4 px edge). Returns (half 1, half 2, the FSC record)."""
     from ..physics.fsc import fsc
-    from ..reconstruction.backprojection import half_maps, soft_sphere_mask
+    from ..reconstruction.backprojection import backproject_halves, soft_sphere_mask
 
-    def read(ids):
-        b = ds.batch(ids)
-        return b.images.double().cpu(), None if b.ctf is None else b.ctf.double().cpu()
-
-    ids = np.arange(pred.n)
-    h1, h2, half = half_maps(read, ids, ds.box, torch.from_numpy(pred.rotations),
-                             torch.from_numpy(pred.shifts_angstrom / ds.apix), seed)
+    half = np.random.default_rng(seed).permutation(pred.n) % 2
+    bps = backproject_halves(ds.batches(np.arange(pred.n), 256), ds.box, torch.from_numpy(pred.rotations),
+                             torch.from_numpy(pred.shifts_angstrom / ds.apix), half)
+    h1, h2 = bps[0].reconstruct(), bps[1].reconstruct()
     rec = {"n_half1": int((half == 0).sum()), "n_half2": int((half == 1).sum()), "mask": "soft sphere, radius 0.4 L"}
     for name, mask in (("unmasked", None), ("masked", soft_sphere_mask(ds.box))):
         r = fsc(h1, h2, ds.apix, mask)

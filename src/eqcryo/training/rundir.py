@@ -59,6 +59,7 @@ class RunDir:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self._tb = None  # TensorBoard writer, made on the first log_scalars
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -186,7 +187,7 @@ class RunDir:
     def log_scalars(self, row: dict, step: int) -> None:
         """The numbers of an evaluation row to TensorBoard (RUN/tensorboard/), when it is installed."""
         try:
-            if getattr(self, "_tb", None) is None:
+            if self._tb is None:
                 from torch.utils.tensorboard import SummaryWriter
                 self._tb = SummaryWriter(str(self / self.TENSORBOARD))
         except ImportError:

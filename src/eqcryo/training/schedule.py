@@ -1,10 +1,10 @@
-"""The schedules of a training run, each a small object with its own ``state_dict()``.
+"""The schedules of a training run, small objects; those with state carry their own ``state_dict()``.
 
 - :class:`Clock` — honest time: ``train_seconds`` is wall time of the training phase (data
   loading, the step, the refinement all included; CUDA synchronised when read), evaluation is
   timed apart as ``eval_seconds``;
 - :class:`LossBand` — the loss band limit in Fourier shells (frequency marching, then the
-  distillation band once refined poses exist);
+  distillation band once refined poses exist; stateless: a function of the images seen);
 - :class:`Refinement trigger <RefinementTrigger>` — when the semi-amortized refinement runs;
 - :class:`Periodic` — every N seconds of training time (evaluation, checkpoints);
 - :class:`StopRule` — the step / time budget.
@@ -95,11 +95,6 @@ class LossBand:
         r = self.start + (half - self.start) * min(1.0, images_seen / max(1, self.images))
         return None if r >= half else r
 
-    def state_dict(self) -> dict:
-        return {}  # a function of the images seen and of whether targets exist
-
-    def load_state_dict(self, s: dict) -> None:
-        pass
 
 
 class RefinementTrigger:
