@@ -1,6 +1,7 @@
 """Evaluation metrics on constructed cases: pose alignment (hand included), pose errors,
 volume alignment."""
 
+import pytest
 import torch
 
 from eqcryo.evaluation.metrics import align_poses, align_volume, pose_metrics
@@ -57,3 +58,18 @@ def test_volume_alignment_undoes_rotation_flip_and_shift():
         back = align_volume(rec, v, al)
         # measured 2.5% for rotating there and back with trilinear interpolation alone
         assert ((back - v).norm() / v.norm()).item() < 0.04
+
+
+def test_rotation_head_conditioning_finds_the_singular_set():
+    """Orthogonal pairs are as far from the singular set as possible (sin 1, σ ratio 1); a pair
+    with V2 ∥ V1 is on it (sin 0, σ ratio 0); the 5th percentile sees two such images in 20."""
+    from eqcryo.evaluation.analysis import rotation_head_conditioning
+    e = torch.eye(3, dtype=torch.float64)
+    good = torch.cat([e[[0]], 2 * e[[1]]], 1).expand(18, 6)
+    c = rotation_head_conditioning(good)
+    assert c["head_sin_median"] == pytest.approx(1) and c["head_sigma_ratio_median"] == pytest.approx(0.5)
+    bad = torch.cat([e[[0]], 3 * e[[0]]], 1).expand(2, 6)
+    c = rotation_head_conditioning(torch.cat([good, bad]))
+    assert c["head_sin_median"] == pytest.approx(1) and c["head_sin_p05"] < 0.1
+    assert rotation_head_conditioning(bad)["head_sigma_ratio_median"] == pytest.approx(0)
+    assert rotation_head_conditioning(torch.cat([good, bad]).reshape(10, 2, 6))["head_sin_p05"] < 0.1  # (n, K, 6)

@@ -304,3 +304,73 @@ def test_half_plane_fourier_loss_equals_rendering_whole_images(preset, decoder):
     for a, b in zip(g_fast, g_slow):
         if a is not None:
             torch.testing.assert_close(a, b, rtol=1e-7, atol=max(1e-10 * float(b.abs().max()), 1e-12))
+
+
+# ----------------------------------------------------------------------------- K pose hypotheses
+@pytest.mark.parametrize("group,K", [("C4", 4), ("D4", 2), ("D4", 8)])
+def test_every_pose_hypothesis_is_exactly_equivariant(group, K):
+    """Each of the K rotations transforms by φ_r(g) (float64, every group element), so the set
+    does as a whole; the shared shift by φ_t(g); hypotheses differ from each other."""
+    torch.manual_seed(5)
+    enc = randomise_bn(EquivariantEncoder(32, group, fields=(3, 4, 6), final_fields=12, head_fields=12,
+                                          hypotheses=K).double())
+    x = torch.randn(3, 32, 32, dtype=torch.float64)
+    R, d = enc.pose_hypotheses(x)
+    assert R.shape == (3, K, 3, 3) and d.shape == (3, 2)
+    I3 = torch.eye(3, dtype=torch.float64)
+    assert torch.allclose(R @ R.transpose(-1, -2), I3.expand_as(R), atol=1e-10)
+    assert torch.allclose(torch.linalg.det(R), torch.ones(3, K, dtype=torch.float64), atol=1e-10)
+    assert (R[:, :, None] - R[:, None]).abs().amax((-1, -2)).triu(1).sum() > 0  # not K copies of one pose
+    for e in enc.G.elements:
+        R2, d2 = enc.pose_hypotheses(image_action(x, e))
+        assert (R2 - phi_r(e) @ R).abs().max() < TOL
+        assert (d2 - d @ phi_t(e).T).abs().max() < TOL
+
+
+def test_one_hypothesis_is_the_paper_encoder():
+    """K = 1 keeps the paper's parameters (same shapes, checkpoints load) and forward."""
+    torch.manual_seed(6)
+    a = EquivariantEncoder(32, "D4", fields=(3, 4, 6), final_fields=12, head_fields=12)
+    b = EquivariantEncoder(32, "D4", fields=(3, 4, 6), final_fields=12, head_fields=12, hypotheses=1)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 32, 32)
+    a.eval(), b.eval()
+    assert torch.equal(a(x)[0], b(x)[0])
+
+
+@pytest.mark.parametrize("return_images", [False, True])
+def test_winner_take_all_loss_picks_and_trains_the_best_hypothesis(return_images):
+    """The loss of each image is the smallest of its K hypotheses' losses (each computed as a
+    one-hypothesis model would), its pose is that hypothesis, and gradients reach the winning
+    hypothesis' head weights only; the whole model still commutes with D4."""
+    torch.manual_seed(7)
+    L, K = 32, 3
+    enc = EquivariantEncoder(L, "D4", fields=(3, 4, 6), final_fields=12, head_fields=12, hypotheses=K)
+    m = randomise_bn(CryoModel(enc, VoxelDecoder(L, init=torch.randn(L, L, L)), "l2").double())
+    x = torch.randn(4, L, L, dtype=torch.float64)
+    out = m(x, return_images=return_images, band_radius=None if return_images else 10.0)
+    R, d = enc.pose_hypotheses(x)
+    per = torch.stack([m.render(R[:, k], d) for k in range(K)], 1)
+    ref = ((per - x[:, None]) ** 2).mean((-2, -1)) if return_images else \
+        torch.stack([m.band_loss(x, R[:, k], d, None, 10.0) for k in range(K)], 1)
+    assert torch.allclose(out.loss, ref.min(1).values, rtol=1e-12)
+    assert torch.equal(out.hypothesis, ref.argmin(1))
+    assert torch.equal(out.R, R[torch.arange(4), ref.argmin(1)])
+    # gradients: only the winners' rows of the last rotation layer (copies 2k, 2k+1) move
+    one = out.loss[:1].sum()
+    w = enc.head_r[1].weight
+    g, = torch.autograd.grad(one, w)
+    k = int(out.hypothesis[0])
+    moved = g.abs().sum((1, 2)).reshape(K, 2).sum(1) > 0
+    assert moved.tolist() == [i == k for i in range(K)]
+    for e in enc.G.elements:  # equivariance of the whole K-hypothesis model
+        o2 = m(image_action(x, e), return_images=True)
+        o1 = m(x, return_images=True)
+        assert (o2.pred - image_action(o1.pred, e)).abs().max() < TOL * o1.pred.abs().max()
+        assert torch.equal(o2.hypothesis, o1.hypothesis)
+
+
+def test_hypotheses_need_an_equivariant_encoder():
+    with pytest.raises(ValueError, match="equivariant"):
+        build_model("standard", "cpu", 32, hypotheses=2)
+    assert build_model("d4-l2", "cpu", 32, hypotheses=4).n_hypotheses == 4

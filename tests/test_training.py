@@ -106,9 +106,11 @@ def test_refinement_sets_targets_map_and_report(tiny, tmp_path):
     assert tr.band_radius() == 4  # before the refinement: the frequency-marching schedule
     tr.run(progress=False)
     assert tr.band_radius() == 6  # after it: held at distill_band
-    info = json.loads((tmp_path / "r" / "refinement.json").read_text())
+    rounds = json.loads((tmp_path / "r" / "refinement.json").read_text())["rounds"]
+    assert len(rounds) == 1  # once: no refine_every
+    info = rounds[0]
     assert info["images_seen"] == 32 and info["step"] == 2 and info["decoder_set_to_map"]
-    assert [h["iteration"] for h in info["iterations"]] == [1, 2]
+    assert [h["iteration"] for h in info["iterations"]] == [0, 1, 2]  # 0: the encoder's poses
     assert all(0 <= h["train_pose_mse"] <= 8 for h in info["iterations"])
     ref, data = tr.refinement, tr.data
     T = ref.target_R[data.train_ids].double()
@@ -371,3 +373,29 @@ def test_report_html_is_one_self_contained_page(tiny, tmp_path):
         subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
                         "--window-size=1000,3000", (out / "report.html").as_uri()], capture_output=True, timeout=120)
         assert shot.exists() and shot.stat().st_size > 20000
+
+
+def test_refinement_trigger_repeats_and_resumes():
+    """Once by default; with ``every`` at after, after+every, ... up to ``rounds``; the count is
+    its state (an old checkpoint's ``done`` flag reads as one round run)."""
+    from eqcryo.training.schedule import RefinementTrigger
+    t = RefinementTrigger(100)
+    assert not t.due(99) and t.due(100)
+    t.fired()
+    assert t.done and not t.due(10 ** 9)
+    t = RefinementTrigger(100, every=50, rounds=3)
+    fired = []
+    for seen in range(0, 1000, 10):
+        if t.due(seen):
+            t.fired()
+            fired.append(seen)
+    assert fired == [100, 150, 200] and t.done
+    v = RefinementTrigger(100, every=50)
+    v.fired()
+    assert v.due(150) and not v.due(150, settled=True)  # a settled round ends the repeats
+    u = RefinementTrigger(100, every=50)
+    u.load_state_dict({"count": 2})
+    assert u.next_at() == 200 and not u.done
+    u.load_state_dict({"done": True})
+    assert u.count == 1
+    assert RefinementTrigger(None).done and not RefinementTrigger(None).due(10 ** 9)

@@ -9,7 +9,7 @@ import sys
 
 from ..data.errors import InputError
 from ..models.presets import PRESETS
-from ..training.config import list_recipes, make_config, parse_sets
+from ..training.config import DEFAULT_RECIPE, list_recipes, make_config, parse_sets
 from ..training.evaluator import held_out_summary
 from ..training.distributed import init_distributed
 from ..training.rundir import RunDir
@@ -35,9 +35,9 @@ def add_parser(sub):
         "What to learn and how is a recipe (--recipe NAME|FILE.yaml, see --list-recipes) plus --set KEY=VALUE "
         "overrides; the command line keeps only where and how long to run. Recipe keys (the fields of config.yaml; "
         "defaults in eqcryo/training/config.py, meanings in docs/training.md): model, profile, decoder, so3, "
-        "encoder_bin, batch_size, lr, lr_decoder, clip, eval_every (s), eval_n, checkpoint_every (s), "
-        "lowpass_start (shells), lowpass_images, view_prior, track_mirror, refine_images, refine_iters, "
-        "refine_radius (shells), distill, distill_band (shells).\n\n"
+        "encoder_bin, hypotheses, batch_size, lr, lr_decoder, clip, eval_every (s), eval_n, checkpoint_every (s), "
+        "lowpass_start (shells), lowpass_images, view_prior, track_mirror, refine_images, refine_every, "
+        "refine_rounds, refine_iters, refine_radius (shells), distill, distill_band (shells).\n\n"
         "Recipes: cpu-amortized is the paper's amortized method at CPU scale (frequency marching, binned encoder "
         "input, a uniform-view prior); demo adds one projection-matching refinement after 286k images, distilled "
         "into the encoder (on 2 cores it first reached pose MSE < 0.1 at 873 and 887 s of 900, two seeds; "
@@ -48,7 +48,7 @@ def add_parser(sub):
     p.add_argument("-o", "--outdir", help="run folder")
     p.add_argument("--recipe", metavar="NAME|FILE.yaml",
                    help="training recipe: a bundled name (see --list-recipes) or a YAML file of training options "
-                        "(default: none, the TrainConfig defaults)")
+                        f"(default: {DEFAULT_RECIPE}; the published method: paper, or cpu-amortized at CPU scale)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", dest="sets",
                    help="override one training option of the recipe, e.g. --set lr=1e-3 (repeatable; keys are "
                         "the fields of config.yaml)")
@@ -110,7 +110,7 @@ def run(args) -> int:
     sets = parse_sets(args.sets)
     if args.model:
         sets["model"] = args.model
-    cfg = make_config(args.recipe, sets, particles=args.particles, out=args.outdir, ctf=args.ctf,
+    cfg = make_config(args.recipe or DEFAULT_RECIPE, sets, particles=args.particles, out=args.outdir, ctf=args.ctf,
                       datadir=args.datadir, apix=args.apix, gt_poses=args.gt_poses, gt_volume=args.gt_volume,
                       steps=args.steps, time_budget=args.time_budget, seed=args.seed, device=args.device,
                       threads=args.threads, invert_contrast=args.invert_contrast)

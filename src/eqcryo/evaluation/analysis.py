@@ -19,7 +19,8 @@ import torch
 
 from ..physics.projection import flip_hand, flip_hand_rotations, rotate_volume
 
-__all__ = ["viewing_direction_anisotropy", "view_prior_penalty", "consistent_subset_sizes", "projective_plane_coords", "fibonacci_hemisphere", "mirror_symmetry_score"]
+__all__ = ["viewing_direction_anisotropy", "view_prior_penalty", "consistent_subset_sizes", "projective_plane_coords", "fibonacci_hemisphere", "mirror_symmetry_score",
+           "rotation_head_conditioning"]
 
 
 def _view_second_moment(R: torch.Tensor) -> torch.Tensor:
@@ -104,3 +105,24 @@ def mirror_symmetry_score(volume: torch.Tensor, n_normals: int = 64) -> tuple[fl
         if c > best:
             best, best_n = c, n
     return best, best_n
+
+
+def rotation_head_conditioning(six: torch.Tensor) -> dict:
+    """How close the rotation head's outputs sit to the singular set of the 6-D → SO(3) map.
+
+    ``six`` (n, 6) or (n, K, 6): pairs (V1, V2). The map orthogonalises M = [V1, V2, V1×V2], which
+    degenerates when V1 ∥ V2 (or either vanishes): then |V1×V2| → 0 and the rotation about that
+    axis is undetermined. An image invariant under an element g of the encoder's group must map
+    to a pair in φ_r(g)'s fixed subspace (a vector on g's axis, or in its mirror plane), which
+    for some g forces exactly that. Returns the median and 5th percentile of
+    ``sin∠(V1, V2) = |V1×V2| / (|V1||V2|)`` and of ``σ_min(M) / σ_max(M)`` over all pairs.
+    """
+    x = six.reshape(-1, 6).double()
+    v1, v2 = x[:, :3], x[:, 3:]
+    sin = torch.linalg.cross(v1, v2).norm(dim=-1) / (v1.norm(dim=-1) * v2.norm(dim=-1)).clamp_min(1e-300)
+    sv = torch.linalg.svdvals(torch.stack([v1, v2, torch.linalg.cross(v1, v2)], -1))
+    cond = sv[:, -1] / sv[:, 0].clamp_min(1e-300)
+    q = torch.tensor([0.5, 0.05], dtype=torch.float64)
+    s_q, c_q = torch.quantile(sin, q), torch.quantile(cond, q)
+    return {"head_sin_median": s_q[0].item(), "head_sin_p05": s_q[1].item(),
+            "head_sigma_ratio_median": c_q[0].item(), "head_sigma_ratio_p05": c_q[1].item()}

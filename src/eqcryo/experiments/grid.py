@@ -33,7 +33,7 @@ from pathlib import Path
 import yaml
 
 from ..data.errors import InputError
-from ..training.config import TrainConfig, make_config
+from ..training.config import DEFAULT_RECIPE, TrainConfig, make_config
 from ..training.rundir import RunDir
 
 __all__ = ["GridRun", "load_spec", "grid_runs", "run_status", "run_one", "run_grid"]
@@ -80,7 +80,7 @@ def load_spec(path: str | os.PathLike) -> dict:
     # every run's options are checked now, not after the first runs (and before grid.json exists)
     for m in spec["models"]:
         sets = dict(spec.get("train") or {}, model=m, **({"profile": spec["profile"]} if spec.get("profile") else {}))
-        make_config(spec.get("recipe"), sets, time_budget=spec.get("time_budget"), steps=spec.get("steps"))
+        make_config(spec.get("recipe") or DEFAULT_RECIPE, sets, time_budget=spec.get("time_budget"), steps=spec.get("steps"))
     spec["_base"] = str(p.parent.resolve())
     return spec
 
@@ -148,7 +148,7 @@ def run_one(spec: dict, run: GridRun, out: Path, threads: int | None = None, pro
         sets["model"] = run.model
         if spec.get("profile"):
             sets["profile"] = spec["profile"]
-        cfg = make_config(spec.get("recipe"), sets, particles=ds["particles"], out=str(run.path),
+        cfg = make_config(spec.get("recipe") or DEFAULT_RECIPE, sets, particles=ds["particles"], out=str(run.path),
                           gt_poses=ds.get("gt_poses"), gt_volume=ds.get("gt_volume"), ctf=ds.get("ctf"),
                           seed=run.seed, time_budget=spec.get("time_budget"), steps=spec.get("steps"), threads=threads)
         tr = Trainer(cfg)

@@ -54,13 +54,15 @@ def transform_ctf(ctf: torch.Tensor, e: int) -> torch.Tensor:
 @dataclass
 class ModelOutput:
     """``pred`` (B, L, L) the reconstructed images of the winning branch (None in band mode); ``loss`` (B,) per image;
-    ``R`` (B, 3, 3) and ``d`` (B, 2) px the poses for the *original* images; ``branch`` (B,) 0/1."""
+    ``R`` (B, 3, 3) and ``d`` (B, 2) px the poses for the *original* images; ``branch`` (B,) 0/1;
+    ``hypothesis`` (B,) the index of the winning pose hypothesis (0 for single-hypothesis encoders)."""
 
     pred: torch.Tensor | None
     loss: torch.Tensor
     R: torch.Tensor
     d: torch.Tensor
     branch: torch.Tensor
+    hypothesis: torch.Tensor | None = None
 
 
 class CryoModel(nn.Module):
@@ -118,24 +120,52 @@ class CryoModel(nn.Module):
     def band_loss(self, y: torch.Tensor, R: torch.Tensor, d: torch.Tensor,
                   ctf: torch.Tensor | None, band_radius: float) -> torch.Tensor:
         """Per-image loss (B,) on |k| < band_radius: ``Σ_band |Ŝ·T̂·ĥ - Ŷ|² / L⁴`` (Parseval:
-        the MSE of the band-limited images), summed over one Hermitian half with weights."""
+        the MSE of the band-limited images), summed over one Hermitian half with weights.
+        R may hold K hypotheses per image (B, K, 3, 3): the loss is then (B, K)."""
         L = self.box
         idx, pts, w = self._band(band_radius)
         pts = pts.to(R.dtype)
-        S = self.decoder.slice_at(R, pts, band_radius)
-        S = S * shift_phase_at(pts[:, 0], pts[:, 1], L, displacement_to_origin(d, L))
+        K = R.shape[1] if R.dim() == 4 else None
+        S = self.decoder.slice_at(R.reshape(-1, 3, 3), pts, band_radius)
+        if K is not None:
+            S = S.reshape(len(R), K, -1)
+        ph = shift_phase_at(pts[:, 0], pts[:, 1], L, displacement_to_origin(d, L))
+        Y = fft2_centered(y).flatten(1)[:, idx]
         if ctf is not None:
-            S = S * ctf.flatten(1)[:, idx]
-        E = S - fft2_centered(y).flatten(1)[:, idx]
-        return ((E.real ** 2 + E.imag ** 2) * w.to(E.real.dtype)).sum(1) / L ** 4
+            c = ctf.flatten(1)[:, idx]
+            ph = ph * c
+        E = S * (ph if K is None else ph[:, None]) - (Y if K is None else Y[:, None])
+        return ((E.real ** 2 + E.imag ** 2) * w.to(E.real.dtype)).sum(-1) / L ** 4
+
+    @property
+    def n_hypotheses(self) -> int:
+        return getattr(self.encoder, "n_hypotheses", 1)
 
     def _branch(self, y: torch.Tensor, ctf: torch.Tensor | None, band_radius: float | None, images: bool):
-        R, d = self.encoder(y)
+        """(pred, loss (B,), R (B, 3, 3), d (B, 2), winning hypothesis (B,)) of one branch."""
+        K = self.n_hypotheses
+        if K == 1:
+            R, d = self.encoder(y)
+        else:
+            R, d = self.encoder.pose_hypotheses(y)  # (B, K, 3, 3)
+        pred = None
         if not images:
             r = self.box / 2 if band_radius is None else min(band_radius, self.box / 2)
-            return None, self.band_loss(y, R, d, ctf, r), R, d
-        pred = self.render(R, d, ctf)
-        return pred, self.image_loss(pred, y), R, d
+            loss = self.band_loss(y, R, d, ctf, r)
+        elif K == 1:
+            pred = self.render(R, d, ctf)
+            loss = self.image_loss(pred, y)
+        else:
+            B = len(y)
+            pred = self.render(R.reshape(-1, 3, 3), d.repeat_interleave(K, 0),
+                               None if ctf is None else ctf.repeat_interleave(K, 0)).reshape(B, K, *y.shape[1:])
+            loss = ((pred - y[:, None]) ** 2).mean(dim=(-2, -1))
+        if K == 1:
+            return pred, loss, R, d, torch.zeros(len(y), dtype=torch.long, device=y.device)
+        # Winner-take-all: each image is explained by (and trains only) its best hypothesis.
+        loss, j = loss.min(1)
+        idx = torch.arange(len(y), device=y.device)
+        return None if pred is None else pred[idx, j], loss, R[idx, j], d, j
 
     def forward(self, images: torch.Tensor, ctf: torch.Tensor | None = None,
                 band_radius: float | None = None, return_images: bool = False) -> ModelOutput:
@@ -147,15 +177,15 @@ class CryoModel(nn.Module):
         e = LOSSES[self.loss_name]
         B = images.shape[0]
         if e is None:
-            pred, loss, R, d = self._branch(images, ctf, band_radius, return_images)
-            return ModelOutput(pred, loss, R, d, torch.zeros(B, dtype=torch.long, device=images.device))
+            pred, loss, R, d, hyp = self._branch(images, ctf, band_radius, return_images)
+            return ModelOutput(pred, loss, R, d, torch.zeros(B, dtype=torch.long, device=images.device), hyp)
         y2 = torch.cat([images, image_action(images, e)])
         c2 = None if ctf is None else torch.cat([ctf, transform_ctf(ctf, e)])
-        pred2, l2, R2, d2 = self._branch(y2, c2, band_radius, return_images)
+        pred2, l2, R2, d2, hyp2 = self._branch(y2, c2, band_radius, return_images)
         loss, branch = torch.stack([l2[:B], l2[B:]]).min(0)
         pr, pt = phi_r(e, R2.dtype).to(R2.device), phi_t(e, d2.dtype).to(d2.device)
         R = torch.where(branch[:, None, None] == 1, pr.T @ R2[B:], R2[:B])
         d = torch.where(branch[:, None] == 1, d2[B:] @ pt, d2[:B])  # row-vector form of φ_t⁻¹ d
         pred = None if pred2 is None else \
             torch.where(branch[:, None, None] == 1, image_action(pred2[B:], inverse(e)), pred2[:B])
-        return ModelOutput(pred, loss, R, d, branch)
+        return ModelOutput(pred, loss, R, d, branch, torch.where(branch == 1, hyp2[B:], hyp2[:B]))

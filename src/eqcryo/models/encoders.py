@@ -124,11 +124,20 @@ class EquivariantEncoder(nn.Module):
     pool leaves 2×2, closed by a 2×2 group conv to 1×1. Heads: ``head_fields`` regular fields
     (RegularLinear + ReLU) then equivariant linear maps to φ_t and to φ_r ⊕ φ_r, then the cross
     product + special orthogonalisation (exactly equivariant).
+
+    ``hypotheses`` K > 1 (beyond the paper; :meth:`pose_hypotheses`): the rotation head ends in K
+    pairs (V1, V2), each transforming by φ_r, so each of the K rotations is exactly equivariant
+    and the set transforms as a whole by φ_r(g). The shift head is shared. ``forward`` returns
+    the first hypothesis; :class:`~eqcryo.models.autoencoder.CryoModel` picks among all K by
+    the image loss (winner-take-all).
     """
 
     def __init__(self, box: int, group: str = "D4", fields=(8, 16, 32, 32, 32), final_fields: int = 64,
-                 head_fields: int = 32, bin: int = 1):
+                 head_fields: int = 32, bin: int = 1, hypotheses: int = 1):
         super().__init__()
+        if hypotheses < 1:
+            raise ValueError(f"hypotheses {hypotheses}: expected >= 1")
+        self.n_hypotheses = hypotheses
         self.box, self.bin, self.n = box, bin, padded_size(_binned_size(box, bin))
         self.G = Group(group)
         self.pyramid = GaussianPyramid()
@@ -148,7 +157,7 @@ class EquivariantEncoder(nn.Module):
         self.head_t = nn.ModuleList([RegularLinear(self.G, final_fields, head_fields),
                                      RegularToRep(self.G, head_fields, "t")])
         self.head_r = nn.ModuleList([RegularLinear(self.G, final_fields, head_fields),
-                                     RegularToRep(self.G, head_fields, "r", copies=2)])
+                                     RegularToRep(self.G, head_fields, "r", copies=2 * hypotheses)])
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Regular-field vector (B, final_fields·|G|) of images (B, L, L)."""
@@ -160,9 +169,19 @@ class EquivariantEncoder(nn.Module):
         x = field_max_pool(x)
         return F.relu(self.final(x))[..., 0, 0]
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """images (B, L, L) -> (R (B, 3, 3), d (B, 2) px)."""
+    def sixd(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The heads' raw outputs: (V1, V2) pairs (B, K, 6) and d (B, 2) px, before the SO(3) map."""
         f = self.features(images)
         t = self.head_t[1](F.relu(self.head_t[0](f)))
         six = self.head_r[1](F.relu(self.head_r[0](f)))
-        return sixd_to_matrix_svd(six), t * self.bin  # d in full-size pixels
+        return six.reshape(len(six), self.n_hypotheses, 6), t * self.bin  # d in full-size pixels
+
+    def pose_hypotheses(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """images (B, L, L) -> (R (B, K, 3, 3), d (B, 2) px): K rotations, one shared shift."""
+        six, d = self.sixd(images)
+        return sixd_to_matrix_svd(six), d
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """images (B, L, L) -> (R (B, 3, 3), d (B, 2) px) (the first hypothesis when K > 1)."""
+        R, d = self.pose_hypotheses(images)
+        return R[:, 0], d

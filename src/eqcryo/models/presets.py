@@ -39,9 +39,11 @@ PROFILES["cpu-wide"] = dict(PROFILES["cpu"], fields={"C4": (4, 8, 16, 16, 16), "
                             final={"C4": 32, "D4": 32}, head={"C4": 16, "D4": 16})
 
 
-def build_encoder(preset: str, profile: str, box: int, so3: str = "gram_schmidt", bin: int | None = None):
+def build_encoder(preset: str, profile: str, box: int, so3: str = "gram_schmidt", bin: int | None = None,
+                  hypotheses: int = 1):
     """The preset's encoder at the profile's widths; ``bin`` (None: the profile's) averages
-    bin×bin pixel blocks before the encoder (exactly equivariant, see encoders)."""
+    bin×bin pixel blocks before the encoder (exactly equivariant, see encoders); ``hypotheses``
+    K pose hypotheses per image (equivariant encoders only)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown model {preset!r}; expected one of {', '.join(PRESETS)}")
     if profile not in PROFILES:
@@ -50,9 +52,12 @@ def build_encoder(preset: str, profile: str, box: int, so3: str = "gram_schmidt"
     p = PROFILES[profile]
     bin = 1 if bin is None else bin
     if group is None:
+        if hypotheses != 1:
+            raise ValueError(f"{hypotheses} pose hypotheses need an equivariant encoder (c4-l2, c4-mirror, d4-l2), "
+                             f"not {preset!r}")
         return StandardEncoder(box, channels=p["std_channels"], hidden=p["std_hidden"], so3=so3, bin=bin)
     return EquivariantEncoder(box, group, fields=p["fields"][group], final_fields=p["final"][group],
-                              head_fields=p["head"][group], bin=bin)
+                              head_fields=p["head"][group], bin=bin, hypotheses=hypotheses)
 
 
 def build_decoder(kind: str, box: int, profile: str = "cpu"):
@@ -64,8 +69,9 @@ def build_decoder(kind: str, box: int, profile: str = "cpu"):
 
 
 def build_model(preset: str, profile: str = "cpu", box: int = 64, decoder: str | None = None,
-                so3: str = "gram_schmidt", encoder_bin: int | None = None) -> CryoModel:
-    """One of the four models of the paper's Table 1 (see module docstring)."""
-    enc = build_encoder(preset, profile, box, so3, encoder_bin)
+                so3: str = "gram_schmidt", encoder_bin: int | None = None, hypotheses: int = 1) -> CryoModel:
+    """One of the four models of the paper's Table 1 (see module docstring); ``hypotheses`` > 1
+    gives the equivariant encoders K pose hypotheses, trained winner-take-all (beyond the paper)."""
+    enc = build_encoder(preset, profile, box, so3, encoder_bin, hypotheses)
     dec = build_decoder(decoder or PROFILES[profile]["decoder"], box, profile)
     return CryoModel(enc, dec, PRESETS[preset][1], name=preset)

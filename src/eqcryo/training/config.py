@@ -22,7 +22,10 @@ import yaml
 from ..data.errors import InputError
 from ..models.presets import PRESETS, PROFILES
 
-__all__ = ["TrainConfig", "list_recipes", "load_recipe", "make_config", "parse_sets", "check_device"]
+#: the recipe ``eqcryo train`` uses when none is named (docs/training.md says why)
+DEFAULT_RECIPE = "default"
+
+__all__ = ["DEFAULT_RECIPE", "TrainConfig", "list_recipes", "load_recipe", "make_config", "parse_sets", "check_device"]
 
 #: fields that name files or folders: stored absolute, so a run folder works from any directory
 PATH_FIELDS = ("particles", "out", "ctf", "datadir", "gt_poses", "gt_volume")
@@ -71,6 +74,9 @@ class TrainConfig:
     decoder: str | None = None
     so3: str = "gram_schmidt"
     encoder_bin: int | None = None  # None: the profile's (average bin×bin blocks before the encoder)
+    # K pose hypotheses per image from the equivariant encoder, trained winner-take-all (beyond
+    # the paper; docs/training.md). 1 = the paper's single pose.
+    hypotheses: int = 1
     steps: int | None = None
     time_budget: float | None = None
     seed: int = 0
@@ -102,6 +108,8 @@ class TrainConfig:
     # towards the refined poses, with weight ``distill`` (chordal distance² + 0.1 · shift² px²).
     # None = off, as the paper.
     refine_images: int | None = None
+    refine_every: int | None = None  # then again every this many images (None: once)
+    refine_rounds: int | None = None  # at most this many refinements (None: no limit)
     refine_iters: int = 3
     refine_radius: float = 16.0
     # Loss band (shells) once the refined poses are the encoder's targets (None: the
@@ -110,6 +118,10 @@ class TrainConfig:
     # step ~3.7× cheaper at 16 of 32 shells (docs/benchmarks.md), so more images in the same time.
     distill_band: float | None = None
     distill: float = 1.0
+    # End the run before its budget at the first evaluation after a settled refinement whose
+    # held-out match_mse (encoder vs a projection-matching search in the current map; no ground
+    # truth; docs/training.md) is below this (None: run the whole budget).
+    stop_match_mse: float | None = None
 
     def validate(self) -> "TrainConfig":
         """Raise :class:`InputError` naming the first option that makes no sense; returns self."""
@@ -135,16 +147,26 @@ class TrainConfig:
                     "lowpass_start": self.lowpass_start, "lowpass_images": self.lowpass_images,
                     "refine_iters": self.refine_iters, "refine_radius": self.refine_radius, "steps": self.steps,
                     "time_budget": self.time_budget, "threads": self.threads, "encoder_bin": self.encoder_bin,
-                    "distill_band": self.distill_band, "apix": self.apix}
+                    "hypotheses": self.hypotheses,
+                    "distill_band": self.distill_band, "apix": self.apix, "stop_match_mse": self.stop_match_mse}
         for k, v in positive.items():
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
                 raise InputError(f"{k.replace('_', '-')} {v!r}: expected a number")
             if v is not None and not v > 0:
                 raise InputError(f"{k.replace('_', '-')} {v}: must be > 0")
+        for k, v in {"refine_every": self.refine_every, "refine_rounds": self.refine_rounds}.items():
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise InputError(f"{k.replace('_', '-')} {v!r}: expected a whole number >= 1")
         for k, v in {"view_prior": self.view_prior, "distill": self.distill, "refine_images": self.refine_images,
                      "seed": self.seed}.items():
             if v is not None and v < 0:
                 raise InputError(f"{k.replace('_', '-')} {v}: must be >= 0")
+        if self.hypotheses != 1 and PRESETS[self.model][0] is None:
+            raise InputError(f"hypotheses {self.hypotheses}: several pose hypotheses need an equivariant encoder "
+                             f"(c4-l2, c4-mirror, d4-l2), not {self.model!r}")
+        if isinstance(self.hypotheses, float) and not self.hypotheses.is_integer():
+            raise InputError(f"hypotheses {self.hypotheses}: expected a whole number")
+        self.hypotheses = int(self.hypotheses)
         return self
 
     def to_dict(self) -> dict:

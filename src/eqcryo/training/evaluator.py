@@ -12,9 +12,12 @@ import torch
 
 from ..data.errors import InputError
 from ..data.mrc import read_volume
-from ..evaluation.analysis import viewing_direction_anisotropy
+from ..evaluation.analysis import rotation_head_conditioning, viewing_direction_anisotropy
 from ..evaluation.metrics import fsc_to_ground_truth, pose_metrics
 from ..models.autoencoder import CryoModel
+from ..physics.projection import prepare_fourier_volume
+from ..physics.rotations import geodesic_angle_degrees
+from ..reconstruction.projection_matching import BandData, MatchConfig, search_poses
 from .batches import TrainingData
 from .config import TrainConfig
 from .inference import infer
@@ -87,9 +90,9 @@ class Evaluator:
         R, origin, loss = infer(model, self.data.ds, ids, band_radius=band_radius)
         row["loss"] = loss.mean().item()
         row["view_anisotropy"] = viewing_direction_anisotropy(R)
-        vol = None  # the decoder's map, exported at most once per evaluation (costly for FourierNet)
-        if self.track_mirror or (self.gt.R is not None and self.gt.volume is not None):
-            vol = model.decoder.volume().double().cpu()
+        row.update(self.head_diagnostics(model, ids, band_radius))
+        vol = model.decoder.volume().double().cpu()  # exported once per evaluation (costly for FourierNet)
+        row.update(self.match_check(vol, R, origin, band_radius))
         if self.track_mirror:
             from ..evaluation.analysis import mirror_symmetry_score
             row["mirror_score"] = mirror_symmetry_score(vol, 32)[0]
@@ -103,6 +106,51 @@ class Evaluator:
                 row["resolution_0.5_angstrom"] = ev.fsc.resolution(0.5)
                 row["resolution_0.143_angstrom"] = ev.fsc.resolution(0.143)
         return ev
+
+
+    @torch.no_grad()
+    def match_check(self, vol: torch.Tensor, R: torch.Tensor, origin: torch.Tensor,
+                    band_radius: float | None, radius: float = 16.0) -> dict:
+        """The encoder's held-out poses against a projection-matching search of the same images
+        in the decoder's current map (no ground truth): ``match_mse``, the mean of
+        ‖R_encoder − R_search‖²_F (pose-MSE units, the two in the same frame, so no alignment),
+        and ``match_median_deg``. Where the map is right it reads like the pose MSE; where the map
+        is wrong the search is too, so it is a check on the encoder given the map, not on the map.
+        The search's band: ``radius`` shells, at most the loss band. None for an empty map."""
+        ds, ids = self.data.ds, self.data.eval_ids
+        if not vol.abs().max() > 0:  # an empty map (at initialisation) matches nothing
+            return {"match_mse": None, "match_median_deg": None}
+        r = min(radius, ds.box / 2, band_radius or ds.box / 2)
+
+        def reader(b):
+            batch = ds.batch(b)
+            return batch.images.double().cpu(), None if batch.ctf is None else batch.ctf.cpu()
+
+        band = BandData.read(reader, ids, ds.box, r)
+        mc = MatchConfig(radius=r, n_rotations=4096, shift_step_px=0.0, refine_rounds=4, seed=0)
+        R_s, _, _ = search_poses(prepare_fourier_volume(vol, 2), band, R.double(), origin.double() / ds.apix, mc,
+                                 torch.Generator().manual_seed(0))
+        return {"match_mse": ((R.double() - R_s) ** 2).sum((-2, -1)).mean().item(),
+                "match_median_deg": geodesic_angle_degrees(R.double(), R_s).median().item()}
+
+    @torch.no_grad()
+    def head_diagnostics(self, model: CryoModel, ids, band_radius: float | None = None, n: int = 256) -> dict:
+        """The rotation head's distance to its singular set (:func:`rotation_head_conditioning`) on
+        up to ``n`` held-out images, and with K pose hypotheses the fraction each one wins
+        (``hypothesis_shares``, space-separated); empty for encoders without a 6-D head (:meth:`sixd`)."""
+        if not hasattr(model.encoder, "sixd"):
+            return {}
+        was = model.training
+        model.eval()
+        b = self.data.ds.batch(ids[:n])
+        six, _ = model.encoder.sixd(b.images)
+        out = rotation_head_conditioning(six)
+        if model.n_hypotheses > 1:
+            win = model(b.images, b.ctf, band_radius=band_radius).hypothesis
+            share = torch.bincount(win.cpu(), minlength=model.n_hypotheses).double() / len(win)
+            out["hypothesis_shares"] = " ".join(f"{x:.3f}" for x in share.tolist())
+        model.train(was)
+        return out
 
 
 def held_out_summary(ev: Evaluation) -> str:

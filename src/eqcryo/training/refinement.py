@@ -18,6 +18,7 @@ import torch
 from ..evaluation.metrics import pose_metrics
 from ..models.autoencoder import CryoModel, ModelOutput
 from ..physics.group import origin_to_displacement
+from ..physics.rotations import geodesic_angle_degrees
 from ..reconstruction.projection_matching import MatchConfig, projection_matching
 from .batches import TrainingData
 from .inference import infer
@@ -29,10 +30,15 @@ class Refinement:
     """Distillation targets for every particle (rows of held-out particles stay unused):
     ``target_R`` (n, 3, 3), ``target_origin_px`` (n, 2); None until :meth:`run`."""
 
+    #: a round whose last iteration moved fewer than this fraction of the particles by more
+    #: than SETTLE_DEG has *settled*: the search has stopped changing the poses
+    SETTLE_FRACTION, SETTLE_DEG = 0.01, 5.0
+
     def __init__(self, iters: int, radius: float, distill: float, seed: int):
         self.iters, self.radius, self.distill, self.seed = iters, radius, distill, seed
         self.target_R: torch.Tensor | None = None
         self.target_origin_px: torch.Tensor | None = None
+        self.settled = False
 
     @property
     def has_targets(self) -> bool:
@@ -51,9 +57,13 @@ class Refinement:
             return torch.from_numpy(data.table.images.read(b)), None if ctf is None else ctf.cpu()
 
         history = []
+        prev = [R.double()]
 
         def report(it, R_it, o_it):
-            h = {"iteration": it + 1, "seconds": round(time.perf_counter() - t0, 2)}
+            moved = (geodesic_angle_degrees(prev[0], R_it) > self.SETTLE_DEG).double().mean().item()
+            prev[0] = R_it
+            h = {"iteration": it + 1, "seconds": round(time.perf_counter() - t0, 2),
+                 "moved_fraction": moved}
             if gt_R is not None:
                 m, _ = pose_metrics(R_it, gt_R[ids])
                 h.update(train_pose_mse=m["pose_mse"], train_pose_medse=m["pose_medse"])
@@ -61,15 +71,23 @@ class Refinement:
             log(f"projection matching {it + 1}/{self.iters}: " +
                 ", ".join(f"{k} {v:.4g}" for k, v in h.items() if k != "iteration"))
 
+        if gt_R is not None:  # iteration 0: the encoder's poses the search starts from
+            m, _ = pose_metrics(R, gt_R[ids])
+            history.append({"iteration": 0, "train_pose_mse": m["pose_mse"], "train_pose_medse": m["pose_medse"]})
         mc = MatchConfig(radius=min(self.radius, L / 2), shift_step_px=0.0, seed=self.seed)
         R_ref, o_ref, vol = projection_matching(reader, ids, L, R.double(), origin.double() / apix, self.iters,
                                                 mc, report)
+        self.settled = history[-1]["moved_fraction"] < self.SETTLE_FRACTION
+        moved = None
+        if self.target_R is not None:  # how far this round moved the previous round's poses (no truth needed)
+            moved = geodesic_angle_degrees(self.target_R[ids].double(), R_ref).median().item()
         self.target_R = torch.zeros(data.n, 3, 3)
         self.target_origin_px = torch.zeros(data.n, 2)
         self.target_R[ids], self.target_origin_px[ids] = R_ref.float(), o_ref.float()
         if model.decoder.accepts_volume:
             model.decoder.set_volume(vol.float().to(dev) * data.scale)
         return {"seconds": round(time.perf_counter() - t0, 2), "decoder_set_to_map": model.decoder.accepts_volume,
+                "median_change_from_previous_round_deg": moved, "settled": self.settled,
                 "iterations": history, "match_config": asdict(mc)}
 
     def penalty(self, out: ModelOutput, ids: np.ndarray, box: int) -> torch.Tensor:
@@ -90,7 +108,8 @@ class Refinement:
             dist.broadcast_(t)
 
     def state_dict(self) -> dict:
-        return {"target_R": self.target_R, "target_origin_px": self.target_origin_px}
+        return {"target_R": self.target_R, "target_origin_px": self.target_origin_px, "settled": self.settled}
 
     def load_state_dict(self, s: dict) -> None:
         self.target_R, self.target_origin_px = s["target_R"], s["target_origin_px"]
+        self.settled = bool(s.get("settled", False))

@@ -45,7 +45,8 @@ def _contrast_line(c: dict | None) -> str:
 METRIC_COLUMNS = ["step", "train_seconds", "eval_seconds", "images_seen", "loss", "lowpass_shells", "pose_mse",
                   "pose_medse", "geodesic_median_deg", "view_median_deg", "shift_rmse_angstrom",
                   "resolution_0.5_angstrom", "resolution_0.143_angstrom", "hand_flipped", "view_anisotropy",
-                  "mirror_score"]
+                  "mirror_score", "head_sin_median", "head_sin_p05", "head_sigma_ratio_median",
+                  "head_sigma_ratio_p05", "hypothesis_shares", "match_mse", "match_median_deg"]
 
 
 class RunDir:

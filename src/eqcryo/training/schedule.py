@@ -98,20 +98,42 @@ class LossBand:
 
 
 class RefinementTrigger:
-    """The refinement runs once, after ``after_images`` training images (None: never)."""
+    """When the semi-amortized refinement runs: first after ``after_images`` training images
+    (None: never), then again every ``every`` images (None: once), at most ``rounds`` times, and
+    no more once a round has *settled* (its search stopped moving the poses; no ground truth)."""
 
-    def __init__(self, after_images: int | None):
-        self.after_images = after_images
-        self.done = False
+    def __init__(self, after_images: int | None, every: int | None = None, rounds: int | None = None):
+        self.after_images, self.every, self.rounds = after_images, every, rounds
+        self.count = 0  # refinements run so far
 
-    def due(self, images_seen: int) -> bool:
-        return self.after_images is not None and not self.done and images_seen >= self.after_images
+    @property
+    def done(self) -> bool:
+        """No refinement is due any more."""
+        if self.after_images is None:
+            return True
+        if self.every is None:
+            return self.count >= 1
+        return self.rounds is not None and self.count >= self.rounds
+
+    def next_at(self) -> int | None:
+        """Images seen at which the next refinement is due (None: none is)."""
+        if self.done:
+            return None
+        return self.after_images + self.count * (self.every or 0)
+
+    def due(self, images_seen: int, settled: bool = False) -> bool:
+        """``settled``: the last round's search had stopped moving the poses (then no more rounds)."""
+        n = self.next_at()
+        return n is not None and images_seen >= n and not (settled and self.count >= 1)
+
+    def fired(self) -> None:
+        self.count += 1
 
     def state_dict(self) -> dict:
-        return {"done": self.done}
+        return {"count": self.count}
 
     def load_state_dict(self, s: dict) -> None:
-        self.done = bool(s["done"])
+        self.count = int(s["count"]) if "count" in s else int(bool(s.get("done")))
 
 
 class Periodic:
@@ -165,11 +187,27 @@ class Interrupt:
 
 
 class StopRule:
-    """Stop at ``steps`` steps and/or ``time_budget`` seconds of training time."""
+    """Stop at ``steps`` steps and/or ``time_budget`` seconds of training time, or — with
+    ``match_mse`` — at the first evaluation after the refinement has settled whose held-out
+    ``match_mse`` (the encoder against a search in the current map; no ground truth) is below it."""
 
-    def __init__(self, steps: int | None, time_budget: float | None):
-        self.steps, self.time_budget = steps, time_budget
+    def __init__(self, steps: int | None, time_budget: float | None, match_mse: float | None = None):
+        self.steps, self.time_budget, self.match_mse = steps, time_budget, match_mse
+        self.finished: dict | None = None  # why and when the match rule ended the run
+
+    def observe(self, row: dict, settled: bool) -> None:
+        """Look at an evaluation's row (after a settled refinement only)."""
+        m = row.get("match_mse")
+        if self.match_mse is not None and settled and m is not None and m < self.match_mse and self.finished is None:
+            self.finished = {"rule": f"match_mse < {self.match_mse} after a settled refinement",
+                             "step": row.get("step"), "train_seconds": row.get("train_seconds"), "match_mse": m}
 
     def done(self, step: int, train_seconds: float) -> bool:
-        return (self.steps is not None and step >= self.steps) or \
+        return self.finished is not None or (self.steps is not None and step >= self.steps) or \
                (self.time_budget is not None and train_seconds >= self.time_budget)
+
+    def state_dict(self) -> dict:
+        return {"finished": self.finished}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.finished = s.get("finished")

@@ -73,9 +73,9 @@ class Trainer:
                                      {"params": self.model.decoder.parameters(), "lr": lr_dec}], amsgrad=True)
         self.clock = Clock(self.device)
         self.band = LossBand(self.data.box, cfg.lowpass_start, cfg.lowpass_images, cfg.distill_band)
-        self.refine_trigger = RefinementTrigger(cfg.refine_images)
+        self.refine_trigger = RefinementTrigger(cfg.refine_images, cfg.refine_every, cfg.refine_rounds)
         self.refinement = Refinement(cfg.refine_iters, cfg.refine_radius, cfg.distill, cfg.seed)
-        self.eval_timer, self.stop = Periodic(cfg.eval_every), StopRule(cfg.steps, cfg.time_budget)
+        self.eval_timer, self.stop = Periodic(cfg.eval_every), StopRule(cfg.steps, cfg.time_budget, cfg.stop_match_mse)
         self.step, self.images_seen, self.epoch, self.pos = 0, 0, 0, 0
         self.converged: dict | None = None
         self.last_eval: Evaluation | None = None
@@ -103,6 +103,7 @@ class Trainer:
                 "counters": {"step": self.step, "images_seen": self.images_seen, "epoch": self.epoch, "pos": self.pos},
                 "converged": self.converged, "clock": self.clock.state_dict(), "eval_timer": self.eval_timer.state_dict(),
                 "refine_trigger": self.refine_trigger.state_dict(), "refinement": self.refinement.state_dict(),
+                "stop": self.stop.state_dict(),
                 "torch_rng": torch.get_rng_state(), "scale": self.data.scale}
 
     def load_state(self, s: dict) -> None:
@@ -114,6 +115,7 @@ class Trainer:
             self.converged = s["converged"]
             for name in ("clock", "eval_timer", "refine_trigger", "refinement"):
                 getattr(self, name).load_state_dict(s[name])
+            self.stop.load_state_dict(s.get("stop", {}))
             torch.set_rng_state(s["torch_rng"])
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise InputError(f"{self.run_dir / RunDir.CHECKPOINT}: does not fit this run or this version of eqcryo "
@@ -137,6 +139,7 @@ class Trainer:
                 self.converged = {"step": self.step, "train_seconds": self.clock.train_seconds,
                                   "images_seen": self.images_seen}
             self.last_eval = ev
+            self.stop.observe(ev.row, self.refinement.settled)
             self.run_dir.append_eval_poses(self.step, self.clock.train_seconds, ev.R, self.data.eval_ids)
             self.run_dir.append_metrics(ev.row)
             self.run_dir.log_scalars(ev.row, self.step)
@@ -168,10 +171,14 @@ class Trainer:
     def refine(self, log=print) -> None:
         """The semi-amortized refinement (:mod:`.refinement`), logged to refinement.json. Run by
         rank 0; its targets and map reach the other ranks by broadcast."""
-        self.refine_trigger.done = True
+        self.refine_trigger.fired()
         if self.dist.is_main:
             info = self.refinement.run(self.model, self.data, self.gt.R, log)
-            self.run_dir.write_json(RunDir.REFINEMENT, {"images_seen": self.images_seen, "step": self.step, **info})
+            rounds = [] if self.refine_trigger.count == 1 else \
+                (self.run_dir.read_json(RunDir.REFINEMENT) or {}).get("rounds", [])
+            rounds.append({"round": self.refine_trigger.count, "images_seen": self.images_seen, "step": self.step,
+                           "train_seconds": round(self.clock.tick(), 2), **info})
+            self.run_dir.write_json(RunDir.REFINEMENT, {"rounds": rounds})
         if self.dist.active:
             self.refinement.broadcast(self.dist, self.model, self.data.n)
 
@@ -201,7 +208,7 @@ class Trainer:
                         bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{self.images_seen / max(t, 1e-9):.0f}",
                                         mse="-" if mse is None else f"{mse:.3f}", refresh=False)  # not every step
                         stop_now, refine, evaluate, checkpoint, done = self.dist.agree([
-                            interrupt.requested, self.refine_trigger.due(self.images_seen), self.eval_timer.due(t),
+                            interrupt.requested, self.refine_trigger.due(self.images_seen, self.refinement.settled), self.eval_timer.due(t),
                             ckpt_timer.due(t), self.stop.done(self.step, t)])
                         if stop_now:
                             self.save_checkpoint()
@@ -246,7 +253,8 @@ class Trainer:
         halves = half_map_fsc(self.data.ds, pred, self.cfg.seed)
         summary = {"steps": self.step, "train_seconds": self.clock.train_seconds,
                    "eval_seconds": self.clock.eval_seconds, "images_seen": self.images_seen,
-                   "converged": self.converged, "wall_seconds": wall_seconds, "command": self.command}
+                   "converged": self.converged, "stopped_early": self.stop.finished, "wall_seconds": wall_seconds,
+                   "command": self.command}
         self.run_dir.write_results(self.model.decoder.volume().float().cpu().numpy(), self.data.apix, pred,
                                    {k: v for k, v in summary.items() if v is not None},
                                    None if self.last_eval is None else self.last_eval.fsc, halves)
