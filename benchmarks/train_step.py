@@ -1,9 +1,10 @@
 """Benchmark: one full training step (encoder + decoder + loss, forward + backward + Adam) for
 the settings of docs/training.md: full band vs band-limited loss (frequency marching) and the
-binned encoder input.
+binned encoder input; with ``--hypotheses 1,2,4,8`` the cost of K pose hypotheses (d4-l2, bin 2).
 
 Each row runs in a fresh subprocess. Usage:
     python benchmarks/train_step.py [--device cpu|cuda] [--batch 32] [--threads 2] [--box 64]
+    python benchmarks/train_step.py --hypotheses 1,2,4,8
 Prints a Markdown table (images/s = training images per second).
 """
 
@@ -19,11 +20,11 @@ from _timing import TIMED_LOOP
 CHILD = r"""
 import json, sys, time, torch
 from eqcryo.models.presets import build_model
-model, profile, box, batch, device, threads, band, bin = sys.argv[1:9]
-box, batch, threads, bin = int(box), int(batch), int(threads), int(bin)
+model, profile, box, batch, device, threads, band, bin, K = sys.argv[1:10]
+box, batch, threads, bin, K = int(box), int(batch), int(threads), int(bin), int(K)
 torch.set_num_threads(threads)
 torch.manual_seed(0)
-m = build_model(model, profile, box, encoder_bin=bin).to(device)
+m = build_model(model, profile, box, encoder_bin=bin, hypotheses=K).to(device)
 radius = None if band == "full" else float(band)
 opt = torch.optim.Adam(m.parameters(), lr=1e-4, amsgrad=True)
 x = torch.randn(batch, box, box, device=device)
@@ -44,7 +45,26 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--box", type=int, default=64)
     ap.add_argument("--profile", default="cpu")
+    ap.add_argument("--hypotheses", help="comma-separated K: time d4-l2 (bin 2) with K pose hypotheses instead")
     a = ap.parse_args()
+    if a.hypotheses:
+        print(f"device {a.device}, batch {a.batch}, {a.threads} threads, box {a.box}, profile {a.profile}, d4-l2, "
+              "encoder bin 2; one Adam step incl. forward + backward")
+        print("| pose hypotheses K | loss band (shells) | s / step | images/s | × K = 1 |")
+        print("|---|---|---|---|---|")
+        for band in ("8", "16", "full"):
+            base = None
+            for K in (int(k) for k in a.hypotheses.split(",")):
+                out = subprocess.run([sys.executable, "-c", CHILD, "d4-l2", a.profile, str(a.box), str(a.batch),
+                                      a.device, str(a.threads), band, "2", str(K)], capture_output=True, text=True)
+                if out.returncode:
+                    print(f"| {K} | {band} | failed: {out.stderr.strip().splitlines()[-1]} | | |")
+                    continue
+                r = json.loads(out.stdout.strip().splitlines()[-1])
+                base = base or r["step_s"]
+                print(f"| {K} | {band} | {r['step_s']:.3f} | {r['img_s']:.0f} | {r['step_s'] / base:.2f} |",
+                      flush=True)
+        return
     print(f"device {a.device}, batch {a.batch}, {a.threads} threads, box {a.box}, profile {a.profile}; "
           "one Adam step incl. forward + backward")
     print("| model | loss band (shells) | encoder bin | s / step | images/s |")
@@ -53,7 +73,7 @@ def main():
         for band in ("full", "16", "8"):
             for bin in (1, 2):
                 out = subprocess.run([sys.executable, "-c", CHILD, model, a.profile, str(a.box), str(a.batch),
-                                      a.device, str(a.threads), band, str(bin)], capture_output=True, text=True)
+                                      a.device, str(a.threads), band, str(bin), "1"], capture_output=True, text=True)
                 if out.returncode:
                     print(f"| {model} | {band} | {bin} | failed: {out.stderr.strip().splitlines()[-1]} | |")
                     continue

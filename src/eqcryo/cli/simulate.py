@@ -40,6 +40,9 @@ def add_parser(sub):
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--resolution", type=positive_float, help="molmap resolution in Å (default 2 × apix)")
     p.add_argument("--map-apix", type=positive_float, help="voxel size (Å) of an input map whose header lacks it")
+    p.add_argument("--preferred-view", type=positive_float, metavar="KAPPA",
+                   help="preferred orientations: viewing directions from a von Mises-Fisher distribution of this "
+                        "concentration about the map's z axis (10: 90%% of views within 40° of it); default uniform")
     p.add_argument("--trans-std", type=float, default=20.0, help="shift std per axis in Å (default 20, as the paper)")
     noise = p.add_mutually_exclusive_group()
     noise.add_argument("--snr", type=float, help="signal-to-noise ratio (see above)")
@@ -82,7 +85,7 @@ def run(args) -> int:
                            ctf=not args.no_ctf, ctf_from=args.ctf_from, astigmatism_std_angstrom=args.astigmatism_std,
                            voltage_kv=args.voltage, cs_mm=args.cs, amplitude_contrast=args.amplitude_contrast,
                            chunk=args.chunk, batch=args.batch_size, resolution_angstrom=args.resolution,
-                           map_apix=args.map_apix)
+                           map_apix=args.map_apix, preferred_view=args.preferred_view)
     if args.recipe:
         for k, v in RECIPES[args.recipe].items():
             setattr(cfg, k, v)

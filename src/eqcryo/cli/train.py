@@ -12,7 +12,7 @@ from ..models.presets import PRESETS
 from ..training.config import DEFAULT_RECIPE, list_recipes, make_config, parse_sets
 from ..training.evaluator import held_out_summary
 from ..training.distributed import init_distributed
-from ..training.rundir import RunDir
+from ..training.rundir import RunDir, agreement_line
 from ..training.trainer import Trainer, TrainingDiverged, TrainingInterrupted
 from .common import positive_float, positive_int, verb_parser
 
@@ -38,11 +38,13 @@ def add_parser(sub):
         "encoder_bin, hypotheses, batch_size, lr, lr_decoder, clip, eval_every (s), eval_n, checkpoint_every (s), "
         "lowpass_start (shells), lowpass_images, view_prior, track_mirror, refine_images, refine_every, "
         "refine_rounds, refine_iters, refine_radius (shells), distill, distill_band (shells).\n\n"
-        "Recipes: cpu-amortized is the paper's amortized method at CPU scale (frequency marching, binned encoder "
-        "input, a uniform-view prior); demo adds one projection-matching refinement after 286k images, distilled "
-        "into the encoder (on 2 cores it first reached pose MSE < 0.1 at 873 and 887 s of 900, two seeds; "
-        "docs/training.md); paper is the published setting (GPU scale).",
-        "eqcryo train sim/particles.star -o run --recipe demo --time-budget 900 "
+        "Recipes: without --recipe, default: the paper's amortized training at CPU scale plus projection-matching "
+        "refinements from 100k images on, repeated until the search settles and distilled into the encoder; the run "
+        "ends when the encoder agrees with a search in its map (no ground truth) or at the budget (docs/training.md, "
+        "measured in docs/results.md). cpu-amortized is the paper's amortized method at CPU scale (frequency "
+        "marching, binned encoder input, a uniform-view prior); demo is the previous demo (one refinement after "
+        "286k images); paper is the published setting (GPU scale).",
+        "eqcryo train sim/particles.star -o run --time-budget 900 "
         "--gt-poses sim/gt_poses.pkl --gt-volume sim/gt_volume.mrc")
     p.add_argument("particles", nargs="?", help="particles (.star, .cs, .mrcs with --ctf)")
     p.add_argument("-o", "--outdir", help="run folder")
@@ -144,9 +146,14 @@ def _train(make, args, fresh: bool | None, dist) -> int:
               f"{trainer.last_eval.row['images_seen']} images; {held_out_summary(trainer.last_eval)}")
     conv = summary.get("converged")
     if conv:
+        budget = trainer.cfg.time_budget
+        spare = "" if not budget else \
+            f" ({100 * (1 - conv['train_seconds'] / budget):.0f}% of the {budget:.0f} s budget to spare)"
         print(f"converged (first held-out pose MSE < 0.1) at {conv['train_seconds']:.0f} s of training, "
-              f"step {conv['step']}, {conv['images_seen']} images")
+              f"step {conv['step']}, {conv['images_seen']} images{spare}")
     elif trainer.gt.R is not None:
         print("not converged in this budget (no evaluation with held-out pose MSE < 0.1)")
+    print(agreement_line(trainer.cfg.stop_match_mse, summary.get("stopped_early"),
+                         trainer.run_dir.metric_rows()).replace("**", ""))
     print(f"report: {trainer.run_dir / RunDir.REPORT}")
     return 0

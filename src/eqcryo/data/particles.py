@@ -201,8 +201,13 @@ class ParticleTable:
             raise InputError(f"{self.source}: pixel size unknown; give it with --apix")
         u = np.unique(np.round(self.apix, 6))
         if len(u) > 1:
-            raise InputError(f"{self.source}: optics groups have different pixel sizes {[float(x) for x in u]} Å; "
-                             f"this step needs one (re-extract or rescale to a common pixel size)")
+            groups = "?"
+            if getattr(self, "optics_group", None) is not None:
+                g = np.asarray(self.optics_group)
+                groups = ", ".join(f"{int(k)}: {float(np.round(self.apix[g == k][0], 6)):g} Å" for k in np.unique(g))
+            raise InputError(f"{self.source}: optics groups have different pixel sizes {[float(x) for x in u]} Å "
+                             f"(group: pixel size — {groups}); this step needs one (re-extract or rescale the groups "
+                             f"to a common pixel size, or select one group)")
         return float(u[0])
 
     def ctf_params(self, ids: np.ndarray) -> dict | None:

@@ -3,7 +3,9 @@
 The image model is :func:`eqcryo.physics.projection.render_images`, the same code path the
 decoders use. Definitions (written to ``dataset.json`` too):
 
-- poses uniform on SO(3); shifts = RELION origins drawn from N(0, trans_std²) per axis (Å);
+- poses uniform on SO(3), or with ``preferred_view`` κ the viewing direction drawn from a
+  von Mises–Fisher distribution of concentration κ about the map's z axis (in-plane angle
+  uniform): preferred orientations; shifts = RELION origins drawn from N(0, trans_std²) per axis (Å);
 - **SNR** = mean over the data set of var(clean, CTF-applied image_i) (whole box) / σ²_noise;
   σ is set from the first ``min(n, 2000)`` clean images (a pilot pass), and the SNR actually
   realised over the whole set is measured and recorded.
@@ -55,6 +57,9 @@ class SimulationConfig:
     resolution_angstrom: float | None = None  # molmap resolution, default 2·apix
     map_apix: float | None = None  # voxel size of an input map whose header lacks it
     trans_std_angstrom: float = 20.0
+    # None: uniform poses. κ > 0: viewing directions from a von Mises–Fisher distribution about
+    # the map's z axis (κ = 10: 90% of views within 40° of it), in-plane angles uniform
+    preferred_view: float | None = None
     ctf: bool = True
     ctf_from: str | None = None  # cryoDRGN CTF table to sample rows from
     defocus_min_angstrom: float = 10000.0
@@ -89,11 +94,33 @@ def _rng(seed: int, stream: int, *extra: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(stream, *extra)))
 
 
+def preferred_view_rotations(n: int, kappa: float, rng: np.random.Generator) -> np.ndarray:
+    """Rotations (n, 3, 3) whose viewing direction (third row: the projection axis in the map's
+    frame) follows a von Mises–Fisher distribution of concentration ``kappa`` about z, with a
+    uniform in-plane angle. P(angle to z < θ) = (1 − e^{−κ(1−cos θ)}) / (1 − e^{−2κ})."""
+    u = rng.random(n)
+    c = 1.0 + np.log(u + (1.0 - u) * np.exp(-2.0 * kappa)) / kappa  # cos θ, exact inverse CDF
+    phi, psi = rng.uniform(0, 2 * np.pi, n), rng.uniform(0, 2 * np.pi, n)
+    s = np.sqrt(np.clip(1.0 - c ** 2, 0.0, None))
+    v = np.stack([s * np.cos(phi), s * np.sin(phi), c], 1)
+    # an orthonormal frame (a, b, v) per view: a ⟂ v from the axis least aligned with v
+    helper = np.where(np.abs(v[:, [0]]) < 0.9, np.array([[1.0, 0, 0]]), np.array([[0, 1.0, 0]]))
+    a = np.cross(helper, v)
+    a /= np.linalg.norm(a, axis=1, keepdims=True)
+    b = np.cross(v, a)
+    A = np.stack([a, b, v], 1)  # rows a, b, v: det +1
+    cz, sz = np.cos(psi), np.sin(psi)
+    Rz = np.zeros((n, 3, 3))
+    Rz[:, 0, 0], Rz[:, 0, 1], Rz[:, 1, 0], Rz[:, 1, 1], Rz[:, 2, 2] = cz, -sz, sz, cz, 1.0
+    return Rz @ A  # mixes the first two rows only: the third row stays v
+
+
 def sample_parameters(cfg: SimulationConfig) -> ParticleTable:
     """Poses, shifts and CTFs of the whole data set (small arrays), each from its own stream."""
     n = cfg.n
     g = torch.Generator().manual_seed(int(_rng(cfg.seed, _POSES).integers(2 ** 62)))
-    rot = random_rotations(n, g).numpy()
+    rot = random_rotations(n, g).numpy() if not cfg.preferred_view else \
+        preferred_view_rotations(n, cfg.preferred_view, _rng(cfg.seed, _POSES, 1))
     shifts = _rng(cfg.seed, _SHIFTS).normal(0.0, cfg.trans_std_angstrom, (n, 2))
     ctf = None
     if cfg.ctf:

@@ -49,6 +49,20 @@ METRIC_COLUMNS = ["step", "train_seconds", "eval_seconds", "images_seen", "loss"
                   "head_sigma_ratio_p05", "hypothesis_shares", "match_mse", "match_median_deg"]
 
 
+def agreement_line(threshold: float | None, stopped: dict | None, rows: list[dict]) -> str:
+    """The no-ground-truth verdict: did the encoder end in agreement with a search in its map?"""
+    last = next((r.get("match_mse") for r in reversed(rows) if r.get("match_mse")), None)
+    last_s = "not measured" if last is None else f"{float(last):.3f}"
+    if stopped:
+        return (f"**agreement without ground truth: reached** at {stopped['train_seconds']:.0f} s "
+                f"({stopped['rule']}; match_mse {stopped['match_mse']:.3f})")
+    if threshold is None:
+        return f"agreement without ground truth: last match_mse {last_s} (no stop rule set)"
+    return (f"**agreement without ground truth: NOT reached** (last match_mse {last_s}, needed < {threshold} after a "
+            f"settled refinement): treat the poses and the map as unconverged; a longer --time-budget may help, and "
+            f"strongly preferred orientations or a wrong contrast sign are the usual causes")
+
+
 class RunDir:
     """Paths and readers/writers of one run folder."""
 
@@ -289,6 +303,7 @@ class RunDir:
                  f"steps: {s.get('steps')}, training time: {s.get('train_seconds', 0):.0f} s (wall, evaluation "
                  f"excluded), evaluation: {s.get('eval_seconds', 0):.0f} s, images seen: {s.get('images_seen')}",
                  "converged (pose MSE < 0.1): " + (json.dumps(s["converged"]) if s.get("converged") else "no")]
+        facts.append(agreement_line(cfg.stop_match_mse, s.get("stopped_early"), self.metric_rows()))
         curves = []
         halves = self.read_json(self.FSC_HALVES)
         if halves:
