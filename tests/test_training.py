@@ -393,9 +393,55 @@ def test_refinement_trigger_repeats_and_resumes():
     v = RefinementTrigger(100, every=50)
     v.fired()
     assert v.due(150) and not v.due(150, settled=True)  # a settled round ends the repeats
+    w = RefinementTrigger(100, every=50, min_rounds=3)
+    w.fired()
+    w.fired()
+    assert w.due(200, settled=True)  # ... but not before round min_rounds
+    w.fired()
+    assert not w.due(250, settled=True) and w.due(250)
     u = RefinementTrigger(100, every=50)
     u.load_state_dict({"count": 2})
     assert u.next_at() == 200 and not u.done
     u.load_state_dict({"done": True})
     assert u.count == 1
     assert RefinementTrigger(None).done and not RefinementTrigger(None).due(10 ** 9)
+
+
+def test_match_check_reads_like_the_pose_error_without_ground_truth(tmp_path):
+    """The held-out check searches the images in a map from the encoder's poses: in the true map
+    from the true poses it reads ~0; from poses all turned 20° it reads ≈ 8 sin²(10°) = 0.24
+    (the search puts them back); an empty map reads None (no evidence, not agreement)."""
+    from eqcryo.physics.rotations import axis_angle_to_matrix
+    from eqcryo.training.batches import TrainingData
+    from eqcryo.training.evaluator import Evaluator, GroundTruth
+
+    d = tmp_path / "sim"
+    simulate(SimulationConfig(n=120, box=32, apix=13.2, seed=5, snr=None, trans_std_angstrom=15.0), d, progress=False)
+    cfg = _cfg(d, tmp_path / "r", invert_contrast="no")
+    data = TrainingData(cfg)
+    gt = GroundTruth.load(cfg, data.n, data.box, data.apix)
+    ev = Evaluator(data, gt)
+    ids = data.eval_ids
+    vol = gt.volume * data.scale
+    R, origin = gt.R[ids], gt.origin[ids]  # RELION origins (Å), as infer() returns them
+    m = ev.match_check(vol, R, origin, None)
+    assert m["match_mse"] < 0.01 and m["match_median_deg"] < 2
+    turn = axis_angle_to_matrix(torch.tensor([0.0, 0.0, np.radians(20.0)], dtype=torch.float64))
+    m = ev.match_check(vol, R @ turn, origin, None)
+    assert 0.18 < m["match_mse"] < 0.3 and 15 < m["match_median_deg"] < 25
+    assert ev.match_check(torch.zeros_like(vol), R, origin, None)["match_mse"] is None
+
+
+def test_stop_rule_needs_a_settled_refinement_and_a_low_match():
+    from eqcryo.training.schedule import StopRule
+    s = StopRule(None, 600, match_mse=0.08)
+    s.observe({"match_mse": 0.01, "step": 5, "train_seconds": 50}, settled=False)
+    assert not s.done(5, 50)  # agreement before the search has settled does not count
+    s.observe({"match_mse": 0.09, "step": 6, "train_seconds": 60}, settled=True)
+    assert not s.done(6, 60)
+    s.observe({"match_mse": 0.07, "step": 7, "train_seconds": 70}, settled=True)
+    assert s.done(7, 70) and s.finished["train_seconds"] == 70
+    t = StopRule(None, 600, match_mse=0.08)
+    t.load_state_dict(s.state_dict())
+    assert t.done(8, 71)  # a resumed run keeps the decision
+    assert not StopRule(None, 600).done(1, 1) and StopRule(None, 600).done(1, 600)

@@ -110,6 +110,10 @@ class TrainConfig:
     refine_images: int | None = None
     refine_every: int | None = None  # then again every this many images (None: once)
     refine_rounds: int | None = None  # at most this many refinements (None: no limit)
+    # a settled round ends the repeats only from this round on: an early round can settle with a
+    # minority of particles stuck in mirror-related poses, which the next round from the
+    # distilled encoder's poses undoes (docs/training-notebook.md, Round 4)
+    refine_min_rounds: int = 1
     refine_iters: int = 3
     refine_radius: float = 16.0
     # Loss band (shells) once the refined poses are the encoder's targets (None: the
@@ -154,7 +158,8 @@ class TrainConfig:
                 raise InputError(f"{k.replace('_', '-')} {v!r}: expected a number")
             if v is not None and not v > 0:
                 raise InputError(f"{k.replace('_', '-')} {v}: must be > 0")
-        for k, v in {"refine_every": self.refine_every, "refine_rounds": self.refine_rounds}.items():
+        for k, v in {"refine_every": self.refine_every, "refine_rounds": self.refine_rounds,
+                     "refine_min_rounds": self.refine_min_rounds}.items():
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise InputError(f"{k.replace('_', '-')} {v!r}: expected a whole number >= 1")
         for k, v in {"view_prior": self.view_prior, "distill": self.distill, "refine_images": self.refine_images,

@@ -100,10 +100,12 @@ class LossBand:
 class RefinementTrigger:
     """When the semi-amortized refinement runs: first after ``after_images`` training images
     (None: never), then again every ``every`` images (None: once), at most ``rounds`` times, and
-    no more once a round has *settled* (its search stopped moving the poses; no ground truth)."""
+    no more once a round has *settled* (its search stopped moving the poses; no ground truth) —
+    from round ``min_rounds`` on."""
 
-    def __init__(self, after_images: int | None, every: int | None = None, rounds: int | None = None):
-        self.after_images, self.every, self.rounds = after_images, every, rounds
+    def __init__(self, after_images: int | None, every: int | None = None, rounds: int | None = None,
+                 min_rounds: int = 1):
+        self.after_images, self.every, self.rounds, self.min_rounds = after_images, every, rounds, min_rounds
         self.count = 0  # refinements run so far
 
     @property
@@ -124,7 +126,7 @@ class RefinementTrigger:
     def due(self, images_seen: int, settled: bool = False) -> bool:
         """``settled``: the last round's search had stopped moving the poses (then no more rounds)."""
         n = self.next_at()
-        return n is not None and images_seen >= n and not (settled and self.count >= 1)
+        return n is not None and images_seen >= n and not (settled and self.count >= max(1, self.min_rounds))
 
     def fired(self) -> None:
         self.count += 1

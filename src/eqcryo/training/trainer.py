@@ -73,7 +73,8 @@ class Trainer:
                                      {"params": self.model.decoder.parameters(), "lr": lr_dec}], amsgrad=True)
         self.clock = Clock(self.device)
         self.band = LossBand(self.data.box, cfg.lowpass_start, cfg.lowpass_images, cfg.distill_band)
-        self.refine_trigger = RefinementTrigger(cfg.refine_images, cfg.refine_every, cfg.refine_rounds)
+        self.refine_trigger = RefinementTrigger(cfg.refine_images, cfg.refine_every, cfg.refine_rounds,
+                                                cfg.refine_min_rounds)
         self.refinement = Refinement(cfg.refine_iters, cfg.refine_radius, cfg.distill, cfg.seed)
         self.eval_timer, self.stop = Periodic(cfg.eval_every), StopRule(cfg.steps, cfg.time_budget, cfg.stop_match_mse)
         self.step, self.images_seen, self.epoch, self.pos = 0, 0, 0, 0

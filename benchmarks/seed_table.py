@@ -1,0 +1,59 @@
+"""One markdown row per finished run folder: when it first converged, where it ended, how it stopped.
+
+    python benchmarks/seed_table.py RUN [RUN ...]
+
+Columns: the run, its seed, the first held-out pose MSE < 0.1 (training seconds and images;
+from metrics.csv), the last evaluation's MSE / MedSE and FSC 0.5 against the truth, the half-map
+FSC 0.143 (masked, no ground truth), the refinement rounds (images at each), how the run ended
+(the no-ground-truth stop rule, or the budget) and its training seconds. Then the convergence
+rate and the median time to converge over the converged runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import yaml
+
+
+def row(run: Path) -> dict:
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    s = json.loads((run / "summary.json").read_text())
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    first = next((r for r in rows if r.get("pose_mse") and float(r["pose_mse"]) < 0.1), None)
+    last = rows[-1]
+    halves = json.loads((run / "fsc_halfmaps.json").read_text()) if (run / "fsc_halfmaps.json").exists() else {}
+    ref = json.loads((run / "refinement.json").read_text()) if (run / "refinement.json").exists() else {}
+    rounds = [r["images_seen"] // 1000 for r in ref.get("rounds", [])]
+    return {"run": str(run), "seed": cfg.get("seed"),
+            "t_conv": None if first is None else float(first["train_seconds"]),
+            "img_conv": None if first is None else int(first["images_seen"]),
+            "mse": float(last["pose_mse"]), "medse": float(last["pose_medse"]),
+            "fsc05": last.get("resolution_0.5_angstrom") or None,
+            "half0143": (halves.get("masked") or {}).get("resolution_0.143"),
+            "rounds": rounds, "stopped": s.get("stopped_early"), "train_seconds": s["train_seconds"]}
+
+
+def main() -> None:
+    runs = [row(Path(p)) for p in sys.argv[1:]]
+    print("| run | seed | first MSE < 0.1: s (images) | final MSE / MedSE | FSC 0.5 vs truth (Å) | half-maps 0.143 "
+          "(Å) | refinements (k images) | ended | training s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in runs:
+        conv = "—" if r["t_conv"] is None else f"{r['t_conv']:.0f} ({r['img_conv'] // 1000}k)"
+        fsc = "—" if not r["fsc05"] else f"{float(r['fsc05']):.1f}"
+        half = "—" if r["half0143"] is None else f"{r['half0143']:.1f}"
+        ended = "budget" if not r["stopped"] else f"agreement at {r['stopped']['train_seconds']:.0f} s"
+        print(f"| {r['run']} | {r['seed']} | {conv} | {r['mse']:.3f} / {r['medse']:.3f} | {fsc} | {half} | "
+              f"{', '.join(map(str, r['rounds'])) or '—'} | {ended} | {r['train_seconds']:.0f} |")
+    t = [r["t_conv"] for r in runs if r["t_conv"] is not None]
+    med = f", median {statistics.median(t):.0f} s (range {min(t):.0f}–{max(t):.0f})" if t else ""
+    print(f"\nconverged: {len(t)} of {len(runs)}{med}")
+
+
+if __name__ == "__main__":
+    main()
