@@ -5,7 +5,7 @@
 Columns: the run, its seed, the first held-out pose MSE < 0.1 (training seconds and images;
 from metrics.csv), the last evaluation's MSE / MedSE and FSC 0.5 against the truth, the half-map
 FSC 0.143 (masked, no ground truth), the refinement rounds (images at each), how the run ended
-(the no-ground-truth stop rule, or the budget) and its training seconds. Then the convergence
+(at the budget, or earlier by the no-ground-truth agreement rule) and its training seconds. Then the convergence
 rate and the median time to converge over the converged runs.
 """
 
@@ -35,7 +35,8 @@ def row(run: Path) -> dict:
             "mse": float(last["pose_mse"]), "medse": float(last["pose_medse"]),
             "fsc05": last.get("resolution_0.5_angstrom") or None,
             "half0143": (halves.get("masked") or {}).get("resolution_0.143"),
-            "rounds": rounds, "stopped": s.get("stopped_early"), "train_seconds": s["train_seconds"]}
+            "rounds": rounds, "agreement": s.get("agreement", s.get("stopped_early")),  # (its name before 9da5cd6)
+            "budget": cfg.get("time_budget"), "train_seconds": s["train_seconds"]}
 
 
 def main() -> None:
@@ -47,7 +48,9 @@ def main() -> None:
         conv = "—" if r["t_conv"] is None else f"{r['t_conv']:.0f} ({r['img_conv'] // 1000}k)"
         fsc = "—" if not r["fsc05"] else f"{float(r['fsc05']):.1f}"
         half = "—" if r["half0143"] is None else f"{r['half0143']:.1f}"
-        ended = "budget" if not r["stopped"] else f"agreement at {r['stopped']['train_seconds']:.0f} s"
+        a = r["agreement"]
+        ended = "budget" if r["budget"] and r["train_seconds"] >= r["budget"] else \
+            f"agreement at {a['train_seconds']:.0f} s" if a else "steps"
         print(f"| {r['run']} | {r['seed']} | {conv} | {r['mse']:.3f} / {r['medse']:.3f} | {fsc} | {half} | "
               f"{', '.join(map(str, r['rounds'])) or '—'} | {ended} | {r['train_seconds']:.0f} |")
     t = [r["t_conv"] for r in runs if r["t_conv"] is not None]

@@ -81,3 +81,14 @@ def test_mixed_pixel_sizes_are_refused_naming_the_groups(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "different pixel sizes" in err and "1: 13.1 Å" in err and "2: 14 Å" in err, err
     assert not (tmp_path / "r").exists() and src.read_bytes() == before
+
+
+def test_a_runs_predicted_star_finds_its_images(trained_32, tmp_path, monkeypatch):
+    """RUN/predicted_particles.star names its images relative to the run folder (the training
+    star's names are relative to *its* folder), so `eqcryo refine RUN/predicted_particles.star`
+    works from anywhere."""
+    monkeypatch.chdir(tmp_path)
+    pred = load_particles(trained_32 / "predicted_particles.star")
+    src = load_particles(trained_32.parent / "sim" / "particles.star")
+    np.testing.assert_array_equal(pred.images.read([0, 5]), src.images.read([0, 5]))
+    assert all(not str(n).split("@", 1)[1].startswith("/") for n in pred.image_names[:3])

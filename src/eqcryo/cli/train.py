@@ -37,7 +37,8 @@ def add_parser(sub):
         "defaults in eqcryo/training/config.py, meanings in docs/training.md): model, profile, decoder, so3, "
         "encoder_bin, hypotheses, batch_size, lr, lr_decoder, clip, eval_every (s), eval_n, checkpoint_every (s), "
         "lowpass_start (shells), lowpass_images, view_prior, track_mirror, refine_images, refine_every, "
-        "refine_rounds, refine_iters, refine_radius (shells), distill, distill_band (shells).\n\n"
+        "refine_rounds, refine_min_rounds, refine_iters, refine_radius (shells), distill, distill_band (shells), "
+        "stop_match_mse.\n\n"
         "Recipes: without --recipe, default: the paper's amortized training at CPU scale plus projection-matching "
         "refinements from 100k images on, repeated until the search settles and distilled into the encoder; the run "
         "ends when the encoder agrees with a search in its map (no ground truth) or at the budget (docs/training.md, "
@@ -153,7 +154,7 @@ def _train(make, args, fresh: bool | None, dist) -> int:
               f"step {conv['step']}, {conv['images_seen']} images{spare}")
     elif trainer.gt.R is not None:
         print("not converged in this budget (no evaluation with held-out pose MSE < 0.1)")
-    print(agreement_line(trainer.cfg.stop_match_mse, summary.get("stopped_early"),
+    print(agreement_line(trainer.cfg.stop_match_mse, summary.get("agreement"),
                          trainer.run_dir.metric_rows()).replace("**", ""))
     print(f"report: {trainer.run_dir / RunDir.REPORT}")
     return 0

@@ -49,13 +49,14 @@ METRIC_COLUMNS = ["step", "train_seconds", "eval_seconds", "images_seen", "loss"
                   "head_sigma_ratio_p05", "hypothesis_shares", "match_mse", "match_median_deg"]
 
 
-def agreement_line(threshold: float | None, stopped: dict | None, rows: list[dict]) -> str:
-    """The no-ground-truth verdict: did the encoder end in agreement with a search in its map?"""
+def agreement_line(threshold: float | None, agreement: dict | None, rows: list[dict]) -> str:
+    """The no-ground-truth verdict: did the encoder end in agreement with a search in its map?
+    ``agreement``: the stop rule's record (summary.json), None if it never held."""
     last = next((r.get("match_mse") for r in reversed(rows) if r.get("match_mse")), None)
     last_s = "not measured" if last is None else f"{float(last):.3f}"
-    if stopped:
-        return (f"**agreement without ground truth: reached** at {stopped['train_seconds']:.0f} s "
-                f"({stopped['rule']}; match_mse {stopped['match_mse']:.3f})")
+    if agreement:
+        return (f"**agreement without ground truth: reached** at {agreement['train_seconds']:.0f} s of training "
+                f"({agreement['rule']}; match_mse {agreement['match_mse']:.3f}); the run ended there")
     if threshold is None:
         return f"agreement without ground truth: last match_mse {last_s} (no stop rule set)"
     return (f"**agreement without ground truth: NOT reached** (last match_mse {last_s}, needed < {threshold} after a "
@@ -260,6 +261,17 @@ class RunDir:
         return FSCResult(np.array(f["freq_inv_angstrom"]), np.array(f["fsc"]), f["apix"], f["box"])
 
     # ------------------------------------------------------------------ results
+    def _image_names_from_here(self, t) -> np.ndarray | None:
+        """``idx@path`` names of ``t``'s images with each path relative to this folder, so that
+        RUN/predicted_particles.star finds its images wherever it is read from (the names as the
+        source file gave them are relative to *its* folder). None: keep the source's names."""
+        src = getattr(t, "images", None)
+        if src is None or not hasattr(src, "paths"):
+            return None
+        here = os.path.abspath(self.path)
+        return np.array([f"{int(i) + 1}@{os.path.relpath(os.path.abspath(p), here)}"
+                         for p, i in zip(src.paths, src.indices)], dtype=object)
+
     def write_results(self, volume: np.ndarray, apix: float, predicted, summary: dict, fsc=None,
                       halves: tuple | None = None) -> None:
         """The end of a run: the map (L, L, L) at ``apix`` Å, the predicted poses of every particle
@@ -272,7 +284,7 @@ class RunDir:
         write_volume(self / self.MAP, volume, apix)
         write_pose_pkl(self / self.POSES_PKL, predicted)
         if predicted.image_names is not None:
-            write_star(self / self.POSES_STAR, predicted)
+            write_star(self / self.POSES_STAR, predicted, self._image_names_from_here(predicted))
         if fsc is not None:
             self.write_json(self.FSC, fsc.to_dict())
         if halves is not None:
@@ -303,7 +315,7 @@ class RunDir:
                  f"steps: {s.get('steps')}, training time: {s.get('train_seconds', 0):.0f} s (wall, evaluation "
                  f"excluded), evaluation: {s.get('eval_seconds', 0):.0f} s, images seen: {s.get('images_seen')}",
                  "converged (pose MSE < 0.1): " + (json.dumps(s["converged"]) if s.get("converged") else "no")]
-        facts.append(agreement_line(cfg.stop_match_mse, s.get("stopped_early"), self.metric_rows()))
+        facts.append(agreement_line(cfg.stop_match_mse, s.get("agreement"), self.metric_rows()))
         curves = []
         halves = self.read_json(self.FSC_HALVES)
         if halves:

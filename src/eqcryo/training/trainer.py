@@ -254,7 +254,7 @@ class Trainer:
         halves = half_map_fsc(self.data.ds, pred, self.cfg.seed)
         summary = {"steps": self.step, "train_seconds": self.clock.train_seconds,
                    "eval_seconds": self.clock.eval_seconds, "images_seen": self.images_seen,
-                   "converged": self.converged, "stopped_early": self.stop.finished, "wall_seconds": wall_seconds,
+                   "converged": self.converged, "agreement": self.stop.finished, "wall_seconds": wall_seconds,
                    "command": self.command}
         self.run_dir.write_results(self.model.decoder.volume().float().cpu().numpy(), self.data.apix, pred,
                                    {k: v for k, v in summary.items() if v is not None},
