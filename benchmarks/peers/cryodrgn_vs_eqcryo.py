@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import re
 import subprocess
 import sys
 import time
@@ -119,7 +120,24 @@ def main() -> None:
         cd_last = (e, t, ev)
         if cd_first is None and ev["pose_mse"] < 0.1:
             cd_first = t
-    cd_rate = None if cd_last is None else (cd_last[0] + 1) * n / cd_last[1]
+    # images per second from cryoDRGN's own log: each "Will ... on K particles" announces the next
+    # epoch's images, each "Epoch: E finished in H:MM:SS" closes it
+    phases, images, cd_rate = [], None, None
+    for line in (cd / "run.log").read_text().splitlines() if (cd / "run.log").exists() else []:
+        m = re.search(r"Will (pretrain|use pose search|train) on (\d+) particles", line)
+        if m:
+            images = (m.group(1), int(m.group(2)))
+        m = re.search(r"(Pretrain )?Epoch: (\d+) finished in (\d+):(\d+):([\d.]+)", line)
+        if m and images:
+            sec = int(m.group(3)) * 3600 + int(m.group(4)) * 60 + float(m.group(5))
+            phases.append((images[0], images[1], sec))
+            print(f"cryoDRGN epoch {m.group(2)} ({images[0]}): {images[1]} images in {sec:.0f} s = "
+                  f"{images[1] / sec:.1f} images/s", flush=True)
+            images = None
+    if images:
+        print(f"cryoDRGN: an epoch ({images[0]}, {images[1]} images) was still running at the end of the budget")
+    if phases:
+        cd_rate = sum(p[1] for p in phases) / sum(p[2] for p in phases)
 
     def fmt(x, f="{:.3f}"):
         return "—" if x is None else f.format(x)

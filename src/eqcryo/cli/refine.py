@@ -41,6 +41,9 @@ def add_parser(sub):
     p.add_argument("--n-rotations", type=positive_int, default=8192, help="global search size (default 8192, ~12° apart)")
     p.add_argument("--shift-step", type=float, default=0.0,
                    help="also search origins ±this many px around the current ones (default 0: refine only)")
+    p.add_argument("--keep", type=positive_int, default=1,
+                   help="refine the K best global-search candidates of each image locally, not only the best "
+                        "(default 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--gt-poses", help="ground-truth pose .pkl: report pose MSE after each iteration")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -89,6 +92,7 @@ def run(args) -> int:
         sys.stdout.flush()
 
     cfg = MatchConfig(radius=min(args.radius, L / 2), n_rotations=args.n_rotations, shift_step_px=args.shift_step,
+                      keep=args.keep,
                       seed=args.seed)
     shifts = np.zeros((t.n, 2)) if t.shifts_angstrom is None else t.shifts_angstrom
     with bar:

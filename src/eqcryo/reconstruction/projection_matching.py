@@ -53,6 +53,7 @@ class MatchConfig:
     refine_shift_px: float = 1.0  # and first shift step (along x and y)
     wiener: float = 0.01
     chunk: int = 256  # images scored at once (bounds memory: chunk × n_rotations scores)
+    keep: int = 1  # candidates per image refined locally (the best of the global search; > 1: the k best)
     seed: int = 0
 
 
@@ -113,6 +114,9 @@ def search_poses(fv: FourierVolume, band: BandData, R: torch.Tensor, origin_px: 
 
     ``R`` (n, 3, 3) and ``origin_px`` (n, 2) are the current poses (RELION origins in px);
     returns the new (R, origin_px, score (n,)): poses in float64, scores computed in float32.
+    With ``cfg.keep`` = k > 1 the k best of {incumbent, grid × offsets} are each refined locally
+    and the best refined one wins (a grid point near the true pose can score below a refined
+    wrong pose until it is refined itself).
     """
     n = len(R)
     fv = FourierVolume(fv.data.to(torch.complex64), fv.L, fv.pad)
@@ -123,48 +127,63 @@ def search_poses(fv: FourierVolume, band: BandData, R: torch.Tensor, origin_px: 
     S2 = S_grid.real ** 2 + S_grid.imag ** 2
     s = cfg.shift_step_px
     offsets = [(0.0, 0.0)] if s == 0 else [(a, b) for a in (-s, 0.0, s) for b in (-s, 0.0, s)]
-    R_out, o_out = R.clone(), origin_px.clone()
-    best = torch.empty(n)
+    k = max(1, min(cfg.keep, cfg.n_rotations))
+    cand_R = R[:, None].repeat(1, k, 1, 1).clone()  # (n, k, 3, 3)
+    cand_o = origin_px[:, None].repeat(1, k, 1).clone()
+    cand_s = torch.full((n, k), -torch.inf)
     for a in range(0, n, cfg.chunk):
         rows = slice(a, min(n, a + cfg.chunk))
         c2 = band.ctf[rows] ** 2
-        # the incumbent first, so a search that finds nothing better keeps it
-        best[rows] = _score(band.weighted(rows, origin_px[rows]), c2, _slices(fv, pts, R[rows]))
+        # the incumbent first, so a search that finds nothing better keeps it (ties: the incumbent)
+        sc_all = [_score(band.weighted(rows, origin_px[rows]), c2, _slices(fv, pts, R[rows]))[:, None]]
+        R_all, o_all = [R[rows, None]], [origin_px[rows, None]]
         for dx, dy in offsets:
             o = origin_px[rows] + torch.tensor([dx, dy], dtype=origin_px.dtype)
             Fw = band.weighted(rows, o)
-            sc = 2 * torch.cat([Fw.real, Fw.imag], 1) @ B.T - c2 @ S2.T  # (k, K)
-            v, j = sc.max(1)
-            up = v > best[rows]
-            best[rows] = torch.where(up, v, best[rows])
-            R_out[rows][up] = grid[j[up]].to(R_out.dtype)
-            o_out[rows][up] = o[up]
-    # Pattern search: each round tries the incumbent moved by ± its step about each of the three
-    # axes and along each shift axis (the rotation applied in the image frame); an image whose
-    # incumbent stays best halves its steps. Deterministic, and precise to step / 2^rounds.
-    step_r = torch.full((n,), math.radians(cfg.refine_step_deg), dtype=torch.float64)
-    step_t = torch.full((n,), cfg.refine_shift_px, dtype=torch.float64)
+            sc = 2 * torch.cat([Fw.real, Fw.imag], 1) @ B.T - c2 @ S2.T  # (c, K)
+            v, j = sc.topk(k, dim=1)
+            sc_all.append(v)
+            R_all.append(grid[j].to(R.dtype))
+            o_all.append(o[:, None].expand(-1, k, -1))
+        sc_cat, R_cat, o_cat = torch.cat(sc_all, 1), torch.cat(R_all, 1), torch.cat(o_all, 1)
+        v, j = sc_cat.topk(k, dim=1)  # stable enough: the incumbent is column 0
+        idx = torch.arange(v.shape[0])[:, None]
+        cand_s[rows], cand_R[rows], cand_o[rows] = v, R_cat[idx, j], o_cat[idx, j]
+    # Pattern search on every kept candidate: each round tries the candidate moved by ± its step
+    # about each of the three axes and along each shift axis (the rotation applied in the image
+    # frame); a candidate whose position stays best halves its steps. Deterministic, and precise
+    # to step / 2^rounds.
+    img = torch.arange(n).repeat_interleave(k)  # the image of each flattened candidate
+    R_f, o_f, best_f = cand_R.reshape(n * k, 3, 3), cand_o.reshape(n * k, 2), cand_s.reshape(n * k)
+    step_r = torch.full((n * k,), math.radians(cfg.refine_step_deg), dtype=torch.float64)
+    step_t = torch.full((n * k,), cfg.refine_shift_px, dtype=torch.float64)
+    live = torch.isfinite(best_f)
     for _ in range(cfg.refine_rounds):
-        for a in range(0, n, cfg.chunk):
-            rows = slice(a, min(n, a + cfg.chunk))
-            k = rows.stop - rows.start
-            rv = torch.zeros(k, 11, 3, dtype=torch.float64)
-            ov = torch.zeros(k, 11, 2, dtype=torch.float64)
+        for a in range(0, n * k, cfg.chunk):
+            rows = torch.arange(a, min(n * k, a + cfg.chunk))
+            rows = rows[live[rows]]
+            if len(rows) == 0:
+                continue
+            m = len(rows)
+            rv = torch.zeros(m, 11, 3, dtype=torch.float64)
+            ov = torch.zeros(m, 11, 2, dtype=torch.float64)
             for i in range(3):
                 rv[:, 1 + 2 * i, i], rv[:, 2 + 2 * i, i] = step_r[rows], -step_r[rows]
             for i in range(2):
                 ov[:, 7 + 2 * i, i], ov[:, 8 + 2 * i, i] = step_t[rows], -step_t[rows]
-            cand = axis_angle_to_matrix(rv) @ R_out[rows, None]  # (k, 11, 3, 3); candidate 0 = incumbent
-            co = o_out[rows, None] + ov
-            S = _slices(fv, pts, cand.reshape(-1, 3, 3)).reshape(k, 11, -1)
-            sc = _score(band.weighted(rows, co), band.ctf[rows, None] ** 2, S)
+            cand = axis_angle_to_matrix(rv) @ R_f[rows, None]  # (m, 11, 3, 3); candidate 0 = current
+            co = o_f[rows, None] + ov
+            S = _slices(fv, pts, cand.reshape(-1, 3, 3)).reshape(m, 11, -1)
+            sc = _score(band.weighted(img[rows], co), band.ctf[img[rows], None] ** 2, S)
             j = sc.argmax(1)
-            idx = torch.arange(k)
-            R_out[rows], o_out[rows], best[rows] = cand[idx, j], co[idx, j], sc[idx, j]
+            ar = torch.arange(m)
+            R_f[rows], o_f[rows], best_f[rows] = cand[ar, j], co[ar, j], sc[ar, j]
             stay = j == 0
             step_r[rows] = torch.where(stay, step_r[rows] / 2, step_r[rows])
             step_t[rows] = torch.where(stay, step_t[rows] / 2, step_t[rows])
-    return R_out, o_out, best
+    w = best_f.reshape(n, k).argmax(1)
+    pick = torch.arange(n) * k + w
+    return R_f[pick], o_f[pick], best_f[pick]
 
 
 def reconstruct(reader: Reader, ids: np.ndarray, R: torch.Tensor, origin_px: torch.Tensor, L: int,

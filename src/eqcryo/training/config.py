@@ -115,6 +115,7 @@ class TrainConfig:
     # distilled encoder's poses undoes (docs/training-notebook.md, Round 4)
     refine_min_rounds: int = 1
     refine_iters: int = 3
+    refine_keep: int = 1  # global-search candidates per particle refined locally (projection_matching.MatchConfig.keep)
     refine_radius: float = 16.0
     # Loss band (shells) once the refined poses are the encoder's targets (None: the
     # frequency-marching schedule goes on). The refined map already holds the higher shells, and
@@ -159,7 +160,7 @@ class TrainConfig:
             if v is not None and not v > 0:
                 raise InputError(f"{k.replace('_', '-')} {v}: must be > 0")
         for k, v in {"refine_every": self.refine_every, "refine_rounds": self.refine_rounds,
-                     "refine_min_rounds": self.refine_min_rounds}.items():
+                     "refine_min_rounds": self.refine_min_rounds, "refine_keep": self.refine_keep}.items():
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise InputError(f"{k.replace('_', '-')} {v!r}: expected a whole number >= 1")
         for k, v in {"view_prior": self.view_prior, "distill": self.distill, "refine_images": self.refine_images,

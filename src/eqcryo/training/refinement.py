@@ -34,8 +34,8 @@ class Refinement:
     #: than SETTLE_DEG has *settled*: the search has stopped changing the poses
     SETTLE_FRACTION, SETTLE_DEG = 0.01, 5.0
 
-    def __init__(self, iters: int, radius: float, distill: float, seed: int):
-        self.iters, self.radius, self.distill, self.seed = iters, radius, distill, seed
+    def __init__(self, iters: int, radius: float, distill: float, seed: int, keep: int = 1):
+        self.iters, self.radius, self.distill, self.seed, self.keep = iters, radius, distill, seed, keep
         self.target_R: torch.Tensor | None = None
         self.target_origin_px: torch.Tensor | None = None
         self.settled = False
@@ -74,7 +74,7 @@ class Refinement:
         if gt_R is not None:  # iteration 0: the encoder's poses the search starts from
             m, _ = pose_metrics(R, gt_R[ids])
             history.append({"iteration": 0, "train_pose_mse": m["pose_mse"], "train_pose_medse": m["pose_medse"]})
-        mc = MatchConfig(radius=min(self.radius, L / 2), shift_step_px=0.0, seed=self.seed)
+        mc = MatchConfig(radius=min(self.radius, L / 2), shift_step_px=0.0, seed=self.seed, keep=self.keep)
         R_ref, o_ref, vol = projection_matching(reader, ids, L, R.double(), origin.double() / apix, self.iters,
                                                 mc, report)
         self.settled = history[-1]["moved_fraction"] < self.SETTLE_FRACTION
