@@ -54,6 +54,7 @@ class MatchConfig:
     wiener: float = 0.01
     chunk: int = 256  # images scored at once (bounds memory: chunk × n_rotations scores)
     keep: int = 1  # candidates per image refined locally (the best of the global search; > 1: the k best)
+    keep_rounds: int = 2  # with keep > 1: local rounds for all k candidates, then only the best goes on
     seed: int = 0
 
 
@@ -115,8 +116,8 @@ def search_poses(fv: FourierVolume, band: BandData, R: torch.Tensor, origin_px: 
     ``R`` (n, 3, 3) and ``origin_px`` (n, 2) are the current poses (RELION origins in px);
     returns the new (R, origin_px, score (n,)): poses in float64, scores computed in float32.
     With ``cfg.keep`` = k > 1 the k best of {incumbent, grid × offsets} are each refined locally
-    and the best refined one wins (a grid point near the true pose can score below a refined
-    wrong pose until it is refined itself).
+    for ``keep_rounds`` rounds, then each image's best goes on alone (a grid point near the true
+    pose can score below an already refined wrong pose until it is refined itself).
     """
     n = len(R)
     fv = FourierVolume(fv.data.to(torch.complex64), fv.L, fv.pad)
@@ -158,7 +159,13 @@ def search_poses(fv: FourierVolume, band: BandData, R: torch.Tensor, origin_px: 
     step_r = torch.full((n * k,), math.radians(cfg.refine_step_deg), dtype=torch.float64)
     step_t = torch.full((n * k,), cfg.refine_shift_px, dtype=torch.float64)
     live = torch.isfinite(best_f)
-    for _ in range(cfg.refine_rounds):
+    for rnd in range(cfg.refine_rounds):
+        if k > 1 and rnd == cfg.keep_rounds:
+            # from here on only each image's best candidate is refined further (cost ~ k·keep_rounds
+            # + the remaining rounds, instead of k·refine_rounds)
+            w = torch.where(live, best_f, -torch.inf).reshape(n, k).argmax(1)
+            live = torch.zeros(n * k, dtype=torch.bool)
+            live[torch.arange(n) * k + w] = True
         for a in range(0, n * k, cfg.chunk):
             rows = torch.arange(a, min(n * k, a + cfg.chunk))
             rows = rows[live[rows]]
@@ -181,7 +188,7 @@ def search_poses(fv: FourierVolume, band: BandData, R: torch.Tensor, origin_px: 
             stay = j == 0
             step_r[rows] = torch.where(stay, step_r[rows] / 2, step_r[rows])
             step_t[rows] = torch.where(stay, step_t[rows] / 2, step_t[rows])
-    w = best_f.reshape(n, k).argmax(1)
+    w = torch.where(live, best_f, -torch.inf).reshape(n, k).argmax(1)
     pick = torch.arange(n) * k + w
     return R_f[pick], o_f[pick], best_f[pick]
 
