@@ -37,7 +37,8 @@ def add_parser(sub):
         "defaults in eqcryo/training/config.py, meanings in docs/training.md): model, profile, decoder, so3, "
         "encoder_bin, hypotheses, batch_size, lr, lr_decoder, clip, eval_every (s), eval_n, checkpoint_every (s), "
         "lowpass_start (shells), lowpass_images, view_prior, track_mirror, refine_images, refine_every, "
-        "refine_rounds, refine_min_rounds, refine_iters, refine_radius (shells), distill, distill_band (shells), "
+        "refine_rounds, refine_min_rounds, refine_iters, refine_radius (shells), refine_keep, distill, distill_band "
+        "(shells), "
         "stop_match_mse.\n\n"
         "Recipes: without --recipe, default: the paper's amortized training at CPU scale plus projection-matching "
         "refinements from 100k images on, repeated until the search settles and distilled into the encoder; the run "
@@ -149,7 +150,7 @@ def _train(make, args, fresh: bool | None, dist) -> int:
     if conv:
         budget = trainer.cfg.time_budget
         spare = "" if not budget else \
-            f" ({100 * (1 - conv['train_seconds'] / budget):.0f}% of the {budget:.0f} s budget to spare)"
+            f" ({max(0.0, 100 * (1 - conv['train_seconds'] / budget)):.0f}% of the {budget:.0f} s budget to spare)"
         print(f"converged (first held-out pose MSE < 0.1) at {conv['train_seconds']:.0f} s of training, "
               f"step {conv['step']}, {conv['images_seen']} images{spare}")
     elif trainer.gt.R is not None:
