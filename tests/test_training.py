@@ -303,19 +303,25 @@ def test_clock_is_wall_time_with_evaluation_apart(tiny, tmp_path):
     assert [float(r["train_seconds"]) for r in rows] == sorted(float(r["train_seconds"]) for r in rows)
 
 
-def test_clock_counts_what_happens_outside_evaluation():
-    import time
+def test_clock_counts_what_happens_outside_evaluation(monkeypatch):
+    """On a fake wall clock (deterministic, no sleeping): time outside evaluation is training."""
+    import eqcryo.training.schedule as schedule
     from eqcryo.training.schedule import Clock
+    now = [100.0]
+    monkeypatch.setattr(schedule.time, "perf_counter", lambda: now[0])
+
+    def sleep(dt):
+        now[0] += dt
     c = Clock()
     c.start()
-    time.sleep(0.2)  # e.g. waiting for data: training time
+    sleep(0.2)  # e.g. waiting for data: training time
     with c.excluded():
-        time.sleep(0.3)
+        sleep(0.3)
     assert 0.18 < c.tick() < 0.3 and 0.28 < c.eval_seconds < 0.4
     c2 = Clock()
     c2.load_state_dict(c.state_dict())  # a resumed run continues the clock
     c2.start()
-    time.sleep(0.05)
+    sleep(0.05)
     assert c2.tick() > c.train_seconds + 0.04 and c2.eval_seconds == c.eval_seconds
 
 

@@ -16,7 +16,7 @@ from ..data.errors import InputError
 from ..data.io import load_particles
 from ..data.mrc import write_volume
 from ..reconstruction.backprojection import backproject_halves
-from ..physics.fsc import fsc
+from ..physics.fsc import format_resolution, fsc
 from .common import add_particle_options, positive_float, positive_int, verb_parser
 
 
@@ -41,10 +41,6 @@ def add_parser(sub):
     p.add_argument("--invert-contrast", choices=["auto", "yes", "no"], default="auto",
                    help="multiply the images by -1: auto decides from the data (default auto)")
     p.set_defaults(func=run)
-
-
-def _angstrom(x: float | None) -> str:
-    return "none" if x is None else f"{x:.2f} Å"
 
 
 def run(args) -> int:
@@ -93,6 +89,6 @@ def run(args) -> int:
         from ..evaluation.figures import plot_fsc
         plot_fsc(f"{stem}_fsc.png", [("half-maps", r)])
         why = r.diagnosis()
-        print(f"half-map FSC: {_angstrom(r.resolution(0.5))} at 0.5, {_angstrom(r.resolution(0.143))} at 0.143 "
+        print(f"half-map FSC: {format_resolution(r.resolution(0.5))} at 0.5, {format_resolution(r.resolution(0.143))} at 0.143 "
               f"-> {outs[3]}" + (f" ({why})" if why else ""))
     return 0

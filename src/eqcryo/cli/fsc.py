@@ -9,7 +9,7 @@ import torch
 
 from ..data.errors import InputError
 from ..data.mrc import read_volume
-from ..physics.fsc import fsc
+from ..physics.fsc import format_resolution, fsc
 from ..physics.projection import flip_hand
 from .common import positive_float, verb_parser
 
@@ -75,10 +75,9 @@ def run(args) -> int:
         return 0
     for t in (0.5, 0.143):
         r = res.resolution(t)
-        print(f"resolution at FSC {t}:{' ' * (6 - len(str(t)))}" + (f"{r:.2f} Å" if r is not None else f"none ({why})"))
+        print(f"resolution at FSC {t}:{' ' * (6 - len(str(t)))}" + format_resolution(r, none=f"none ({why})"))
     print(f"(Nyquist {2 * apix:.2f} Å)")
     if best:
-        r5, r1 = best_res.resolution(0.5), best_res.resolution(0.143)
-        fmt = (lambda x: "none" if x is None else f"{x:.2f} Å")
-        print(f"with the {best} the maps agree: resolution at FSC 0.5 {fmt(r5)}, at 0.143 {fmt(r1)}")
+        print(f"with the {best} the maps agree: resolution at FSC 0.5 {format_resolution(best_res.resolution(0.5))}, "
+              f"at 0.143 {format_resolution(best_res.resolution(0.143))}")
     return 0

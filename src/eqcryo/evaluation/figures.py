@@ -8,14 +8,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ..data.atomic import atomic_path  # noqa: E402
+from ..physics.fsc import format_resolution  # noqa: E402
 
 
 def plot_fsc(path, curves, thresholds=(0.5, 0.143)) -> None:
     """Plot FSC curves [(label, FSCResult), ...] against spatial frequency (1/Å)."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, r in curves:
-        res = r.resolution(0.5)
-        ax.plot(r.freq_inv_angstrom, r.fsc, label=f"{label} ({'no crossing' if res is None else f'{res:.1f} Å'} @0.5)")
+        res = format_resolution(r.resolution(0.5), 1, none="no crossing")
+        ax.plot(r.freq_inv_angstrom, r.fsc, label=f"{label} ({res} @0.5)")
     for t in thresholds:
         ax.axhline(t, color="grey", lw=0.8, ls="--")
     ax.set_xlabel("spatial frequency (1/Å)")

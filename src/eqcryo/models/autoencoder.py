@@ -90,7 +90,7 @@ class CryoModel(nn.Module):
         self._band_cache: tuple | None = None
 
     def image_loss(self, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Per-image mean squared error (B,) over the full box."""
+        """Per-image mean squared error over the full box (the last two dimensions)."""
         return ((pred - y) ** 2).mean(dim=(-2, -1))
 
     def render(self, R: torch.Tensor, d: torch.Tensor, ctf: torch.Tensor | None = None) -> torch.Tensor:
@@ -119,22 +119,20 @@ class CryoModel(nn.Module):
 
     def band_loss(self, y: torch.Tensor, R: torch.Tensor, d: torch.Tensor,
                   ctf: torch.Tensor | None, band_radius: float) -> torch.Tensor:
-        """Per-image loss (B,) on |k| < band_radius: ``Σ_band |Ŝ·T̂·ĥ - Ŷ|² / L⁴`` (Parseval:
-        the MSE of the band-limited images), summed over one Hermitian half with weights.
-        R may hold K hypotheses per image (B, K, 3, 3): the loss is then (B, K)."""
+        """Per-image loss on |k| < band_radius: ``Σ_band |Ŝ·T̂·ĥ - Ŷ|² / L⁴`` (Parseval: the MSE of
+        the band-limited images), summed over one Hermitian half with weights. R (B, 3, 3) gives
+        (B,); R (B, K, 3, 3), K pose hypotheses per image sharing the shift d, gives (B, K)."""
         L = self.box
         idx, pts, w = self._band(band_radius)
         pts = pts.to(R.dtype)
-        K = R.shape[1] if R.dim() == 4 else None
-        S = self.decoder.slice_at(R.reshape(-1, 3, 3), pts, band_radius)
-        if K is not None:
-            S = S.reshape(len(R), K, -1)
+        S = self.decoder.slice_at(R.reshape(-1, 3, 3), pts, band_radius).reshape(*R.shape[:-2], -1)
         ph = shift_phase_at(pts[:, 0], pts[:, 1], L, displacement_to_origin(d, L))
-        Y = fft2_centered(y).flatten(1)[:, idx]
         if ctf is not None:
-            c = ctf.flatten(1)[:, idx]
-            ph = ph * c
-        E = S * (ph if K is None else ph[:, None]) - (Y if K is None else Y[:, None])
+            ph = ph * ctf.flatten(1)[:, idx]
+        Y = fft2_centered(y).flatten(1)[:, idx]
+        if R.dim() == 4:
+            ph, Y = ph[:, None], Y[:, None]
+        E = S * ph - Y
         return ((E.real ** 2 + E.imag ** 2) * w.to(E.real.dtype)).sum(-1) / L ** 4
 
     @property
@@ -142,29 +140,25 @@ class CryoModel(nn.Module):
         return getattr(self.encoder, "n_hypotheses", 1)
 
     def _branch(self, y: torch.Tensor, ctf: torch.Tensor | None, band_radius: float | None, images: bool):
-        """(pred, loss (B,), R (B, 3, 3), d (B, 2), winning hypothesis (B,)) of one branch."""
-        K = self.n_hypotheses
+        """(pred, loss (B,), R (B, 3, 3), d (B, 2), winning hypothesis (B,)) of one branch: every
+        image is scored at each of its K pose hypotheses (K = 1: the encoder's one pose) and keeps
+        the best — winner-take-all, so an image trains only its winning hypothesis."""
+        K, B = self.n_hypotheses, len(y)
         if K == 1:
             R, d = self.encoder(y)
+            R = R[:, None]
         else:
             R, d = self.encoder.pose_hypotheses(y)  # (B, K, 3, 3)
         pred = None
         if not images:
             r = self.box / 2 if band_radius is None else min(band_radius, self.box / 2)
-            loss = self.band_loss(y, R, d, ctf, r)
-        elif K == 1:
-            pred = self.render(R, d, ctf)
-            loss = self.image_loss(pred, y)
+            loss = self.band_loss(y, R, d, ctf, r)  # (B, K)
         else:
-            B = len(y)
             pred = self.render(R.reshape(-1, 3, 3), d.repeat_interleave(K, 0),
                                None if ctf is None else ctf.repeat_interleave(K, 0)).reshape(B, K, *y.shape[1:])
-            loss = ((pred - y[:, None]) ** 2).mean(dim=(-2, -1))
-        if K == 1:
-            return pred, loss, R, d, torch.zeros(len(y), dtype=torch.long, device=y.device)
-        # Winner-take-all: each image is explained by (and trains only) its best hypothesis.
+            loss = self.image_loss(pred, y[:, None])
         loss, j = loss.min(1)
-        idx = torch.arange(len(y), device=y.device)
+        idx = torch.arange(B, device=y.device)
         return None if pred is None else pred[idx, j], loss, R[idx, j], d, j
 
     def forward(self, images: torch.Tensor, ctf: torch.Tensor | None = None,

@@ -15,7 +15,7 @@ import torch
 
 from .lattice import fft3_centered, radius_3d
 
-__all__ = ["FSCResult", "fsc", "resolution_at"]
+__all__ = ["FSCResult", "fsc", "resolution_at", "format_resolution"]
 
 
 @dataclass
@@ -58,6 +58,16 @@ class FSCResult:
             "resolution_0.5": self.resolution(0.5),
             "resolution_0.143": self.resolution(0.143),
         }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FSCResult":
+        """The inverse of :meth:`to_dict` (extra keys, e.g. a diagnosis, are ignored)."""
+        return cls(np.array(d["freq_inv_angstrom"]), np.array(d["fsc"]), d["apix"], d["box"])
+
+
+def format_resolution(r: float | None, digits: int = 2, none: str = "none") -> str:
+    """A resolution for people: ``"13.20 Å"``, or ``none`` when the curve gives no crossing."""
+    return none if r is None else f"{r:.{digits}f} Å"
 
 
 def fsc(vol_a: torch.Tensor, vol_b: torch.Tensor, apix: float = 1.0,

@@ -131,7 +131,7 @@ def search_poses(fv: FourierVolume, band: BandData, R: torch.Tensor, origin_px: 
     k = max(1, min(cfg.keep, cfg.n_rotations))
     cand_R = R[:, None].repeat(1, k, 1, 1).clone()  # (n, k, 3, 3)
     cand_o = origin_px[:, None].repeat(1, k, 1).clone()
-    cand_s = torch.full((n, k), -torch.inf)
+    cand_s = torch.empty(n, k)
     for a in range(0, n, cfg.chunk):
         rows = slice(a, min(n, a + cfg.chunk))
         c2 = band.ctf[rows] ** 2
@@ -158,14 +158,14 @@ def search_poses(fv: FourierVolume, band: BandData, R: torch.Tensor, origin_px: 
     R_f, o_f, best_f = cand_R.reshape(n * k, 3, 3), cand_o.reshape(n * k, 2), cand_s.reshape(n * k)
     step_r = torch.full((n * k,), math.radians(cfg.refine_step_deg), dtype=torch.float64)
     step_t = torch.full((n * k,), cfg.refine_shift_px, dtype=torch.float64)
-    live = torch.isfinite(best_f)
+    live = torch.ones(n * k, dtype=torch.bool)
     for rnd in range(cfg.refine_rounds):
         if k > 1 and rnd == cfg.keep_rounds:
             # from here on only each image's best candidate is refined further (cost ~ k·keep_rounds
-            # + the remaining rounds, instead of k·refine_rounds)
-            w = torch.where(live, best_f, -torch.inf).reshape(n, k).argmax(1)
+            # + the remaining rounds, instead of k·refine_rounds); the others keep their scores,
+            # which the refined best can only exceed, so the final argmax still picks it
             live = torch.zeros(n * k, dtype=torch.bool)
-            live[torch.arange(n) * k + w] = True
+            live[torch.arange(n) * k + best_f.reshape(n, k).argmax(1)] = True
         for a in range(0, n * k, cfg.chunk):
             rows = torch.arange(a, min(n * k, a + cfg.chunk))
             rows = rows[live[rows]]
@@ -188,8 +188,7 @@ def search_poses(fv: FourierVolume, band: BandData, R: torch.Tensor, origin_px: 
             stay = j == 0
             step_r[rows] = torch.where(stay, step_r[rows] / 2, step_r[rows])
             step_t[rows] = torch.where(stay, step_t[rows] / 2, step_t[rows])
-    w = torch.where(live, best_f, -torch.inf).reshape(n, k).argmax(1)
-    pick = torch.arange(n) * k + w
+    pick = torch.arange(n) * k + best_f.reshape(n, k).argmax(1)
     return R_f[pick], o_f[pick], best_f[pick]
 
 

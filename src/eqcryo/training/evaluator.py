@@ -81,6 +81,7 @@ class Evaluator:
 
     def __init__(self, data: TrainingData, gt: GroundTruth, track_mirror: bool = False):
         self.data, self.gt, self.track_mirror = data, gt, track_mirror
+        self._band: tuple[float, BandData] | None = None  # the held-out images on the match band, by radius
 
     def __call__(self, model: CryoModel, band_radius: float | None = None, **counters) -> Evaluation:
         """``counters`` (step, train_seconds, ...) head the row; the loss uses ``band_radius``."""
@@ -121,12 +122,14 @@ class Evaluator:
         if not vol.abs().max() > 0:  # an empty map (at initialisation) matches nothing
             return {"match_mse": None, "match_median_deg": None}
         r = min(radius, ds.box / 2, band_radius or ds.box / 2)
+        if self._band is None or self._band[0] != r:  # the held-out images never change: read them once per band
 
-        def reader(b):
-            batch = ds.batch(b)
-            return batch.images.double().cpu(), None if batch.ctf is None else batch.ctf.cpu()
+            def reader(b):
+                batch = ds.batch(b)
+                return batch.images.double().cpu(), None if batch.ctf is None else batch.ctf.cpu()
 
-        band = BandData.read(reader, ids, ds.box, r)
+            self._band = (r, BandData.read(reader, ids, ds.box, r))
+        band = self._band[1]
         mc = MatchConfig(radius=r, n_rotations=4096, shift_step_px=0.0, refine_rounds=4, seed=0)
         R_s, _, _ = search_poses(prepare_fourier_volume(vol, 2), band, R.double(), origin.double() / ds.apix, mc,
                                  torch.Generator().manual_seed(0))

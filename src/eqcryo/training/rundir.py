@@ -258,7 +258,7 @@ class RunDir:
         f = self.read_json(self.FSC)
         if f is None:
             return None
-        return FSCResult(np.array(f["freq_inv_angstrom"]), np.array(f["fsc"]), f["apix"], f["box"])
+        return FSCResult.from_dict(f)
 
     # ------------------------------------------------------------------ results
     def _image_names_from_here(self, t) -> np.ndarray | None:
@@ -299,7 +299,7 @@ class RunDir:
         """report.md and its figures, from this folder's files alone."""
         from ..data.mrc import read_volume
         from ..evaluation.report import write_report
-        from ..physics.fsc import FSCResult
+        from ..physics.fsc import FSCResult, format_resolution
 
         cfg, res = self.read_config()
         s = self.read_summary() or {}
@@ -319,22 +319,18 @@ class RunDir:
         curves = []
         halves = self.read_json(self.FSC_HALVES)
         if halves:
-            def fmt(d, t):
-                r = d.get(f"resolution_{t}")
-                return "none" if r is None else f"{r:.1f} Å"
             m, u = halves["masked"], halves["unmasked"]
             facts.append(f"**resolution without ground truth** (FSC 0.143 of two half-maps, {halves['n_half1']} + "
-                         f"{halves['n_half2']} particles at the final poses): {fmt(m, 0.143)} masked "
-                         f"({halves['mask']}), {fmt(u, 0.143)} unmasked" + (f"; {m['diagnosis']}" if m.get("diagnosis") else ""))
+                         f"{halves['n_half2']} particles at the final poses): "
+                         f"{format_resolution(m.get('resolution_0.143'), 1)} masked ({halves['mask']}), "
+                         f"{format_resolution(u.get('resolution_0.143'), 1)} unmasked"
+                         + (f"; {m['diagnosis']}" if m.get("diagnosis") else ""))
             for name in ("masked", "unmasked"):
-                d = halves[name]
-                curves.append((f"half-maps, {name}", FSCResult(np.array(d["freq_inv_angstrom"]), np.array(d["fsc"]),
-                                                               d["apix"], d["box"])))
+                curves.append((f"half-maps, {name}", FSCResult.from_dict(halves[name])))
         gt = self.read_fsc()
         if gt is not None:
-            r5 = gt.resolution(0.5)
             facts.append(f"against the ground truth (FSC 0.5, after alignment): "
-                         f"{'none' if r5 is None else f'{r5:.1f} Å'}")
+                         f"{format_resolution(gt.resolution(0.5), 1)}")
             curves.append(("reconstruction vs ground truth", gt))
         files = [self.MAP, self.HALF1, self.HALF2, self.FSC_HALVES, self.POSES_STAR, self.POSES_PKL, self.METRICS,
                  self.CONFIG, self.CHECKPOINT, self.TENSORBOARD + "/"]
