@@ -5,6 +5,7 @@ binned encoder input; with ``--hypotheses 1,2,4,8`` the cost of K pose hypothese
 Each row runs in a fresh subprocess. Usage:
     python benchmarks/train_step.py [--device cpu|cuda] [--batch 32] [--threads 2] [--box 64]
     python benchmarks/train_step.py --hypotheses 1,2,4,8
+    python benchmarks/train_step.py --bf16 [--rounds 2]   # encoder trunk float32 vs bfloat16, interleaved
 Prints a Markdown table (images/s = training images per second).
 """
 
@@ -21,10 +22,12 @@ CHILD = r"""
 import json, sys, time, torch
 from eqcryo.models.presets import build_model
 model, profile, box, batch, device, threads, band, bin, K = sys.argv[1:10]
+bf16 = len(sys.argv) > 10 and sys.argv[10] == "bf16"
 box, batch, threads, bin, K = int(box), int(batch), int(threads), int(bin), int(K)
 torch.set_num_threads(threads)
 torch.manual_seed(0)
 m = build_model(model, profile, box, encoder_bin=bin, hypotheses=K).to(device)
+m.encoder.bf16 = bf16
 radius = None if band == "full" else float(band)
 opt = torch.optim.Adam(m.parameters(), lr=1e-4, amsgrad=True)
 x = torch.randn(batch, box, box, device=device)
@@ -46,7 +49,31 @@ def main():
     ap.add_argument("--box", type=int, default=64)
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--hypotheses", help="comma-separated K: time d4-l2 (bin 2) with K pose hypotheses instead")
+    ap.add_argument("--bf16", action="store_true", help="time the encoder trunk in float32 and in bfloat16 instead")
+    ap.add_argument("--rounds", type=int, default=2, help="with --bf16: alternating rounds (the best is kept)")
     a = ap.parse_args()
+    if a.bf16:
+        print(f"device {a.device}, batch {a.batch}, {a.threads} threads, box {a.box}, profile {a.profile}; one Adam "
+              f"step incl. forward + backward; encoder trunk float32 vs bfloat16 (autocast), best of {a.rounds} "
+              "interleaved rounds")
+        print("| model | loss band (shells) | encoder bin | float32 s/step | bf16 s/step | speed-up | bf16 images/s |")
+        print("|---|---|---|---|---|---|---|")
+        for model in ("d4-l2", "standard"):
+            for band in ("full", "16"):
+                for bin in (1, 2):
+                    best = {}
+                    for _ in range(a.rounds):
+                        for prec in ("fp32", "bf16"):
+                            out = subprocess.run([sys.executable, "-c", CHILD, model, a.profile, str(a.box),
+                                                  str(a.batch), a.device, str(a.threads), band, str(bin), "1", prec],
+                                                 capture_output=True, text=True)
+                            if out.returncode:
+                                raise SystemExit(out.stderr.strip().splitlines()[-1])
+                            r = json.loads(out.stdout.strip().splitlines()[-1])
+                            best[prec] = min(best.get(prec, 1e9), r["step_s"])
+                    print(f"| {model} | {band} | {bin} | {best['fp32']:.3f} | {best['bf16']:.3f} | "
+                          f"{best['fp32'] / best['bf16']:.2f}× | {a.batch / best['bf16']:.0f} |", flush=True)
+        return
     if a.hypotheses:
         print(f"device {a.device}, batch {a.batch}, {a.threads} threads, box {a.box}, profile {a.profile}, d4-l2, "
               "encoder bin 2; one Adam step incl. forward + backward")

@@ -1,6 +1,8 @@
 """Projection matching: the search finds known poses, never loses to its incumbent, and hard EM
 puts back images assigned to the mirrored view (the stalled state of docs/training.md)."""
 
+import math
+
 import numpy as np
 import torch
 
@@ -106,3 +108,26 @@ def test_refining_several_candidates_never_loses_and_finds_more():
     assert (out["all"][2] >= out["one"][2] - 1e-4 * out["one"][2].abs()).all()
     near = {k: int((_geodesic_deg(v[0], R_gt) < 3).sum()) for k, v in out.items()}
     assert near["all"] > near["one"] and near["pruned"] > near["one"], near
+
+
+def test_orbit_recovers_poses_turned_in_plane_with_a_wrong_origin():
+    """The failure of docs/results.md (seed 3): the incumbent is the true pose turned by 180°
+    about the viewing axis (a few degrees off) with an origin ~3 px wrong, and the global grid
+    offers nothing better (one random rotation). orbit = 1 cannot leave that basin; orbit = 2
+    tries the half turn with origins ±4 px around the incumbent's and lands on the truth; orbit = 4
+    also undoes quarter turns."""
+    n = 12
+    R_gt, o_gt, reader, g = _data(n, 5, with_ctf=True)
+    band = BandData.read(reader, np.arange(n), L, 8.0)
+    fv = prepare_fourier_volume(VOL, 2)
+    jitter = axis_angle_to_matrix(torch.randn(n, 3, generator=g, dtype=torch.float64) * 0.04)
+    o_start = o_gt + torch.tensor([2.0, -3.0], dtype=torch.float64)
+    for turn, orbit in ((math.pi, 2), (math.pi / 2, 4)):
+        start = axis_angle_to_matrix(torch.tensor([[0.0, 0.0, turn]], dtype=torch.float64)) @ jitter @ R_gt
+        err = {}
+        for o in (1, orbit):
+            cfg = MatchConfig(radius=8.0, n_rotations=1, shift_step_px=0.0, refine_rounds=8, orbit=o)
+            R, origin, _ = search_poses(fv, band, start, o_start, cfg, torch.Generator().manual_seed(0))
+            err[o] = (_geodesic_deg(R, R_gt), (origin - o_gt).norm(dim=-1))
+        assert err[1][0].min() > 60, err[1][0]  # stays turned
+        assert err[orbit][0].max() < 2.0 and err[orbit][1].max() < 0.3, err[orbit]  # the basin of the truth

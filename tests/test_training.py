@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from eqcryo.cli.main import main
+from eqcryo.data.errors import InputError
 from eqcryo.data.simulate import SimulationConfig, simulate
 from eqcryo.training.config import TrainConfig
 from eqcryo.training.inference import infer
@@ -145,6 +146,64 @@ def test_refine_verb_keeps_true_poses_and_writes_outputs(tiny, tmp_path, capsys)
     assert "no poses" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("augment", [False, True])
+def test_distill_only_steps_train_the_encoder_towards_the_targets_and_leave_the_map(tiny, tmp_path, augment):
+    """distill_only: once a refinement has set targets, steps read no decoder (the map stays the
+    refined one, exactly) and pull the encoder to the targets (here the true poses, a clear
+    signal), also with the images turned in-plane (augment); before it, steps are ordinary (the
+    decoder moves). A K-hypothesis encoder is refused, and augmentation without distill_only."""
+    kw = dict(refine_images=32, refine_iters=1, distill_only=True, lowpass_start=4, lowpass_images=1000,
+              distill_band=6, distill_augment=augment)
+    tr = Trainer(_cfg(tiny, tmp_path / "d", steps=3, **kw))
+    vol0 = tr.model.decoder.vol.detach().clone()
+    tr.run(progress=False)  # the refinement fires after the second step (32 images), then one distillation step
+    assert tr.refinement.has_targets and not torch.equal(vol0, tr.model.decoder.vol.detach())
+    refined = tr.model.decoder.vol.detach().clone()
+    more = Trainer(_cfg(tiny, tmp_path / "d", steps=80, **kw), resume=True)
+    ids = more.data.train_ids
+    more.refinement.target_R[ids] = more.gt.R[ids].float()
+
+    def distance():
+        more.model.eval()
+        with torch.no_grad():
+            b = more.data.ds.batch(ids)
+            d = more.refinement.penalty(more.model(b.images, b.ctf, poses_only=True), ids, more.data.box).item()
+        more.model.train()
+        return d
+    before = distance()
+    more.run(progress=False)
+    assert torch.equal(more.model.decoder.vol.detach(), refined)  # no decoder step since the round
+    # turned images are a harder task for 80 steps on 144 particles of 32 px: a smaller but real pull
+    assert distance() < (0.8 if augment else 0.5) * before, (before, distance())
+    with pytest.raises(InputError, match="distill_only trains one pose head"):
+        _cfg(tiny, tmp_path / "k", hypotheses=2, distill_only=True).validate()
+    with pytest.raises(InputError, match="distill_augment turns the images of distillation steps"):
+        _cfg(tiny, tmp_path / "k", distill_augment=True).validate()
+
+
+def test_distillation_turns_images_and_targets_together():
+    """distill_augment: an image turned in-plane by g has the pose diag(g, 1) R* and shift g d*;
+    so an encoder that is exactly right on the originals has zero penalty on consistently turned
+    images and targets, at any angle (here on poses from the D4 law, where the turn is exact)."""
+    from eqcryo.models.autoencoder import ModelOutput
+    from eqcryo.physics.group import in_plane_turn, phi_r, phi_t, displacement_to_origin
+    from eqcryo.training.refinement import Refinement
+    ref = Refinement(1, 8.0, 1.0, 0)
+    gen = torch.Generator().manual_seed(0)
+    ref.target_R = random_rotations(6, gen).float()
+    d = torch.randn(6, 2, generator=gen)
+    ref.target_origin_px = displacement_to_origin(d, 32)
+    ids = np.arange(6)
+    k = torch.tensor([0, 1, 2, 3, 1, 2])
+    g = in_plane_turn(k * (np.pi / 2)).float()
+    R_turned = torch.stack([phi_r(int(e), torch.float32) for e in k]) @ ref.target_R
+    d_turned = torch.stack([phi_t(int(e), torch.float32) @ x for e, x in zip(k, d)])
+    z = torch.zeros(6, dtype=torch.long)
+    right = ModelOutput(None, torch.zeros(6), R_turned, d_turned, z, z)
+    assert ref.penalty(right, ids, 32, g).item() < 1e-10
+    assert ref.penalty(right, ids, 32).item() > 0.5  # without the turn the same outputs are wrong
+
+
 def test_train_evaluate_predict_verbs(tiny, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", str(tiny / "particles.star"), "-o", str(run), "--model", "c4-mirror", "--steps", "3",
@@ -200,6 +259,7 @@ def test_bad_inputs_are_clear_errors(tiny, tmp_path, capsys):
     assert "voxel size 6.6 Å differs" in capsys.readouterr().err
     for opt, msg in (("lr=-1e-3", "lr -0.001: must be > 0"), ("batch_size=0", "batch-size 0: must be > 0"),
                      ("eval_n=0", "eval-n 0: must be > 0"), ("batch_size=abc", "batch_size: expected a number"),
+                     ("refine_orbit=0", "refine-orbit 0: expected a whole number >= 1"),
                      ("learning_rate=1", "unknown training option(s) ['learning_rate']")):
         assert main(["train", str(tiny / "particles.star"), "-o", str(tmp_path / "b4"), "--steps", "1",
                      "--set", opt]) == 2, opt

@@ -44,6 +44,9 @@ def add_parser(sub):
     p.add_argument("--keep", type=positive_int, default=1,
                    help="refine the K best global-search candidates of each image locally, not only the best "
                         "(default 1)")
+    p.add_argument("--orbit", type=positive_int, default=1,
+                   help="also refine each image's current pose turned in-plane by 360/N degrees, 2x360/N, ... "
+                        "(2: the half turn that near two-fold views confuse; default 1: off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--gt-poses", help="ground-truth pose .pkl: report pose MSE after each iteration")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -92,7 +95,7 @@ def run(args) -> int:
         sys.stdout.flush()
 
     cfg = MatchConfig(radius=min(args.radius, L / 2), n_rotations=args.n_rotations, shift_step_px=args.shift_step,
-                      keep=args.keep,
+                      keep=args.keep, orbit=args.orbit,
                       seed=args.seed)
     shifts = np.zeros((t.n, 2)) if t.shifts_angstrom is None else t.shifts_angstrom
     with bar:

@@ -37,7 +37,7 @@ def add_parser(sub):
         "defaults in eqcryo/training/config.py, meanings in docs/training.md): model, profile, decoder, so3, "
         "encoder_bin, hypotheses, batch_size, lr, lr_decoder, clip, eval_every (s), eval_n, checkpoint_every (s), "
         "lowpass_start (shells), lowpass_images, view_prior, track_mirror, refine_images, refine_every, "
-        "refine_rounds, refine_min_rounds, refine_iters, refine_radius (shells), refine_keep, distill, distill_band "
+        "refine_rounds, refine_min_rounds, refine_iters, refine_radius (shells), refine_keep, refine_orbit, distill, distill_band "
         "(shells), "
         "stop_match_mse.\n\n"
         "Recipes: without --recipe, default: the paper's amortized training at CPU scale plus projection-matching "

@@ -162,14 +162,19 @@ class CryoModel(nn.Module):
         return None if pred is None else pred[idx, j], loss, R[idx, j], d, j
 
     def forward(self, images: torch.Tensor, ctf: torch.Tensor | None = None,
-                band_radius: float | None = None, return_images: bool = False) -> ModelOutput:
+                band_radius: float | None = None, return_images: bool = False, poses_only: bool = False) -> ModelOutput:
         """images (B, L, L), CTF images (B, L, L) or None, loss band (shells; None = the full disc
         |k| < L/2). By default the loss is computed in Fourier space on one Hermitian half of the
         band (no images rendered, ``pred`` None). ``return_images``: render whole images and use
         the pixel MSE over the box (the same gradients; the loss is larger by the data's energy
-        outside the disc, which no map can explain)."""
+        outside the disc, which no map can explain). ``poses_only``: the encoder's poses alone (loss
+        0, no decoder read; for distillation steps, whose loss is the distance to target poses)."""
         e = LOSSES[self.loss_name]
         B = images.shape[0]
+        if poses_only:
+            R, d = self.encoder(images)
+            z = torch.zeros(B, dtype=torch.long, device=images.device)
+            return ModelOutput(None, images.new_zeros(B), R, d, z, z)
         if e is None:
             pred, loss, R, d, hyp = self._branch(images, ctf, band_radius, return_images)
             return ModelOutput(pred, loss, R, d, torch.zeros(B, dtype=torch.long, device=images.device), hyp)

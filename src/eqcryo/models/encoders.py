@@ -54,6 +54,13 @@ class GaussianPyramid(nn.Module):
         return (y - mu) / (sd + 1e-6)
 
 
+def _trunk_precision(bf16: bool, x: torch.Tensor):
+    """The convolutional trunk in bfloat16 (autocast: weights stay float32, convolutions run in
+    bf16; the heads and the 6-D -> SO(3) map stay float32) when ``bf16``; a no-op otherwise.
+    Equivariance then holds to bf16 rounding, not exactly (the float64 tests run without it)."""
+    return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
 def padded_size(L: int) -> int:
     """Next power of two >= L (the size the encoders pool down exactly)."""
     return 1 << (L - 1).bit_length()
@@ -106,11 +113,14 @@ class StandardEncoder(nn.Module):
                                       nn.Linear(h2, 6))
         self.trans_head = nn.Sequential(nn.Linear(feat, h1), nn.ReLU(), nn.Linear(h1, h2), nn.ReLU(), nn.Linear(h2, 2))
         self.so3 = so3
+        self.bf16 = False  # the trunk in bfloat16 (TrainConfig.encoder_bf16)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """images (B, L, L) -> (R (B, 3, 3), d (B, 2) px)."""
         x = self.pyramid(_pad_to(_bin(images, self.bin), self.n))
-        f = self.trunk(x).flatten(1)
+        with _trunk_precision(self.bf16, x):
+            f = self.trunk(x).flatten(1)
+        f = f.to(images.dtype)
         six = self.rot_head(f)
         R = sixd_to_matrix_gram_schmidt(six) if self.so3 == "gram_schmidt" else sixd_to_matrix_svd(six)
         return R, self.trans_head(f) * self.bin
@@ -138,6 +148,7 @@ class EquivariantEncoder(nn.Module):
         if hypotheses < 1:
             raise ValueError(f"hypotheses {hypotheses}: expected >= 1")
         self.n_hypotheses = hypotheses
+        self.bf16 = False  # the trunk in bfloat16 (TrainConfig.encoder_bf16)
         self.box, self.bin, self.n = box, bin, padded_size(_binned_size(box, bin))
         self.G = Group(group)
         self.pyramid = GaussianPyramid()
@@ -162,12 +173,14 @@ class EquivariantEncoder(nn.Module):
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Regular-field vector (B, final_fields·|G|) of images (B, L, L)."""
         x = self.pyramid(_pad_to(_bin(images, self.bin), self.n))
-        for conv1, bn1, conv2, bn2 in self.blocks:
-            x = bn1(F.relu(conv1(x)))
-            x = bn2(F.relu(conv2(x)))
+        with _trunk_precision(self.bf16, x):
+            for conv1, bn1, conv2, bn2 in self.blocks:
+                x = bn1(F.relu(conv1(x)))
+                x = bn2(F.relu(conv2(x)))
+                x = field_max_pool(x)
             x = field_max_pool(x)
-        x = field_max_pool(x)
-        return F.relu(self.final(x))[..., 0, 0]
+            f = F.relu(self.final(x))[..., 0, 0]
+        return f.to(images.dtype)
 
     def sixd(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The heads' raw outputs: (V1, V2) pairs (B, K, 6) and d (B, 2) px, before the SO(3) map."""

@@ -42,6 +42,8 @@ __all__ = [
     "grid_centre_offset_px",
     "origin_to_displacement",
     "displacement_to_origin",
+    "in_plane_turn",
+    "turn_images",
 ]
 
 #: (c, k) for every element of D4, indexed e = 4c + k; C4 is e = 0..3.
@@ -109,3 +111,24 @@ def origin_to_displacement(origin_px: torch.Tensor, L: int) -> torch.Tensor:
 def displacement_to_origin(d_px: torch.Tensor, L: int) -> torch.Tensor:
     """Inverse of :func:`origin_to_displacement`."""
     return grid_centre_offset_px(L) - d_px
+
+
+def in_plane_turn(theta: torch.Tensor) -> torch.Tensor:
+    """The rotations of D4 extended to any angle: (..., 2, 2) matrices ``[[cos, sin], [-sin, cos]]``
+    of ``theta`` (...) radians, so that ``in_plane_turn(k·π/2) = phi_t(k)`` (Q^k). On poses they act
+    as ``diag(g, 1)`` from the left and on displacements as ``g``, exactly as φ_r, φ_t do."""
+    c, s = torch.cos(theta), torch.sin(theta)
+    return torch.stack([torch.stack([c, s], -1), torch.stack([-s, c], -1)], -2)
+
+
+def turn_images(images: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``[L_g I](p) = I(g⁻¹ p)`` about the grid centre (L-1)/2 for any in-plane rotations ``g``
+    (B, 2, 2) (:func:`in_plane_turn`), by bilinear interpolation (zeros outside). images (B, L, L).
+    Equal to :func:`image_action` up to rounding at multiples of π/2; between them it blurs by
+    up to half a pixel."""
+    B = images.shape[0]
+    A = torch.zeros(B, 2, 3, dtype=images.dtype, device=images.device)
+    A[:, :, :2] = g.transpose(-1, -2).to(images.dtype)  # output (x, y) -> input g⁻¹ (x, y), x = column
+    grid = torch.nn.functional.affine_grid(A, (B, 1, *images.shape[-2:]), align_corners=True)
+    return torch.nn.functional.grid_sample(images[:, None], grid, mode="bilinear", padding_mode="zeros",
+                                           align_corners=True)[:, 0]

@@ -109,16 +109,6 @@ def fft3_centered(x: torch.Tensor) -> torch.Tensor:
     return torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(x, dim=d), dim=d), dim=d)
 
 
-def checkerboard_3d(N: int, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
-    """(-1)^(x+y+z) on an (N, N, N) array. For even N, ``fft3_centered(x) = s · c ⊙ fftn(c ⊙ x)``
-    with c this array and s = (-1)^(3N/2): the shifts of the centred DFT become sign flips (the
-    shift theorem), which cost one multiplication instead of the rolls' copies."""
-    if N % 2:
-        raise ValueError(f"the checkerboard form of the centred DFT needs an even size, got {N}")
-    i = torch.arange(N, device=device)
-    return (1 - 2 * ((i[:, None, None] + i[None, :, None] + i[None, None, :]) % 2)).to(dtype)
-
-
 def ifft3_centered(x: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`fft3_centered` (complex output)."""
     d = (-3, -2, -1)

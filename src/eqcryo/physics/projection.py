@@ -27,6 +27,9 @@ __all__ = [
     "FourierVolume",
     "gridding_correction",
     "slice_fourier_volume",
+    "half_dft_factors",
+    "half_centered_dft",
+    "slice_half_fourier_volume",
     "render_images",
     "shift_phase_at",
     "centered_dft_band",
@@ -132,6 +135,66 @@ def slice_fourier_volume(vol_ft: torch.Tensor, coords: torch.Tensor) -> torch.Te
                         align_corners=True)  # (1, 2, B, M, 1)
     out = out[0, :, :, :, 0]
     return torch.complex(out[0], out[1])
+
+
+def half_dft_factors(L: int, pad: int, dtype=torch.float64, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two factors of :func:`half_centered_dft` for a box L and padding ``pad`` (N = pad·L
+    even): ``pre`` (L, L, L) real, the sign flips (-1)^(z+y) that put the z and y axes of the
+    plain FFT in centred order (the shift theorem), and ``post`` (N, N, N/2 + 1) complex, the
+    phase of the volume's centred placement, e^{2πi k·(L//2)/N} summed over the three axes, times
+    zeros on the unpaired Nyquist planes (:func:`hermitian_lattice`'s)."""
+    N = pad * L
+    if N % 2:
+        raise ValueError(f"the half-volume DFT needs an even padded size, got {N}")
+    i = torch.arange(L, device=device)
+    s = (1 - 2 * (i % 2)).to(dtype)
+    pre = s[:, None, None] * s[None, :, None] * torch.ones(L, device=device, dtype=dtype)
+    k = torch.arange(N, device=device, dtype=torch.float64) - N // 2  # centred z and y frequencies
+    kx = torch.arange(N // 2 + 1, device=device, dtype=torch.float64)
+    ph = 2 * math.pi * (L // 2) / N
+    arg = ph * (k[:, None, None] + k[None, :, None] + kx[None, None, :])
+    keep = torch.ones(N, N, N // 2 + 1, dtype=torch.float64, device=device)
+    keep[0], keep[:, 0], keep[:, :, N // 2] = 0, 0, 0
+    ctype = torch.complex128 if dtype == torch.float64 else torch.complex64
+    return pre, torch.polar(keep, arg).to(ctype)
+
+
+def half_centered_dft(volume: torch.Tensor, pad: int, factors: tuple[torch.Tensor, torch.Tensor] | None = None
+                      ) -> torch.Tensor:
+    """The kx ≥ 0 half (N, N, N/2 + 1) of ``hermitian_lattice(fft3_centered(pad to N))``, N = pad·L.
+
+    Axes (kz, ky, kx): kz and ky centred at index N/2 as in the full array, kx = index (0 … N/2).
+    A real volume's spectrum is Hermitian, so the other half is redundant
+    (:func:`slice_half_fourier_volume` reads it as conj V̂(-k)). Computed as a pruned real FFT:
+    zero padding is the FFTs' ``n`` (the padded rows are never transformed), the x axis by
+    ``rfft``; ~1/3 of the operations of the full complex FFT of the padded cube.
+    """
+    L = volume.shape[-1]
+    N = pad * L
+    pre, post = half_dft_factors(L, pad, volume.dtype, volume.device) if factors is None else factors
+    X = torch.fft.rfft(volume * pre, n=N, dim=-1)
+    X = torch.fft.fft(X, n=N, dim=-2)
+    return torch.fft.fft(X, n=N, dim=-3) * post
+
+
+def slice_half_fourier_volume(half_ft: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """:func:`slice_fourier_volume` of a Hermitian volume given by its kx ≥ 0 half (N, N, N/2 + 1)
+    (:func:`half_centered_dft`): a point with kx < 0 is read at -k and conjugated. Equal to the
+    full volume's trilinear slice (the lattice is symmetric about 0 and the full array exactly
+    Hermitian, so interpolation commutes with k → -k). ``coords`` (B, M, 3) as there."""
+    N = half_ft.shape[0]
+    real_dtype = coords.dtype
+    ctype = torch.complex128 if real_dtype == torch.float64 else torch.complex64
+    vol = torch.view_as_real(half_ft.to(ctype)).permute(3, 0, 1, 2)[None]  # (1, 2, N, N, N/2 + 1)
+    neg = coords[..., 0] < 0
+    c = torch.where(neg[..., None], -coords, coords)
+    scale = torch.tensor([2.0 / (N // 2), 2.0 / (N - 1), 2.0 / (N - 1)], dtype=real_dtype, device=coords.device)
+    origin = torch.tensor([0.0, N // 2, N // 2], dtype=real_dtype, device=coords.device)
+    grid = (c + origin) * scale - 1.0  # align_corners=True on sizes (N/2 + 1, N, N)
+    B, M, _ = coords.shape
+    out = F.grid_sample(vol, grid.reshape(1, B, M, 1, 3), mode="bilinear", padding_mode="zeros",
+                        align_corners=True)[0, :, :, :, 0]
+    return torch.complex(out[0], torch.where(neg, -out[1], out[1]))
 
 
 def centered_dft_band(volume: torch.Tensor, pad: int, K: int) -> torch.Tensor:

@@ -18,6 +18,14 @@ image against it puts the mirrored minority back. One iteration:
    is better); the incumbent is always a candidate, so the score of an image never decreases
    within an iteration.
 
+Candidates beyond the best one (``keep``, ``orbit``) are refined for ``keep_rounds`` rounds each
+before only an image's best goes on. ``orbit`` = n adds the incumbent turned in the image plane
+by 360°/n, 2·360°/n, …: an image nearly invariant under a half turn (a projection with a near
+two-fold axis along the view) leaves an equivariant encoder unable to tell R from R_z(180°)·R —
+exactly the C4 orbit of its prediction — and a refined wrong incumbent outscores the unrefined
+grid point near the truth (docs/results.md, seed 3: every stuck particle was 169–180° off about
+the viewing axis).
+
 All functions are pure given their ``torch.Generator`` (deterministic on CPU).
 """
 
@@ -54,7 +62,9 @@ class MatchConfig:
     wiener: float = 0.01
     chunk: int = 256  # images scored at once (bounds memory: chunk × n_rotations scores)
     keep: int = 1  # candidates per image refined locally (the best of the global search; > 1: the k best)
-    keep_rounds: int = 2  # with keep > 1: local rounds for all k candidates, then only the best goes on
+    keep_rounds: int = 2  # with more than one candidate: local rounds for all of them, then only the best goes on
+    orbit: int = 1  # in-plane turns of the incumbent tried as extra candidates: 2 = {180°}, 4 = {90°, 180°, 270°}
+    orbit_shift_px: float = 4.0  # a turned candidate's origin is searched over ± this many px (1 px steps)
     seed: int = 0
 
 
@@ -109,6 +119,15 @@ def _score(Fw: torch.Tensor, c2: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
     return 2 * (Fw.conj() * S).real.sum(-1) - (c2 * (S.real ** 2 + S.imag ** 2)).sum(-1)
 
 
+def _in_plane_turns(n: int, dtype: torch.dtype) -> torch.Tensor:
+    """Rotations (n - 1, 3, 3) about the image's z axis by 360°·j/n, j = 1 … n - 1 (left factors:
+    the local refinement also turns candidates in the image frame)."""
+    a = torch.arange(1, max(1, n), dtype=torch.float64) * (2 * math.pi / max(1, n))
+    v = torch.zeros(len(a), 3, dtype=torch.float64)
+    v[:, 2] = a
+    return axis_angle_to_matrix(v).to(dtype)
+
+
 def search_poses(fv: FourierVolume, band: BandData, R: torch.Tensor, origin_px: torch.Tensor,
                  cfg: MatchConfig, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Global search then local refinement against one map.
@@ -129,9 +148,15 @@ def search_poses(fv: FourierVolume, band: BandData, R: torch.Tensor, origin_px: 
     s = cfg.shift_step_px
     offsets = [(0.0, 0.0)] if s == 0 else [(a, b) for a in (-s, 0.0, s) for b in (-s, 0.0, s)]
     k = max(1, min(cfg.keep, cfg.n_rotations))
-    cand_R = R[:, None].repeat(1, k, 1, 1).clone()  # (n, k, 3, 3)
-    cand_o = origin_px[:, None].repeat(1, k, 1).clone()
-    cand_s = torch.empty(n, k)
+    w = cfg.orbit_shift_px
+    orbit_offsets = torch.tensor([(a, b) for a in np.arange(-w, w + 0.5) for b in np.arange(-w, w + 0.5)],
+                                 dtype=origin_px.dtype)
+    ph_orbit = shift_phase_at(pts[:, 0], pts[:, 1], band.L, orbit_offsets.float())  # (P, M)
+    turns = _in_plane_turns(cfg.orbit, R.dtype)  # (t, 3, 3), t = orbit - 1
+    kk = k + len(turns)  # candidates per image
+    cand_R = R[:, None].repeat(1, kk, 1, 1).clone()  # (n, kk, 3, 3)
+    cand_o = origin_px[:, None].repeat(1, kk, 1).clone()
+    cand_s = torch.empty(n, kk)
     for a in range(0, n, cfg.chunk):
         rows = slice(a, min(n, a + cfg.chunk))
         c2 = band.ctf[rows] ** 2
@@ -149,11 +174,23 @@ def search_poses(fv: FourierVolume, band: BandData, R: torch.Tensor, origin_px: 
         sc_cat, R_cat, o_cat = torch.cat(sc_all, 1), torch.cat(R_all, 1), torch.cat(o_all, 1)
         v, j = sc_cat.topk(k, dim=1)  # stable enough: the incumbent is column 0
         idx = torch.arange(v.shape[0])[:, None]
-        cand_s[rows], cand_R[rows], cand_o[rows] = v, R_cat[idx, j], o_cat[idx, j]
+        cand_s[rows, :k], cand_R[rows, :k], cand_o[rows, :k] = v, R_cat[idx, j], o_cat[idx, j]
+        if len(turns):
+            # the incumbent's in-plane turns, each at its best shift offset, join unconditionally
+            R_t = turns @ R[rows, None]  # (c, t, 3, 3)
+            S_t = _slices(fv, pts, R_t.reshape(-1, 3, 3)).reshape(len(R_t), len(turns), -1)
+            # every origin offset at once: a shift multiplies the image's DFT by a phase, so the
+            # correlation term over offsets is one complex matrix product (c·t, M) @ (M, P)
+            corr = (band.weighted(rows, origin_px[rows]).conj()[:, None] * S_t) @ ph_orbit.T  # (c, t, P)
+            sc = 2 * corr.real - (c2[:, None] * (S_t.real ** 2 + S_t.imag ** 2)).sum(-1, keepdim=True)
+            v, j = sc.max(2)
+            cand_s[rows, k:], cand_R[rows, k:] = v, R_t
+            cand_o[rows, k:] = origin_px[rows, None] + orbit_offsets[j]
     # Pattern search on every kept candidate: each round tries the candidate moved by ± its step
     # about each of the three axes and along each shift axis (the rotation applied in the image
     # frame); a candidate whose position stays best halves its steps. Deterministic, and precise
     # to step / 2^rounds.
+    k = kk
     img = torch.arange(n).repeat_interleave(k)  # the image of each flattened candidate
     R_f, o_f, best_f = cand_R.reshape(n * k, 3, 3), cand_o.reshape(n * k, 2), cand_s.reshape(n * k)
     step_r = torch.full((n * k,), math.radians(cfg.refine_step_deg), dtype=torch.float64)

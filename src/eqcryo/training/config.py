@@ -116,6 +116,7 @@ class TrainConfig:
     refine_min_rounds: int = 1
     refine_iters: int = 3
     refine_keep: int = 1  # global-search candidates per particle refined locally (projection_matching.MatchConfig.keep)
+    refine_orbit: int = 1  # in-plane turns of each particle's pose also refined (MatchConfig.orbit; 2: the half turn)
     refine_radius: float = 16.0
     # Loss band (shells) once the refined poses are the encoder's targets (None: the
     # frequency-marching schedule goes on). The refined map already holds the higher shells, and
@@ -123,6 +124,17 @@ class TrainConfig:
     # step ~3.7× cheaper at 16 of 32 shells (docs/benchmarks.md), so more images in the same time.
     distill_band: float | None = None
     distill: float = 1.0
+    # Once refined poses are the targets, train the encoder on them alone (no decoder read, no
+    # image loss; the map stays the refined one until the next round): a step then costs the
+    # encoder only, so it sees ~2-3x more images per second (docs/benchmarks.md). One pose head only.
+    distill_only: bool = False
+    # With distill_only: turn each distillation image by a random in-plane angle and its target
+    # pose and shift with it (physics.group.turn_images; D4 covers only multiples of 90°). The
+    # encoder fits its training particles' poses far better than held-out ones (docs/results.md).
+    distill_augment: bool = False
+    # The encoders' convolutional trunk in bfloat16 (autocast; heads and SO(3) map in float32):
+    # 1.6x faster encoder forward+backward at 64 px on a CPU with AVX512-BF16 (docs/benchmarks.md)
+    encoder_bf16: bool = False
     # End the run before its budget at the first evaluation after a settled refinement whose
     # held-out match_mse (encoder vs a projection-matching search in the current map; no ground
     # truth; docs/training.md) is below this (None: run the whole budget).
@@ -145,8 +157,14 @@ class TrainConfig:
             raise InputError(f"invert_contrast {self.invert_contrast!r}: expected auto, yes or no")
         if self.preload not in (None, True, False):
             raise InputError(f"preload {self.preload!r}: expected true, false or null (decide by size)")
-        if not isinstance(self.track_mirror, bool):
-            raise InputError(f"track_mirror {self.track_mirror!r}: expected true or false")
+        for k in ("track_mirror", "distill_only", "distill_augment", "encoder_bf16"):
+            if not isinstance(getattr(self, k), bool):
+                raise InputError(f"{k} {getattr(self, k)!r}: expected true or false")
+        if self.distill_augment and not self.distill_only:
+            raise InputError("distill_augment turns the images of distillation steps: it needs distill_only "
+                             "(an image loss would need the CTF turned too)")
+        if self.distill_only and self.hypotheses != 1:
+            raise InputError(f"distill_only trains one pose head; it does not apply to hypotheses {self.hypotheses}")
         positive = {"batch_size": self.batch_size, "lr": self.lr, "lr_decoder": self.lr_decoder, "clip": self.clip,
                     "eval_every": self.eval_every, "eval_n": self.eval_n, "checkpoint_every": self.checkpoint_every,
                     "lowpass_start": self.lowpass_start, "lowpass_images": self.lowpass_images,
@@ -160,7 +178,8 @@ class TrainConfig:
             if v is not None and not v > 0:
                 raise InputError(f"{k.replace('_', '-')} {v}: must be > 0")
         for k, v in {"refine_every": self.refine_every, "refine_rounds": self.refine_rounds,
-                     "refine_min_rounds": self.refine_min_rounds, "refine_keep": self.refine_keep}.items():
+                     "refine_min_rounds": self.refine_min_rounds, "refine_keep": self.refine_keep,
+                     "refine_orbit": self.refine_orbit}.items():
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise InputError(f"{k.replace('_', '-')} {v!r}: expected a whole number >= 1")
         for k, v in {"view_prior": self.view_prior, "distill": self.distill, "refine_images": self.refine_images,

@@ -28,8 +28,9 @@ def build_for(cfg: TrainConfig, box: int, device: str | None = None) -> CryoMode
     """The run's model, freshly initialised from ``cfg.seed`` (as at the start of training), on
     ``device`` (default ``cfg.device``)."""
     torch.manual_seed(cfg.seed)
-    return build_model(cfg.model, cfg.profile, box, cfg.decoder, cfg.so3, cfg.encoder_bin,
-                       cfg.hypotheses).to(device or cfg.device)
+    model = build_model(cfg.model, cfg.profile, box, cfg.decoder, cfg.so3, cfg.encoder_bin, cfg.hypotheses)
+    model.encoder.bf16 = cfg.encoder_bf16
+    return model.to(device or cfg.device)
 
 
 @torch.no_grad()

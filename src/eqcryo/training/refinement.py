@@ -34,8 +34,9 @@ class Refinement:
     #: than SETTLE_DEG has *settled*: the search has stopped changing the poses
     SETTLE_FRACTION, SETTLE_DEG = 0.01, 5.0
 
-    def __init__(self, iters: int, radius: float, distill: float, seed: int, keep: int = 1):
+    def __init__(self, iters: int, radius: float, distill: float, seed: int, keep: int = 1, orbit: int = 1):
         self.iters, self.radius, self.distill, self.seed, self.keep = iters, radius, distill, seed, keep
+        self.orbit = orbit
         self.target_R: torch.Tensor | None = None
         self.target_origin_px: torch.Tensor | None = None
         self.settled = False
@@ -74,7 +75,8 @@ class Refinement:
         if gt_R is not None:  # iteration 0: the encoder's poses the search starts from
             m, _ = pose_metrics(R, gt_R[ids])
             history.append({"iteration": 0, "train_pose_mse": m["pose_mse"], "train_pose_medse": m["pose_medse"]})
-        mc = MatchConfig(radius=min(self.radius, L / 2), shift_step_px=0.0, seed=self.seed, keep=self.keep)
+        mc = MatchConfig(radius=min(self.radius, L / 2), shift_step_px=0.0, seed=self.seed, keep=self.keep,
+                         orbit=self.orbit)
         R_ref, o_ref, vol = projection_matching(reader, ids, L, R.double(), origin.double() / apix, self.iters,
                                                 mc, report)
         self.settled = history[-1]["moved_fraction"] < self.SETTLE_FRACTION
@@ -90,14 +92,19 @@ class Refinement:
                 "median_change_from_previous_round_deg": moved, "settled": self.settled,
                 "iterations": history, "match_config": asdict(mc)}
 
-    def penalty(self, out: ModelOutput, ids: np.ndarray, box: int) -> torch.Tensor:
+    def penalty(self, out: ModelOutput, ids: np.ndarray, box: int, turn: torch.Tensor | None = None) -> torch.Tensor:
         """``distill`` × mean over the batch of ‖R − R*‖²_F + 0.1 ‖d − d*‖² (px²) to the targets
-        (0 before :meth:`run`)."""
+        (0 before :meth:`run`). ``turn`` (B, 2, 2): the images were turned in-plane by these
+        (:func:`~eqcryo.physics.group.turn_images`), so the targets are turned with them."""
         if self.target_R is None or not self.distill:
             return out.loss.new_zeros(())
         dev = out.R.device
         R_t = self.target_R[ids].to(dev)
         d_t = origin_to_displacement(self.target_origin_px[ids], box).to(dev)
+        if turn is not None:
+            g = turn.to(R_t.dtype)
+            R_t = torch.cat([g @ R_t[:, :2], R_t[:, 2:]], 1)  # diag(g, 1) R*
+            d_t = (g @ d_t[..., None])[..., 0]
         return self.distill * (((out.R - R_t) ** 2).sum((-2, -1)).mean() + 0.1 * ((out.d - d_t) ** 2).sum(-1).mean())
 
     def broadcast(self, dist, model: CryoModel, n: int) -> None:

@@ -14,6 +14,7 @@ held-out split, seeded order), :mod:`.schedule` (clock, loss band, triggers, sto
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 
@@ -22,6 +23,7 @@ from tqdm import tqdm
 
 from ..data.errors import InputError
 from ..evaluation.analysis import view_prior_penalty
+from ..physics.group import in_plane_turn, turn_images
 from .batches import TrainingData
 from .config import TrainConfig
 from .evaluator import Evaluation, Evaluator, GroundTruth
@@ -66,8 +68,9 @@ class Trainer:
         if self.dist.active:
             self.model = sync_batch_norm(self.model, self.device)
             dev = torch.device(self.device)
+            # distillation steps leave the decoder unused
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[dev.index] if dev.type == "cuda"
-                                                                 else None)
+                                                                 else None, find_unused_parameters=cfg.distill_only)
         lr_dec = cfg.lr_decoder if cfg.lr_decoder is not None else cfg.lr
         self.opt = torch.optim.Adam([{"params": self.model.encoder.parameters(), "lr": cfg.lr},
                                      {"params": self.model.decoder.parameters(), "lr": lr_dec}], amsgrad=True)
@@ -75,7 +78,8 @@ class Trainer:
         self.band = LossBand(self.data.box, cfg.lowpass_start, cfg.lowpass_images, cfg.distill_band)
         self.refine_trigger = RefinementTrigger(cfg.refine_images, cfg.refine_every, cfg.refine_rounds,
                                                 cfg.refine_min_rounds)
-        self.refinement = Refinement(cfg.refine_iters, cfg.refine_radius, cfg.distill, cfg.seed, cfg.refine_keep)
+        self.refinement = Refinement(cfg.refine_iters, cfg.refine_radius, cfg.distill, cfg.seed, cfg.refine_keep,
+                                     cfg.refine_orbit)
         self.eval_timer, self.stop = Periodic(cfg.eval_every), StopRule(cfg.steps, cfg.time_budget, cfg.stop_match_mse)
         self.step, self.images_seen, self.epoch, self.pos = 0, 0, 0, 0
         self.converged: dict | None = None
@@ -150,12 +154,18 @@ class Trainer:
     def train_step(self, batch) -> torch.Tensor:
         """One optimiser step on ``batch``; returns the (detached) loss."""
         c = self.cfg
-        out = self.net(batch.images, batch.ctf, band_radius=self.band_radius())
-        loss = out.loss.mean()
+        poses_only = c.distill_only and self.refinement.has_targets
+        images, turn = batch.images, None
+        if poses_only and c.distill_augment:  # a fresh angle per image, reproducible from (seed, step)
+            gen = torch.Generator().manual_seed(c.seed * 1_000_003 + self.step)
+            turn = in_plane_turn(2 * math.pi * torch.rand(len(images), generator=gen)).to(images.device)
+            images = turn_images(images, turn)
+        out = self.net(images, batch.ctf, band_radius=self.band_radius(), poses_only=poses_only)
+        loss = out.loss.mean()  # 0 for a poses-only (distillation) step
         if c.view_prior:
             loss = loss + c.view_prior * view_prior_penalty(out.R)
         if self.refinement.has_targets and c.distill:
-            loss = loss + self.refinement.penalty(out, batch.ids, self.data.box)
+            loss = loss + self.refinement.penalty(out, batch.ids, self.data.box, turn)
         if not torch.isfinite(loss):
             raise TrainingDiverged(
                 f"loss became {loss.item()} at step {self.step + 1}; stopping. The last good checkpoint "
