@@ -143,10 +143,6 @@ class FourierNet(nn.Module):
         raise NotImplementedError("FourierNet is a neural field: it cannot be set to a map (accepts_volume is False)")
 
 
-def _complex(dtype: torch.dtype) -> torch.dtype:
-    return torch.complex128 if dtype == torch.float64 else torch.complex64
-
-
 class VoxelDecoder(nn.Module):
     """A learnable real-space map (L, L, L), read through a 2× padded, gridding-corrected DFT."""
 
@@ -159,8 +155,8 @@ class VoxelDecoder(nn.Module):
         self.register_buffer("grid_corr", gridding_correction(box, pad, torch.float32))
         self.register_buffer("plane", plane_coords(box, torch.float32))
         # factors of the kx >= 0 half of the same DFT (physics.projection.half_centered_dft), what
-        # full-band slices read; built in float64 per (dtype, device) on first use: a float32
-        # buffer would lose the phases' precision when the module is cast to float64
+        # full-band slices read; built per (dtype, device) on first use, not as buffers: a float32
+        # buffer would keep float32 phases when the module is cast to float64
         self._half_factors: dict = {}
 
     def fourier(self) -> torch.Tensor:
@@ -185,11 +181,9 @@ class VoxelDecoder(nn.Module):
         if K is None or 2 * K + 1 >= self.pad * self.box:
             if self.pad * self.box % 2 == 0:  # one Hermitian half: ~1/3 of the FFT work, half the memory
                 key = (self.vol.dtype, self.vol.device)
-                if key not in self._half_factors:
-                    pre, post = half_dft_factors(self.box, self.pad, torch.float64, self.vol.device)
-                    self._half_factors[key] = (pre.to(self.vol.dtype), post.to(_complex(self.vol.dtype)))
-                pre, post = self._half_factors[key]
-                half = half_centered_dft(self.vol * self.grid_corr, self.pad, (pre, post))
+                if key not in self._half_factors:  # phases computed in float64, then cast
+                    self._half_factors[key] = half_dft_factors(self.box, self.pad, *key)
+                half = half_centered_dft(self.vol * self.grid_corr, self.pad, self._half_factors[key])
                 return slice_half_fourier_volume(half, coords)
             return slice_fourier_volume(self.fourier(), coords)
         return slice_fourier_volume(centered_dft_band(self.vol * self.grid_corr, self.pad, K), coords)

@@ -148,11 +148,12 @@ def search_poses(fv: FourierVolume, band: BandData, R: torch.Tensor, origin_px: 
     s = cfg.shift_step_px
     offsets = [(0.0, 0.0)] if s == 0 else [(a, b) for a in (-s, 0.0, s) for b in (-s, 0.0, s)]
     k = max(1, min(cfg.keep, cfg.n_rotations))
-    w = cfg.orbit_shift_px
-    orbit_offsets = torch.tensor([(a, b) for a in np.arange(-w, w + 0.5) for b in np.arange(-w, w + 0.5)],
-                                 dtype=origin_px.dtype)
-    ph_orbit = shift_phase_at(pts[:, 0], pts[:, 1], band.L, orbit_offsets.float())  # (P, M)
     turns = _in_plane_turns(cfg.orbit, R.dtype)  # (t, 3, 3), t = orbit - 1
+    if len(turns):  # a turned candidate's origin offsets (P, 2) px and their phases (P, M)
+        w = cfg.orbit_shift_px
+        orbit_offsets = torch.tensor([(a, b) for a in np.arange(-w, w + 0.5) for b in np.arange(-w, w + 0.5)],
+                                     dtype=origin_px.dtype)
+        ph_orbit = shift_phase_at(pts[:, 0], pts[:, 1], band.L, orbit_offsets.float())
     kk = k + len(turns)  # candidates per image
     cand_R = R[:, None].repeat(1, kk, 1, 1).clone()  # (n, kk, 3, 3)
     cand_o = origin_px[:, None].repeat(1, kk, 1).clone()
