@@ -146,22 +146,33 @@ def test_refine_verb_keeps_true_poses_and_writes_outputs(tiny, tmp_path, capsys)
     assert "no poses" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("augment", [False, True])
-def test_distill_only_steps_train_the_encoder_towards_the_targets_and_leave_the_map(tiny, tmp_path, augment):
+@pytest.mark.parametrize("augment,simulate", [(False, 0.0), (True, 0.0), (True, 0.5)])
+def test_distill_only_steps_train_the_encoder_towards_the_targets_and_leave_the_map(tiny, tmp_path, augment,
+                                                                                   simulate):
     """distill_only: once a refinement has set targets, steps read no decoder (the map stays the
     refined one, exactly) and pull the encoder to the targets (here the true poses, a clear
-    signal), also with the images turned in-plane (augment); before it, steps are ordinary (the
-    decoder moves). A K-hypothesis encoder is refused, and augmentation without distill_only."""
+    signal), also with the images turned in-plane (augment) and with half of each batch simulated
+    from the map (simulate); before it, steps are ordinary (the decoder moves). A K-hypothesis
+    encoder is refused, and augmentation or simulation without distill_only."""
     kw = dict(refine_images=32, refine_iters=1, distill_only=True, lowpass_start=4, lowpass_images=1000,
-              distill_band=6, distill_augment=augment)
+              distill_band=6, distill_augment=augment, distill_simulate=simulate)
     tr = Trainer(_cfg(tiny, tmp_path / "d", steps=3, **kw))
     vol0 = tr.model.decoder.vol.detach().clone()
     tr.run(progress=False)  # the refinement fires after the second step (32 images), then one distillation step
     assert tr.refinement.has_targets and not torch.equal(vol0, tr.model.decoder.vol.detach())
     refined = tr.model.decoder.vol.detach().clone()
-    more = Trainer(_cfg(tiny, tmp_path / "d", steps=80, **kw), resume=True)
+    # half of a simulated batch is new images: twice the steps for the same number of real ones
+    more = Trainer(_cfg(tiny, tmp_path / "d", steps=160 if simulate else 80, **kw), resume=True)
     ids = more.data.train_ids
     more.refinement.target_R[ids] = more.gt.R[ids].float()
+    if simulate:  # simulated images need the right map to teach the right poses: the truth, as the targets
+        more.model.decoder.set_volume(more.gt.volume.float() * more.data.scale)
+        refined = more.model.decoder.vol.detach().clone()
+        more.refinement.target_origin_px[ids] = (more.gt.origin[ids] / more.data.apix).float()
+        total = more.refinement.noise_psd.sum().item()
+        more.refinement.noise_psd = more.refinement.residual_power(more.model, more.data)
+        # SNR 2: the truth explains ~2/3 of the images' power (the rest is noise, and the voxel map's blur)
+        assert more.refinement.noise_psd.sum().item() < 0.5 * total
 
     def distance():
         more.model.eval()
@@ -179,6 +190,49 @@ def test_distill_only_steps_train_the_encoder_towards_the_targets_and_leave_the_
         _cfg(tiny, tmp_path / "k", hypotheses=2, distill_only=True).validate()
     with pytest.raises(InputError, match="distill_augment turns the images of distillation steps"):
         _cfg(tiny, tmp_path / "k", distill_augment=True).validate()
+    with pytest.raises(InputError, match="distill_simulate replaces images"):
+        _cfg(tiny, tmp_path / "k", distill_simulate=0.5).validate()
+    with pytest.raises(InputError, match="distill_simulate 1.5: expected a fraction"):
+        _cfg(tiny, tmp_path / "k", distill_only=True, distill_simulate=1.5).validate()
+
+
+def test_simulated_noise_has_the_requested_power_spectrum():
+    """Refinement.simulate_noise: Gaussian noise whose mean |FFT2|² is the (here strongly
+    coloured and anisotropic) spectrum asked for — checked against the spectrum itself."""
+    from eqcryo.training.refinement import Refinement
+    L = 16
+    k = torch.fft.fftfreq(L) * L
+    ky, kx = torch.meshgrid(k, k, indexing="ij")
+    psd = 50.0 / (1 + kx ** 2 + 4 * ky ** 2) + 0.5  # even in k: the spectrum of a real process
+    ref = Refinement(1, 8.0, 1.0, 0)
+    ref.noise_psd = psd
+    n = ref.simulate_noise(20000, torch.Generator().manual_seed(1))
+    assert n.dtype == torch.float32 and n.shape == (20000, L, L)
+    got = (torch.fft.fft2(n.double()).abs() ** 2).mean(0)
+    assert ((got / psd.double()) - 1).abs().max() < 0.1  # 20000 draws: ~1% noise per frequency
+    assert abs(n.double().var().item() - psd.double().mean().item() / L ** 2) < 0.02 * psd.mean().item() / L ** 2
+
+
+def test_simulated_distillation_images_are_the_map_at_their_target_poses(tiny, tmp_path):
+    """The simulated rows of a distillation batch are the decoder's map rendered at their targets
+    (with the replaced particles' CTFs and shifts; noise switched off here); the other rows are the
+    real images with their refined poses; the residual spectrum is a positive (L, L) array."""
+    tr = Trainer(_cfg(tiny, tmp_path / "s", steps=2, refine_images=32, refine_iters=1, distill_only=True,
+                      distill_simulate=0.25))
+    tr.run(progress=False)
+    ref = tr.refinement
+    assert ref.noise_psd.shape == (32, 32) and (ref.noise_psd > 0).all() and torch.isfinite(ref.noise_psd).all()
+    ref.noise_psd = torch.zeros(32, 32)
+    b = tr.data.ds.batch(tr.data.train_ids[:16])
+    images, R_t, d_t, turn = tr.distillation_batch(b)
+    assert turn is None and images.shape == b.images.shape
+    with torch.no_grad():
+        torch.testing.assert_close(images[:4], tr.model.render(R_t[:4], d_t[:4], b.ctf[:4]))
+    torch.testing.assert_close(images[4:], b.images[4:], atol=0, rtol=0)
+    R_ref, d_ref = ref.targets(b.ids, 32, images.device)
+    torch.testing.assert_close(R_t[4:], R_ref[4:], atol=0, rtol=0)
+    torch.testing.assert_close(d_t, d_ref, atol=0, rtol=0)  # simulated rows keep the replaced particles' shifts
+    assert not torch.allclose(R_t[:4], R_ref[:4], atol=0.1)  # fresh random poses
 
 
 def test_distillation_turns_images_and_targets_together():

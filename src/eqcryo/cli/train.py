@@ -9,7 +9,7 @@ import sys
 
 from ..data.errors import InputError
 from ..models.presets import PRESETS
-from ..training.config import DEFAULT_RECIPE, list_recipes, make_config, parse_sets
+from ..training.config import DEFAULT_RECIPE, list_recipes, make_config, parse_sets, recipe_keys
 from ..training.evaluator import held_out_summary
 from ..training.distributed import init_distributed
 from ..training.rundir import RunDir, agreement_line
@@ -34,12 +34,7 @@ def add_parser(sub):
         "for every particle), figures and report.md. --resume RUN continues a run (exactly, on CPU).\n\n"
         "What to learn and how is a recipe (--recipe NAME|FILE.yaml, see --list-recipes) plus --set KEY=VALUE "
         "overrides; the command line keeps only where and how long to run. Recipe keys (the fields of config.yaml; "
-        "defaults in eqcryo/training/config.py, meanings in docs/training.md): model, profile, decoder, so3, "
-        "encoder_bin, hypotheses, batch_size, lr, lr_decoder, clip, eval_every (s), eval_n, checkpoint_every (s), "
-        "lowpass_start (shells), lowpass_images, view_prior, track_mirror, refine_images, refine_every, "
-        "refine_rounds, refine_min_rounds, refine_iters, refine_radius (shells), refine_keep, refine_orbit, distill, distill_band "
-        "(shells), "
-        "stop_match_mse.\n\n"
+        f"defaults in eqcryo/training/config.py, meanings in docs/training.md): {', '.join(recipe_keys())}.\n\n"
         "Recipes: without --recipe, default: the paper's amortized training at CPU scale plus projection-matching "
         "refinements from 100k images on, repeated until the search settles and distilled into the encoder; the run "
         "ends when the encoder agrees with a search in its map (no ground truth) or at the budget (docs/training.md, "

@@ -132,6 +132,12 @@ class TrainConfig:
     # pose and shift with it (physics.group.turn_images; D4 covers only multiples of 90°). The
     # encoder fits its training particles' poses far better than held-out ones (docs/results.md).
     distill_augment: bool = False
+    # With distill_only: this fraction of each distillation batch is images *simulated* from the
+    # current (refined) map at uniformly random poses — the replaced particles' CTFs and target
+    # shifts, Gaussian noise with the 2-D power spectrum of the data's residuals — with their true
+    # poses as targets. New noise every time: at low SNR the encoder otherwise learns the few
+    # thousand training images' noise, not the poses (docs/results.md). 0 = off.
+    distill_simulate: float = 0.0
     # The encoders' convolutional trunk in bfloat16 (autocast; heads and SO(3) map in float32):
     # 1.6x faster encoder forward+backward at 64 px on a CPU with AVX512-BF16 (docs/benchmarks.md)
     encoder_bf16: bool = False
@@ -163,6 +169,12 @@ class TrainConfig:
         if self.distill_augment and not self.distill_only:
             raise InputError("distill_augment turns the images of distillation steps: it needs distill_only "
                              "(an image loss would need the CTF turned too)")
+        if isinstance(self.distill_simulate, bool) or not isinstance(self.distill_simulate, (int, float)) \
+                or not 0 <= self.distill_simulate <= 1:
+            raise InputError(f"distill_simulate {self.distill_simulate!r}: expected a fraction from 0 to 1")
+        if self.distill_simulate and not self.distill_only:
+            raise InputError("distill_simulate replaces images of distillation steps by simulated ones: it needs "
+                             "distill_only")
         if self.distill_only and self.hypotheses != 1:
             raise InputError(f"distill_only trains one pose head; it does not apply to hypotheses {self.hypotheses}")
         positive = {"batch_size": self.batch_size, "lr": self.lr, "lr_decoder": self.lr_decoder, "clip": self.clip,
@@ -276,6 +288,11 @@ def parse_sets(items: list[str] | None) -> dict:
             except ValueError:
                 pass
     return out
+
+
+def recipe_keys() -> list[str]:
+    """The keys a recipe (or --set) may hold: the fields of TrainConfig that are not operational."""
+    return [f.name for f in fields(TrainConfig) if f.name not in OPERATIONAL + ("given_paths",)]
 
 
 def make_config(recipe: str | None = None, sets: dict | None = None, **operational) -> TrainConfig:

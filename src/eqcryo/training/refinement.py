@@ -40,6 +40,9 @@ class Refinement:
         self.target_R: torch.Tensor | None = None
         self.target_origin_px: torch.Tensor | None = None
         self.settled = False
+        #: (L, L) mean |FFT2(image - render at the refined pose)|² over training particles: the
+        #: noise's 2-D power spectrum (unshifted FFT layout), for simulated distillation images
+        self.noise_psd: torch.Tensor | None = None
 
     @property
     def has_targets(self) -> bool:
@@ -88,35 +91,68 @@ class Refinement:
         self.target_R[ids], self.target_origin_px[ids] = R_ref.float(), o_ref.float()
         if model.decoder.accepts_volume:
             model.decoder.set_volume(vol.float().to(dev) * data.scale)
+        self.noise_psd = self.residual_power(model, data)
         return {"seconds": round(time.perf_counter() - t0, 2), "decoder_set_to_map": model.decoder.accepts_volume,
                 "median_change_from_previous_round_deg": moved, "settled": self.settled,
                 "iterations": history, "match_config": asdict(mc)}
 
-    def penalty(self, out: ModelOutput, ids: np.ndarray, box: int, turn: torch.Tensor | None = None) -> torch.Tensor:
-        """``distill`` × mean over the batch of ‖R − R*‖²_F + 0.1 ‖d − d*‖² (px²) to the targets
-        (0 before :meth:`run`). ``turn`` (B, 2, 2): the images were turned in-plane by these
+    @torch.no_grad()
+    def residual_power(self, model: CryoModel, data: TrainingData, n: int = 512, chunk: int = 64) -> torch.Tensor:
+        """(L, L) mean |FFT2(y - model.render(R*, d*))|² over up to ``n`` training particles at
+        their targets: what the current map does not explain — noise, plus the few particles
+        still at wrong poses (a few %, which inflate it slightly)."""
+        ids = data.train_ids[:n]
+        total = None
+        for s in range(0, len(ids), chunk):
+            b = data.ds.batch(ids[s:s + chunk])
+            R_t, d_t = self.targets(b.ids, data.box, b.images.device)
+            r = b.images - model.render(R_t.to(b.images.dtype), d_t.to(b.images.dtype), b.ctf)
+            p = (torch.fft.fft2(r.double()).abs() ** 2).sum(0)
+            total = p if total is None else total + p
+        return (total / len(ids)).float().cpu()
+
+    def simulate_noise(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """(n, L, L) Gaussian noise with the 2-D power spectrum :attr:`noise_psd` (CPU): white
+        noise w has E|FFT2 w|² = L², so FFT2 w · √psd / L has E|·|² = psd."""
+        L = self.noise_psd.shape[-1]
+        w = torch.randn(n, L, L, generator=generator)
+        return torch.fft.ifft2(torch.fft.fft2(w) * self.noise_psd.sqrt() / L).real
+
+    def targets(self, ids: np.ndarray, box: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Target rotations (B, 3, 3) and displacements (B, 2) px of particles ``ids``."""
+        return (self.target_R[ids].to(device),
+                origin_to_displacement(self.target_origin_px[ids], box).to(device))
+
+    def pose_distance(self, out: ModelOutput, R_t: torch.Tensor, d_t: torch.Tensor,
+                      turn: torch.Tensor | None = None) -> torch.Tensor:
+        """``distill`` × mean over the batch of ‖R − R_t‖²_F + 0.1 ‖d − d_t‖² (px²). ``turn``
+        (B, 2, 2): the images were turned in-plane by these
         (:func:`~eqcryo.physics.group.turn_images`), so the targets are turned with them."""
-        if self.target_R is None or not self.distill:
-            return out.loss.new_zeros(())
-        dev = out.R.device
-        R_t = self.target_R[ids].to(dev)
-        d_t = origin_to_displacement(self.target_origin_px[ids], box).to(dev)
         if turn is not None:
             g = turn.to(R_t.dtype)
             R_t = torch.cat([g @ R_t[:, :2], R_t[:, 2:]], 1)  # diag(g, 1) R*
             d_t = (g @ d_t[..., None])[..., 0]
         return self.distill * (((out.R - R_t) ** 2).sum((-2, -1)).mean() + 0.1 * ((out.d - d_t) ** 2).sum(-1).mean())
 
+    def penalty(self, out: ModelOutput, ids: np.ndarray, box: int, turn: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`pose_distance` to the targets of particles ``ids`` (0 before :meth:`run`)."""
+        if self.target_R is None or not self.distill:
+            return out.loss.new_zeros(())
+        return self.pose_distance(out, *self.targets(ids, box, out.R.device), turn)
+
     def broadcast(self, dist, model: CryoModel, n: int) -> None:
-        """Rank 0's targets and decoder (the refined map) on every rank (:mod:`.distributed`)."""
+        """Rank 0's targets, noise spectrum and decoder (the refined map) on every rank (:mod:`.distributed`)."""
         if not dist.is_main:
             self.target_R, self.target_origin_px = torch.zeros(n, 3, 3), torch.zeros(n, 2)
-        for t in (self.target_R, self.target_origin_px, *model.decoder.parameters()):
+            self.noise_psd = torch.zeros(model.box, model.box)
+        for t in (self.target_R, self.target_origin_px, self.noise_psd, *model.decoder.parameters()):
             dist.broadcast_(t)
 
     def state_dict(self) -> dict:
-        return {"target_R": self.target_R, "target_origin_px": self.target_origin_px, "settled": self.settled}
+        return {"target_R": self.target_R, "target_origin_px": self.target_origin_px, "settled": self.settled,
+                "noise_psd": self.noise_psd}
 
     def load_state_dict(self, s: dict) -> None:
         self.target_R, self.target_origin_px = s["target_R"], s["target_origin_px"]
         self.settled = bool(s.get("settled", False))
+        self.noise_psd = s.get("noise_psd")

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from ..data.errors import InputError
 from ..evaluation.analysis import view_prior_penalty
 from ..physics.group import in_plane_turn, turn_images
+from ..physics.rotations import random_rotations
 from .batches import TrainingData
 from .config import TrainConfig
 from .evaluator import Evaluation, Evaluator, GroundTruth
@@ -155,17 +156,17 @@ class Trainer:
         """One optimiser step on ``batch``; returns the (detached) loss."""
         c = self.cfg
         poses_only = c.distill_only and self.refinement.has_targets
-        images, turn = batch.images, None
-        if poses_only and c.distill_augment:  # a fresh angle per image, reproducible from (seed, step)
-            gen = torch.Generator().manual_seed(c.seed * 1_000_003 + self.step)
-            turn = in_plane_turn(2 * math.pi * torch.rand(len(images), generator=gen)).to(images.device)
-            images = turn_images(images, turn)
-        out = self.net(images, batch.ctf, band_radius=self.band_radius(), poses_only=poses_only)
-        loss = out.loss.mean()  # 0 for a poses-only (distillation) step
+        if poses_only:
+            images, R_t, d_t, turn = self.distillation_batch(batch)
+            out = self.net(images, batch.ctf, poses_only=True)
+            loss = self.refinement.pose_distance(out, R_t, d_t, turn)
+        else:
+            out = self.net(batch.images, batch.ctf, band_radius=self.band_radius())
+            loss = out.loss.mean()
+            if self.refinement.has_targets and c.distill:
+                loss = loss + self.refinement.penalty(out, batch.ids, self.data.box)
         if c.view_prior:
             loss = loss + c.view_prior * view_prior_penalty(out.R)
-        if self.refinement.has_targets and c.distill:
-            loss = loss + self.refinement.penalty(out, batch.ids, self.data.box, turn)
         if not torch.isfinite(loss):
             raise TrainingDiverged(
                 f"loss became {loss.item()} at step {self.step + 1}; stopping. The last good checkpoint "
@@ -178,6 +179,30 @@ class Trainer:
         self.pos += c.batch_size  # global: every rank trained on its slice of the same batch
         self.images_seen += c.batch_size
         return loss.detach()
+
+    def distillation_batch(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Images (B, L, L), target rotations (B, 3, 3) and displacements (B, 2) px, and in-plane
+        turns (B, 2, 2) or None of a poses-only step: the batch's images with their refined poses,
+        the first ``distill_simulate`` of them replaced by images simulated from the current map,
+        all turned by random angles with ``distill_augment``. Random draws are reproducible from
+        (seed, step)."""
+        c = self.cfg
+        images = batch.images
+        R_t, d_t = self.refinement.targets(batch.ids, self.data.box, images.device)
+        gen = torch.Generator().manual_seed(c.seed * 1_000_003 + self.step)
+        n_sim = int(round(c.distill_simulate * len(images)))
+        if n_sim:
+            R_s = random_rotations(n_sim, gen, dtype=images.dtype).to(images.device)
+            ctf = None if batch.ctf is None else batch.ctf[:n_sim]
+            with torch.no_grad():
+                sim = self.model.render(R_s, d_t[:n_sim], ctf) + \
+                    self.refinement.simulate_noise(n_sim, gen).to(images.device, images.dtype)
+            images, R_t = torch.cat([sim, images[n_sim:]]), torch.cat([R_s, R_t[n_sim:]])
+        turn = None
+        if c.distill_augment:
+            turn = in_plane_turn(2 * math.pi * torch.rand(len(images), generator=gen)).to(images.device)
+            images = turn_images(images, turn)
+        return images, R_t, d_t, turn
 
     def refine(self, log=print) -> None:
         """The semi-amortized refinement (:mod:`.refinement`), logged to refinement.json. Run by
