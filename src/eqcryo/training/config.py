@@ -135,8 +135,9 @@ class TrainConfig:
     # With distill_only: this fraction of each distillation batch is images *simulated* from the
     # current (refined) map at uniformly random poses — the replaced particles' CTFs and target
     # shifts, Gaussian noise with the 2-D power spectrum of the data's residuals — with their true
-    # poses as targets. New noise every time: at low SNR the encoder otherwise learns the few
-    # thousand training images' noise, not the poses (docs/results.md). 0 = off.
+    # poses as targets: a teacher whose poses are never wrong, with new poses and noise every
+    # step. Without it the encoder learns only the searches' poses, right or wrong — at SNR 1 it
+    # reproduced a settled round's ~8% wrong ones (docs/training-notebook.md, Round 7). 0 = off.
     distill_simulate: float = 0.0
     # The encoders' convolutional trunk in bfloat16 (autocast; heads and SO(3) map in float32):
     # 1.6x faster encoder forward+backward at 64 px on a CPU with AVX512-BF16 (docs/benchmarks.md)
