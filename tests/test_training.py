@@ -36,11 +36,14 @@ def _cfg(tiny, out, **kw):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fast", [{}, dict(encoder_bin=2, lowpass_start=4.0, lowpass_images=100, view_prior=1.0),
-                                  dict(refine_images=48, refine_iters=1), dict(refine_images=96, refine_iters=1)])
+                                  dict(refine_images=48, refine_iters=1), dict(refine_images=96, refine_iters=1),
+                                  dict(refine_images=48, refine_iters=1, distill_only=True, distill_augment=True,
+                                       distill_simulate=0.5)])
 def test_resume_equals_uninterrupted(tiny, tmp_path, fast):
     """Also for the fast path: binned encoder input, band-limited loss crossing to the full band
     (160 images), and the orientation prior; and for the projection-matching refinement, both
-    before the interruption (its targets and map come from the checkpoint) and after it."""
+    before the interruption (its targets and map come from the checkpoint) and after it; and for
+    poses-only distillation on turned and simulated images (random draws and noise spectrum)."""
     full = Trainer(_cfg(tiny, tmp_path / "full", steps=10, **fast))
     assert full.model.encoder.bin == fast.get("encoder_bin", 1)
     assert full.data.n == 160
@@ -146,16 +149,17 @@ def test_refine_verb_keeps_true_poses_and_writes_outputs(tiny, tmp_path, capsys)
     assert "no poses" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("augment,simulate", [(False, 0.0), (True, 0.0), (True, 0.5)])
+@pytest.mark.parametrize("augment,simulate,k", [(False, 0.0, 1), (True, 0.0, 1), (True, 0.5, 1), (True, 0.0, 2)])
 def test_distill_only_steps_train_the_encoder_towards_the_targets_and_leave_the_map(tiny, tmp_path, augment,
-                                                                                   simulate):
+                                                                                   simulate, k):
     """distill_only: once a refinement has set targets, steps read no decoder (the map stays the
     refined one, exactly) and pull the encoder to the targets (here the true poses, a clear
     signal), also with the images turned in-plane (augment) and with half of each batch simulated
-    from the map (simulate); before it, steps are ordinary (the decoder moves). A K-hypothesis
-    encoder is refused, and augmentation or simulation without distill_only."""
+    from the map (simulate), and with K = 2 pose hypotheses (the nearest one pulled); before it,
+    steps are ordinary (the decoder moves). Augmentation or
+    simulation without distill_only is refused."""
     kw = dict(refine_images=32, refine_iters=1, distill_only=True, lowpass_start=4, lowpass_images=1000,
-              distill_band=6, distill_augment=augment, distill_simulate=simulate)
+              distill_band=6, distill_augment=augment, distill_simulate=simulate, hypotheses=k)
     tr = Trainer(_cfg(tiny, tmp_path / "d", steps=3, **kw))
     vol0 = tr.model.decoder.vol.detach().clone()
     tr.run(progress=False)  # the refinement fires after the second step (32 images), then one distillation step
@@ -186,8 +190,6 @@ def test_distill_only_steps_train_the_encoder_towards_the_targets_and_leave_the_
     assert torch.equal(more.model.decoder.vol.detach(), refined)  # no decoder step since the round
     # turned images are a harder task for 80 steps on 144 particles of 32 px: a smaller but real pull
     assert distance() < (0.8 if augment else 0.5) * before, (before, distance())
-    with pytest.raises(InputError, match="distill_only trains one pose head"):
-        _cfg(tiny, tmp_path / "k", hypotheses=2, distill_only=True).validate()
     with pytest.raises(InputError, match="distill_augment turns the images of distillation steps"):
         _cfg(tiny, tmp_path / "k", distill_augment=True).validate()
     with pytest.raises(InputError, match="distill_simulate replaces images"):
@@ -256,6 +258,15 @@ def test_distillation_turns_images_and_targets_together():
     right = ModelOutput(None, torch.zeros(6), R_turned, d_turned, z, z)
     assert ref.penalty(right, ids, 32, g).item() < 1e-10
     assert ref.penalty(right, ids, 32).item() > 0.5  # without the turn the same outputs are wrong
+    # K = 3 hypotheses (a poses-only step): each image pulls its hypothesis nearest the target only
+    wrong = random_rotations(6, gen).float()
+    for j in range(3):
+        R3 = torch.stack([wrong, wrong, wrong], 1)
+        R3[:, j] = R_turned
+        three = ModelOutput(None, torch.zeros(6), R3, d_turned, z, z)
+        assert ref.penalty(three, ids, 32, g).item() < 1e-10
+    none_right = ModelOutput(None, torch.zeros(6), torch.stack([wrong] * 3, 1), d_turned, z, z)
+    assert ref.penalty(none_right, ids, 32, g).item() > 0.5
 
 
 def test_train_evaluate_predict_verbs(tiny, tmp_path, capsys):

@@ -168,11 +168,12 @@ class CryoModel(nn.Module):
         band (no images rendered, ``pred`` None). ``return_images``: render whole images and use
         the pixel MSE over the box (the same gradients; the loss is larger by the data's energy
         outside the disc, which no map can explain). ``poses_only``: the encoder's poses alone (loss
-        0, no decoder read; for distillation steps, whose loss is the distance to target poses)."""
+        0, no decoder read; for distillation steps, whose loss is the distance to target poses);
+        with K > 1 hypotheses R is (B, K, 3, 3) — no map is read, so no hypothesis is chosen."""
         e = LOSSES[self.loss_name]
         B = images.shape[0]
         if poses_only:
-            R, d = self.encoder(images)
+            R, d = self.encoder(images) if self.n_hypotheses == 1 else self.encoder.pose_hypotheses(images)
             z = torch.zeros(B, dtype=torch.long, device=images.device)
             return ModelOutput(None, images.new_zeros(B), R, d, z, z)
         if e is None:

@@ -126,7 +126,8 @@ class TrainConfig:
     distill: float = 1.0
     # Once refined poses are the targets, train the encoder on them alone (no decoder read, no
     # image loss; the map stays the refined one until the next round): a step then costs the
-    # encoder only, so it sees ~2-3x more images per second (docs/benchmarks.md). One pose head only.
+    # encoder only, so it sees ~2-3x more images per second (docs/benchmarks.md). With K pose
+    # hypotheses each image pulls its hypothesis nearest the target (winner-take-all).
     distill_only: bool = False
     # With distill_only: turn each distillation image by a random in-plane angle and its target
     # pose and shift with it (physics.group.turn_images; D4 covers only multiples of 90°). The
@@ -176,8 +177,6 @@ class TrainConfig:
         if self.distill_simulate and not self.distill_only:
             raise InputError("distill_simulate replaces images of distillation steps by simulated ones: it needs "
                              "distill_only")
-        if self.distill_only and self.hypotheses != 1:
-            raise InputError(f"distill_only trains one pose head; it does not apply to hypotheses {self.hypotheses}")
         positive = {"batch_size": self.batch_size, "lr": self.lr, "lr_decoder": self.lr_decoder, "clip": self.clip,
                     "eval_every": self.eval_every, "eval_n": self.eval_n, "checkpoint_every": self.checkpoint_every,
                     "lowpass_start": self.lowpass_start, "lowpass_images": self.lowpass_images,

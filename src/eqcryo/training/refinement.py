@@ -127,12 +127,18 @@ class Refinement:
                       turn: torch.Tensor | None = None) -> torch.Tensor:
         """``distill`` × mean over the batch of ‖R − R_t‖²_F + 0.1 ‖d − d_t‖² (px²). ``turn``
         (B, 2, 2): the images were turned in-plane by these
-        (:func:`~eqcryo.physics.group.turn_images`), so the targets are turned with them."""
+        (:func:`~eqcryo.physics.group.turn_images`), so the targets are turned with them. With K
+        pose hypotheses (``out.R`` (B, K, 3, 3), a poses-only step) each image pulls only its
+        hypothesis nearest the target: winner-take-all, as the image loss does."""
         if turn is not None:
             g = turn.to(R_t.dtype)
             R_t = torch.cat([g @ R_t[:, :2], R_t[:, 2:]], 1)  # diag(g, 1) R*
             d_t = (g @ d_t[..., None])[..., 0]
-        return self.distill * (((out.R - R_t) ** 2).sum((-2, -1)).mean() + 0.1 * ((out.d - d_t) ** 2).sum(-1).mean())
+        if out.R.dim() == 4:
+            rot = ((out.R - R_t[:, None]) ** 2).sum((-2, -1)).min(1).values
+        else:
+            rot = ((out.R - R_t) ** 2).sum((-2, -1))
+        return self.distill * (rot.mean() + 0.1 * ((out.d - d_t) ** 2).sum(-1).mean())
 
     def penalty(self, out: ModelOutput, ids: np.ndarray, box: int, turn: torch.Tensor | None = None) -> torch.Tensor:
         """:meth:`pose_distance` to the targets of particles ``ids`` (0 before :meth:`run`)."""

@@ -165,8 +165,8 @@ class Trainer:
             loss = out.loss.mean()
             if self.refinement.has_targets and c.distill:
                 loss = loss + self.refinement.penalty(out, batch.ids, self.data.box)
-        if c.view_prior:
-            loss = loss + c.view_prior * view_prior_penalty(out.R)
+        if c.view_prior:  # (every hypothesis of a poses-only step: none is chosen there)
+            loss = loss + c.view_prior * view_prior_penalty(out.R.reshape(-1, 3, 3))
         if not torch.isfinite(loss):
             raise TrainingDiverged(
                 f"loss became {loss.item()} at step {self.step + 1}; stopping. The last good checkpoint "
