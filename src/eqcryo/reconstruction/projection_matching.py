@@ -40,7 +40,7 @@ import torch
 
 from .backprojection import Backprojector
 from ..physics.lattice import fft2_centered, plane_coords
-from ..physics.rotations import axis_angle_to_matrix, random_rotations
+from ..physics.rotations import axis_angle_to_matrix, random_rotations, rotation_z
 from ..physics.projection import FourierVolume, prepare_fourier_volume, shift_phase_at, slice_fourier_volume
 
 __all__ = ["MatchConfig", "BandData", "search_poses", "reconstruct", "projection_matching"]
@@ -119,15 +119,6 @@ def _score(Fw: torch.Tensor, c2: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
     return 2 * (Fw.conj() * S).real.sum(-1) - (c2 * (S.real ** 2 + S.imag ** 2)).sum(-1)
 
 
-def _in_plane_turns(n: int, dtype: torch.dtype) -> torch.Tensor:
-    """Rotations (n - 1, 3, 3) about the image's z axis by 360°·j/n, j = 1 … n - 1 (left factors:
-    the local refinement also turns candidates in the image frame)."""
-    a = torch.arange(1, max(1, n), dtype=torch.float64) * (2 * math.pi / max(1, n))
-    v = torch.zeros(len(a), 3, dtype=torch.float64)
-    v[:, 2] = a
-    return axis_angle_to_matrix(v).to(dtype)
-
-
 def search_poses(fv: FourierVolume, band: BandData, R: torch.Tensor, origin_px: torch.Tensor,
                  cfg: MatchConfig, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Global search then local refinement against one map.
@@ -148,7 +139,10 @@ def search_poses(fv: FourierVolume, band: BandData, R: torch.Tensor, origin_px: 
     s = cfg.shift_step_px
     offsets = [(0.0, 0.0)] if s == 0 else [(a, b) for a in (-s, 0.0, s) for b in (-s, 0.0, s)]
     k = max(1, min(cfg.keep, cfg.n_rotations))
-    turns = _in_plane_turns(cfg.orbit, R.dtype)  # (t, 3, 3), t = orbit - 1
+    # the incumbent's in-plane turns by 360°·j/orbit, j = 1 … orbit - 1 (left factors: rotations in the
+    # image frame, as the local refinement's): (t, 3, 3), t = orbit - 1
+    turns = rotation_z(torch.arange(1, max(1, cfg.orbit), dtype=torch.float64) * (2 * math.pi / max(1, cfg.orbit))
+                       ).to(R.dtype)
     if len(turns):  # a turned candidate's origin offsets (P, 2) px and their phases (P, M)
         w = cfg.orbit_shift_px
         orbit_offsets = torch.tensor([(a, b) for a in np.arange(-w, w + 0.5) for b in np.arange(-w, w + 0.5)],
