@@ -267,6 +267,15 @@ def test_distillation_turns_images_and_targets_together():
         assert ref.penalty(three, ids, 32, g).item() < 1e-10
     none_right = ModelOutput(None, torch.zeros(6), torch.stack([wrong] * 3, 1), d_turned, z, z)
     assert ref.penalty(none_right, ids, 32, g).item() > 0.5
+    # all_hypotheses_once_settled: the winner alone until a round has settled, then every
+    # hypothesis: one right of three then costs 2/3 of three wrong ones (the same wrong poses;
+    # the shifts are right, so the penalty is the rotations' alone)
+    ref.all_hypotheses_once_settled = True
+    assert ref.penalty(three, ids, 32, g).item() < 1e-10  # not settled: winner-take-all
+    ref.settled = True
+    all_wrong = ref.penalty(none_right, ids, 32, g).item()
+    assert all_wrong > 0.5
+    assert ref.penalty(three, ids, 32, g).item() == pytest.approx(all_wrong * 2 / 3, rel=1e-5)
 
 
 def test_train_evaluate_predict_verbs(tiny, tmp_path, capsys):

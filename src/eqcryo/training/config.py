@@ -126,9 +126,15 @@ class TrainConfig:
     distill: float = 1.0
     # Once refined poses are the targets, train the encoder on them alone (no decoder read, no
     # image loss; the map stays the refined one until the next round): a step then costs the
-    # encoder only, so it sees ~2-3x more images per second (docs/benchmarks.md). With K pose
-    # hypotheses each image pulls its hypothesis nearest the target (winner-take-all).
+    # encoder only, so it sees ~2-3x more images per second (docs/benchmarks.md).
     distill_only: bool = False
+    # With K pose hypotheses and distill_only, which hypotheses learn a target: "winner" — each
+    # image pulls only its hypothesis nearest the target (winner-take-all; the others stay free);
+    # "all-once-settled" — the winner while the searches still move poses, every hypothesis once
+    # a round has settled (targets trusted), so the one the image loss picks is right too. With
+    # "winner" K = 4 and 8 settled their first round yet their encoders converged later than
+    # K = 1 (docs/results.md).
+    distill_hypotheses: str = "all-once-settled"
     # With distill_only: turn each distillation image by a random in-plane angle and its target
     # pose and shift with it (physics.group.turn_images; D4 covers only multiples of 90°). The
     # encoder fits its training particles' poses far better than held-out ones (docs/results.md).
@@ -174,6 +180,8 @@ class TrainConfig:
         if isinstance(self.distill_simulate, bool) or not isinstance(self.distill_simulate, (int, float)) \
                 or not 0 <= self.distill_simulate <= 1:
             raise InputError(f"distill_simulate {self.distill_simulate!r}: expected a fraction from 0 to 1")
+        if self.distill_hypotheses not in ("winner", "all-once-settled"):
+            raise InputError(f"distill_hypotheses {self.distill_hypotheses!r}: expected winner or all-once-settled")
         if self.distill_simulate and not self.distill_only:
             raise InputError("distill_simulate replaces images of distillation steps by simulated ones: it needs "
                              "distill_only")

@@ -34,9 +34,10 @@ class Refinement:
     #: than SETTLE_DEG has *settled*: the search has stopped changing the poses
     SETTLE_FRACTION, SETTLE_DEG = 0.01, 5.0
 
-    def __init__(self, iters: int, radius: float, distill: float, seed: int, keep: int = 1, orbit: int = 1):
+    def __init__(self, iters: int, radius: float, distill: float, seed: int, keep: int = 1, orbit: int = 1,
+                 all_hypotheses_once_settled: bool = False):
         self.iters, self.radius, self.distill, self.seed, self.keep = iters, radius, distill, seed, keep
-        self.orbit = orbit
+        self.orbit, self.all_hypotheses_once_settled = orbit, all_hypotheses_once_settled
         self.target_R: torch.Tensor | None = None
         self.target_origin_px: torch.Tensor | None = None
         self.settled = False
@@ -129,13 +130,18 @@ class Refinement:
         (B, 2, 2): the images were turned in-plane by these
         (:func:`~eqcryo.physics.group.turn_images`), so the targets are turned with them. With K
         pose hypotheses (``out.R`` (B, K, 3, 3), a poses-only step) each image pulls only its
-        hypothesis nearest the target: winner-take-all, as the image loss does."""
+        hypothesis nearest the target (winner-take-all, as the image loss does) — or, with
+        ``all_hypotheses_once_settled`` after a settled round, every hypothesis (mean over K)."""
         if turn is not None:
             g = turn.to(R_t.dtype)
             R_t = torch.cat([g @ R_t[:, :2], R_t[:, 2:]], 1)  # diag(g, 1) R*
             d_t = (g @ d_t[..., None])[..., 0]
         if out.R.dim() == 4:
-            rot = ((out.R - R_t[:, None]) ** 2).sum((-2, -1)).min(1).values
+            per_k = ((out.R - R_t[:, None]) ** 2).sum((-2, -1))  # (B, K)
+            # a settled round's targets are trusted: then every hypothesis learns them, so the
+            # one the image loss picks at prediction is right too (with the winner alone, K = 8
+            # fit its training targets worse than K = 1 and the image loss picked a wrong head)
+            rot = per_k.mean(1) if self.all_hypotheses_once_settled and self.settled else per_k.min(1).values
         else:
             rot = ((out.R - R_t) ** 2).sum((-2, -1))
         return self.distill * (rot.mean() + 0.1 * ((out.d - d_t) ** 2).sum(-1).mean())

@@ -80,7 +80,7 @@ class Trainer:
         self.refine_trigger = RefinementTrigger(cfg.refine_images, cfg.refine_every, cfg.refine_rounds,
                                                 cfg.refine_min_rounds)
         self.refinement = Refinement(cfg.refine_iters, cfg.refine_radius, cfg.distill, cfg.seed, cfg.refine_keep,
-                                     cfg.refine_orbit)
+                                     cfg.refine_orbit, all_hypotheses_once_settled=cfg.distill_hypotheses != "winner")
         self.eval_timer, self.stop = Periodic(cfg.eval_every), StopRule(cfg.steps, cfg.time_budget, cfg.stop_match_mse)
         self.step, self.images_seen, self.epoch, self.pos = 0, 0, 0, 0
         self.converged: dict | None = None
