@@ -33,10 +33,10 @@ def main() -> None:
     targets = tm.state["refinement"]["target_R"]
     if targets is None:
         raise SystemExit(f"{args.run}: no refinement targets in its checkpoint")
-    has = targets.abs().sum((1, 2)) > 0  # rows of held-out particles stay zero
+    ids = np.flatnonzero(targets.abs().sum((1, 2)).numpy() > 0)  # rows of held-out particles stay zero
     chosen, every, wins = [], [], []
     with torch.no_grad():
-        for b in ds.batches(np.arange(table.n), 256):
+        for b in ds.batches(ids, 256):
             out = tm.model(b.images, b.ctf)
             chosen.append(out.R.double().cpu())
             wins.append(out.hypothesis.cpu())
@@ -44,12 +44,12 @@ def main() -> None:
                 every.append(tm.model.encoder.pose_hypotheses(b.images)[0].double().cpu())
             else:
                 every.append(out.R.double().cpu()[:, None])
-    T = targets[has].double()
-    R, Rk, w = torch.cat(chosen)[has], torch.cat(every)[has], torch.cat(wins)
+    T = targets[ids].double()
+    R, Rk, w = torch.cat(chosen), torch.cat(every), torch.cat(wins)
     K = Rk.shape[1]
     e_chosen = geodesic_angle_degrees(R, T)
     e_best = torch.stack([geodesic_angle_degrees(Rk[:, k], T) for k in range(K)], 1).min(1).values
-    print(f"{args.run}: K = {K}, {int(has.sum())} training particles with refinement targets")
+    print(f"{args.run}: K = {K}, {len(ids)} training particles with refinement targets")
     for name, e in (("picked by the image loss", e_chosen), ("best of the K", e_best)):
         print(f"  {name}: median {e.median():.2f}°, more than 20° off {float((e > 20).double().mean()) * 100:.1f}%")
     print("  win shares: " + " ".join(f"{x:.2f}" for x in np.bincount(w.numpy(), minlength=K) / len(w)))

@@ -66,7 +66,7 @@ def main() -> None:
     med = f", median {statistics.median(t):.0f} s (range {min(t):.0f}–{max(t):.0f})" if t else ""
     print(f"\nconverged: {len(t)} of {len(runs)}{med}")
     if args.images:
-        n = sorted(r["img_conv"] for r in runs if r["img_conv"] is not None and r["img_conv"] <= args.images)
+        n = [r["img_conv"] for r in runs if r["img_conv"] is not None and r["img_conv"] <= args.images]
         med_n = f", median {statistics.median(n) / 1000:.0f}k images" if n else ""
         print(f"converged within {args.images // 1000}k images: {len(n)} of {len(runs)}{med_n}")
 
