@@ -167,6 +167,23 @@ def test_grid_skips_finished_and_resumes_interrupted_runs(spec_file, tmp_path, c
         assert (runs[0].path / f).exists(), f
 
 
+def test_grid_counts_a_run_ended_by_its_agreement_rule_as_done(spec_file, tmp_path):
+    """The default recipe ends a run early once encoder and search agree (stop_match_mse); with
+    a larger budget such a run must not be resumed and trained past its own end."""
+    out = tmp_path / "exp"
+    run_grid(str(spec_file), str(out), only=0, progress=False)
+    d = yaml.safe_load(spec_file.read_text())
+    d["steps"] = 3
+    spec_file.write_text(yaml.safe_dump(d))
+    spec = load_spec(spec_file)
+    run0 = grid_runs(spec, out)[0]
+    assert run_status(run0, spec) == "interrupted"  # budget not reached, no rule: resumed
+    s = json.loads((run0.path / "summary.json").read_text())
+    s["agreement"] = {"rule": "match_mse < 0.08 after a settled refinement", "step": 2, "match_mse": 0.05}
+    (run0.path / "summary.json").write_text(json.dumps(s))
+    assert run_status(run0, spec) == "done"
+
+
 def test_bad_spec_is_a_clear_error(tmp_path, capsys):
     p = tmp_path / "bad.yaml"
     p.write_text(yaml.safe_dump({"seeds": [0], "models": ["d4-l2"], "datasets": {}, "steps": 1,

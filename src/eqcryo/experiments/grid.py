@@ -15,7 +15,8 @@ Spec (YAML)::
         snr: null                            # for the SNR-sweep table (optional)
 
 Each run is an ordinary ``eqcryo train`` folder ``DIR/runs/<dataset>__<model>__seed<k>``.
-Finished runs (``summary.json`` with the budget reached) are skipped, interrupted ones (a
+Finished runs (``summary.json`` with the budget reached, or the run ended by its agreement rule,
+``stop_match_mse``) are skipped, interrupted ones (a
 checkpoint) resumed, the rest started; ``--only INDEX`` runs one grid cell (for a cluster
 scheduler's array job); ``--jobs N`` runs N processes at once with the threads split.
 """
@@ -99,6 +100,8 @@ def run_status(run: GridRun, spec: dict) -> str:
     rd = RunDir(run.path)
     d = rd.read_summary()
     if d is not None:
+        if d.get("agreement"):  # it ended by its own no-ground-truth rule: a larger budget would not run it on
+            return "done"
         if (spec.get("steps") is not None and d["steps"] >= spec["steps"]) or \
                 (spec.get("time_budget") is not None and d["train_seconds"] >= spec["time_budget"]):
             return "done"
