@@ -16,9 +16,9 @@ Spec (YAML)::
 
 Each run is an ordinary ``eqcryo train`` folder ``DIR/runs/<dataset>__<model>__seed<k>``.
 Finished runs (``summary.json`` with the budget reached, or the run ended by its agreement rule,
-``stop_match_mse``) are skipped, interrupted ones (a
-checkpoint) resumed, the rest started; ``--only INDEX`` runs one grid cell (for a cluster
-scheduler's array job); ``--jobs N`` runs N processes at once with the threads split.
+``stop_match_mse``) are skipped, interrupted ones (a checkpoint) resumed, the rest started;
+``--only INDEX`` runs one grid cell (for a cluster scheduler's array job); ``--jobs N`` runs N
+processes at once with the threads split.
 """
 
 from __future__ import annotations
