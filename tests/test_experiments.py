@@ -184,6 +184,19 @@ def test_grid_counts_a_run_ended_by_its_agreement_rule_as_done(spec_file, tmp_pa
     assert run_status(run0, spec) == "done"
 
 
+def test_ctrl_c_in_a_grid_is_a_message_not_a_traceback(spec_file, tmp_path, capsys, monkeypatch):
+    import eqcryo.experiments.grid as grid
+    from eqcryo.training.trainer import TrainingInterrupted
+
+    def interrupted(*a, **k):
+        raise TrainingInterrupted("interrupted at step 3; a checkpoint was saved")
+
+    monkeypatch.setattr(grid, "run_one", interrupted)
+    assert main(["experiment", str(spec_file), "-o", str(tmp_path / "exp"), "--only", "0"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted at step 3" in err and "rerun this command" in err
+
+
 def test_bad_spec_is_a_clear_error(tmp_path, capsys):
     p = tmp_path / "bad.yaml"
     p.write_text(yaml.safe_dump({"seeds": [0], "models": ["d4-l2"], "datasets": {}, "steps": 1,

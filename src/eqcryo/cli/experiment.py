@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from ..data.errors import InputError
@@ -49,8 +50,15 @@ def run(args) -> int:
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
-    status = run_grid(args.target, args.outdir, jobs=args.jobs, only=args.only, progress=not args.no_progress,
-                      threads=args.threads)
+    from ..training.trainer import TrainingInterrupted
+
+    try:
+        status = run_grid(args.target, args.outdir, jobs=args.jobs, only=args.only,
+                          progress=not args.no_progress, threads=args.threads)
+    except TrainingInterrupted as e:  # Ctrl-C: the running cell saved a checkpoint
+        print(f"eqcryo experiment: {e}; or rerun this command: finished cells are skipped and "
+              f"this one resumes", file=sys.stderr)
+        return 130
     print(json.dumps({"runs": len(status), "status": status}))
     return 0
 
