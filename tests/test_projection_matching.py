@@ -131,3 +131,70 @@ def test_orbit_recovers_poses_turned_in_plane_with_a_wrong_origin():
             err[o] = (_geodesic_deg(R, R_gt), (origin - o_gt).norm(dim=-1))
         assert err[1][0].min() > 60, err[1][0]  # stays turned
         assert err[orbit][0].max() < 2.0 and err[orbit][1].max() < 0.3, err[orbit]  # the basin of the truth
+
+
+def test_half_band_score_equals_the_score_over_the_whole_disc():
+    """The search scores one Hermitian half of the band (weight 2, DC 1): equal, to float32
+    rounding, to ‖Y‖² − ‖Y − CTF·T·S‖² summed over the whole disc |k| < radius in float64."""
+    from eqcryo.physics.lattice import fft2_centered, plane_coords
+    from eqcryo.physics.projection import shift_phase_at, slice_fourier_volume
+    from eqcryo.reconstruction.projection_matching import _score, _slices
+
+    n, r = 10, 9.0
+    R_gt, o_gt, reader, g = _data(n, 6, with_ctf=True)
+    R = axis_angle_to_matrix(torch.randn(n, 3, generator=g, dtype=torch.float64) * 0.2) @ R_gt
+    o = o_gt + torch.randn(n, 2, generator=g, dtype=torch.float64)
+    fv = prepare_fourier_volume(VOL, 2)
+    band = BandData.read(reader, np.arange(n), L, r)
+    half = _score(band.weighted(slice(None), o), band.ctf2(slice(None)),
+                  _slices(type(fv)(fv.data.to(torch.complex64), fv.L, fv.pad), band.pts, R)).double()
+    k = plane_coords(L, torch.float64).reshape(-1, 3)
+    disc = k.norm(dim=-1) < r
+    assert len(band.pts) < 0.55 * int(disc.sum())  # about half the points
+    images, ctf = reader(np.arange(n))
+    Y = fft2_centered(images).reshape(n, -1)[:, disc]
+    c = ctf.reshape(n, -1)[:, disc]
+    S = slice_fourier_volume(fv.data, (k[disc] @ R) * 2)
+    model = c * shift_phase_at(k[disc, 0], k[disc, 1], L, o) * S
+    full = (Y.abs() ** 2).sum(-1) - ((Y - model).abs() ** 2).sum(-1)
+    assert torch.allclose(half, full, rtol=1e-4, atol=1e-5 * (Y.abs() ** 2).sum(-1).max().item()), (half, full)
+
+
+def test_band_block_reads_the_same_slices_as_the_whole_volume():
+    """The search slices a central block of the padded DFT (cache-sized); within the band its
+    trilinear values are the full array's."""
+    from eqcryo.physics.projection import slice_fourier_volume
+    from eqcryo.reconstruction.projection_matching import band_block
+
+    fv = prepare_fourier_volume(VOL, 2)
+    r = 6.0
+    block = band_block(fv, r)
+    assert block.data.shape[-1] < fv.data.shape[-1]
+    g = torch.Generator().manual_seed(1)
+    pts = torch.randn(500, 3, generator=g, dtype=torch.float64)
+    pts = pts / pts.norm(dim=-1, keepdim=True) * torch.rand(500, 1, generator=g, dtype=torch.float64) * r
+    a = slice_fourier_volume(fv.data, pts[None] * 2)
+    b = slice_fourier_volume(block.data, pts[None] * 2)
+    assert torch.allclose(a, b, rtol=0, atol=1e-12 * a.abs().max().item())
+
+
+def test_a_match_band_beyond_nyquist_is_refused():
+    _, _, reader, _ = _data(2, 0, with_ctf=False)
+    import pytest
+    with pytest.raises(ValueError, match="beyond Nyquist"):
+        BandData.read(reader, np.arange(2), L, L / 2 + 1)
+
+
+def test_float32_backprojection_matches_float64():
+    """The search reconstructs in float32 (~3× faster): within 1e-5 of the float64 map."""
+    from eqcryo.reconstruction.backprojection import Backprojector
+
+    R_gt, o_gt, reader, _ = _data(40, 7, with_ctf=True)
+    images, ctf = reader(np.arange(40))
+    maps = []
+    for dt in (torch.float64, torch.float32):
+        bp = Backprojector(L, dtype=dt)
+        bp.add(images, R_gt, o_gt, ctf)
+        maps.append(bp.reconstruct(0.01).double())
+    assert maps[1].dtype == torch.float64 and maps[1].abs().max() > 0
+    assert (maps[0] - maps[1]).abs().max() < 1e-5 * maps[0].abs().max()

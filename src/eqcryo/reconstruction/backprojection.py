@@ -27,19 +27,41 @@ __all__ = ["Backprojector"]
 class Backprojector:
     """Accumulates images into a Fourier volume; call :meth:`add` per batch, then :meth:`reconstruct`.
 
-    Parameters: ``L`` box (px), ``pad`` oversampling of the 3-D lattice (default 2).
+    Parameters: ``L`` box (px), ``pad`` oversampling of the 3-D lattice (default 2; pad·L even),
+    ``dtype`` of the accumulators (float64; float32 is ~3× faster, for maps that feed a search).
     """
 
     def __init__(self, L: int, pad: int = 2, dtype: torch.dtype = torch.float64):
         self.L, self.pad, self.dtype = L, pad, dtype
         N = pad * L
+        if N % 2:
+            raise ValueError(f"backprojection needs an even padded size pad·L, got {pad}·{L}")
         self.N = N
-        self.num = torch.zeros(2, N ** 3, dtype=dtype)  # real, imag
-        self.den = torch.zeros(N ** 3, dtype=dtype)
+        # accumulators (real, imag, weight) on an (N+1)³ lattice: a sample inside the disc has
+        # |K| < N/2, so its 8 trilinear neighbours are indices 0 … N; the extra plane at N (beyond
+        # the lattice) takes what would fall off it, so :meth:`add` needs no bounds test, and
+        # :meth:`reconstruct` drops it. Three flat arrays: 1-D index_add_ is the fast path (one
+        # (P, 3) row-wise index_add_ was slower on CPU)
+        self._acc = torch.zeros(3, (N + 1) ** 3, dtype=dtype)
         self.count = 0
         k = plane_coords(L, dtype)
         self._keep = k.norm(dim=-1) < L / 2
         self._plane = k[self._keep]
+
+    @property
+    def num(self) -> torch.Tensor:
+        """Σ w·CTF·F on the N³ lattice, (2, N³): real and imaginary parts."""
+        return self._lattice(self._acc[:2])
+
+    @property
+    def den(self) -> torch.Tensor:
+        """Σ w·CTF² on the N³ lattice, (N³,)."""
+        return self._lattice(self._acc[2:])[0]
+
+    def _lattice(self, a: torch.Tensor) -> torch.Tensor:
+        """(c, (N+1)³) -> (c, N³): the lattice without the extra planes."""
+        N = self.N
+        return a.reshape(-1, N + 1, N + 1, N + 1)[:, :N, :N, :N].reshape(-1, N ** 3)
 
     def add(self, images: torch.Tensor, R: torch.Tensor, origin_px: torch.Tensor | None = None,
             ctf: torch.Tensor | None = None) -> None:
@@ -53,27 +75,25 @@ class Backprojector:
         c2 = (c * c).reshape(B, -1)[:, self._keep]
         pts = (self._plane @ R.to(self.dtype)) * self.pad + self.N // 2  # (B, M, 3) as (x, y, z) indices
         pts = pts.reshape(-1, 3)
-        vals = torch.stack([F.real.reshape(-1), F.imag.reshape(-1)], 0)
-        wts = c2.reshape(-1)
+        vals = (F.real.reshape(-1), F.imag.reshape(-1), c2.reshape(-1))
         i0 = torch.floor(pts).long()
         f = pts - i0
-        N = self.N
+        N1 = self.N + 1
+        base = (i0[:, 2] * N1 + i0[:, 1]) * N1 + i0[:, 0]
+        wx, wy, wz = (torch.stack([1 - f[:, i], f[:, i]]) for i in range(3))
         for dx in (0, 1):
             for dy in (0, 1):
+                wxy = wx[dx] * wy[dy]
                 for dz in (0, 1):
-                    ix, iy, iz = i0[:, 0] + dx, i0[:, 1] + dy, i0[:, 2] + dz
-                    w = (f[:, 0] if dx else 1 - f[:, 0]) * (f[:, 1] if dy else 1 - f[:, 1]) \
-                        * (f[:, 2] if dz else 1 - f[:, 2])
-                    ok = (ix >= 0) & (ix < N) & (iy >= 0) & (iy < N) & (iz >= 0) & (iz < N)
-                    idx = ((iz * N + iy) * N + ix)[ok]
-                    self.num.index_add_(1, idx, vals[:, ok] * w[ok])
-                    self.den.index_add_(0, idx, wts[ok] * w[ok])
+                    idx, w = base + ((dz * N1 + dy) * N1 + dx), wxy * wz[dz]
+                    for acc, v in zip(self._acc, vals):
+                        acc.index_add_(0, idx, v * w)
         self.count += B
 
     def merged(self, other: "Backprojector") -> "Backprojector":
         """A new accumulator holding both halves (for the full map)."""
         out = Backprojector(self.L, self.pad, self.dtype)
-        out.num, out.den, out.count = self.num + other.num, self.den + other.den, self.count + other.count
+        out._acc, out.count = self._acc + other._acc, self.count + other.count
         return out
 
     def reconstruct(self, wiener: float = 0.01) -> torch.Tensor:
