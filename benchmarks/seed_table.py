@@ -18,6 +18,7 @@ import argparse
 import csv
 import json
 import statistics
+import sys
 from pathlib import Path
 
 import yaml
@@ -49,7 +50,12 @@ def main() -> None:
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument("--images", type=int, help="also count the runs converged within this many images")
     args = ap.parse_args()
-    runs = [row(p) for p in args.runs]
+    unfinished = [p for p in args.runs if not (p / "summary.json").exists()]
+    for p in unfinished:  # a run still training (or never started) has no summary yet
+        print(f"skipped {p}: no summary.json (unfinished)", file=sys.stderr)
+    runs = [row(p) for p in args.runs if p not in unfinished]
+    if not runs:
+        sys.exit("no finished runs among the folders given")
     print("| run | seed | first MSE < 0.1: s (images) | final MSE / MedSE | FSC 0.5 vs truth (Å) | half-maps 0.143 "
           "(Å) | refinements (k images) | ended | training s | img/s, first eval |")
     print("|---|---|---|---|---|---|---|---|---|---|")
