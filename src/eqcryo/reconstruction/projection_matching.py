@@ -159,7 +159,8 @@ def search_poses(fv: FourierVolume, band: BandData, R: torch.Tensor, origin_px: 
     pose can score below an already refined wrong pose until it is refined itself).
     """
     n = len(R)
-    fv = band_block(FourierVolume(fv.data.to(torch.complex64), fv.L, fv.pad), float(band.pts[:, :2].norm(dim=-1).max()))
+    band_radius = float(band.pts[:, :2].norm(dim=-1).max())  # the farthest point the slices read
+    fv = band_block(FourierVolume(fv.data.to(torch.complex64), fv.L, fv.pad), band_radius)
     pts = band.pts
     grid = random_rotations(cfg.n_rotations, generator)
     S_grid = _slices(fv, pts, grid)  # (K, M)
