@@ -147,6 +147,10 @@ def test_grid_skips_finished_and_resumes_interrupted_runs(spec_file, tmp_path, c
     spec = load_spec(spec_file)
     runs = grid_runs(spec, out)
     assert [run_status(r, spec) for r in runs] == ["done", "new"]
+    # a grid run in pieces: the report tables the finished run only, and says one is missing
+    for extra in ([], ["--spec", str(spec_file)]):
+        assert main(["experiment", "report", str(out)] + extra) == 0
+        assert "1 of 2 runs are not finished" in capsys.readouterr().out
     assert run_grid(str(spec_file), str(out), progress=False) == ["new"]  # run 0 skipped
     # extend the budget: both runs are now interrupted and continue from their checkpoints
     d = yaml.safe_load(spec_file.read_text())

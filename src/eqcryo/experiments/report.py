@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..training.rundir import RunDir
+from .grid import GridRun, run_status
 
 __all__ = ["RunResult", "read_run", "aggregate", "table1_markdown", "table2_markdown", "diagnostics_markdown",
            "write_report"]
@@ -128,13 +129,28 @@ def diagnostics_markdown(results: list[RunResult]) -> str:
     return "\n".join(out)
 
 
+def _finished(g: dict, spec: dict | None) -> bool:
+    """Whether the run of ``grid.json`` entry ``g`` has finished: by the grid's own rule with the
+    spec (its budget reached, or ended by its agreement rule), else by having a summary.json
+    (written only when training ends)."""
+    if spec is not None:
+        run = GridRun(g["index"], g["dataset"], g["model"], g["seed"], Path(g["path"]))
+        return run_status(run, spec) == "done"
+    return RunDir(g["path"]).read_summary() is not None
+
+
 def write_report(out_dir: str, spec: dict | None = None) -> str:
-    """Collect every run of a grid folder; write ``table1.md/.csv`` (and ``table2.md``); return Markdown."""
+    """Collect every finished run of a grid folder; write ``table1.md/.csv`` (and ``table2.md``);
+    return Markdown. Unfinished runs are left out, and the count of them is said."""
     out = Path(out_dir)
     grid = json.loads((out / "grid.json").read_text())
-    results = [r for r in (read_run(Path(g["path"]), g["dataset"], g["model"], g["seed"]) for g in grid) if r]
+    finished = [g for g in grid if _finished(g, spec)]
+    results = [r for r in (read_run(Path(g["path"]), g["dataset"], g["model"], g["seed"]) for g in finished) if r]
     rows = aggregate(results)
     md = "## Table 1\n\n" + table1_markdown(rows) + "\n"
+    if len(finished) < len(grid):  # a grid run in pieces: a half-trained run is not a result
+        md = (f"{len(grid) - len(finished)} of {len(grid)} runs are not finished (still training, "
+              f"interrupted or not started) and are left out of the tables.\n\n") + md
     with open(out / "table1.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["dataset"])
         w.writeheader()
