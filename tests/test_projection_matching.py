@@ -4,11 +4,12 @@ puts back images assigned to the mirrored view (the stalled state of docs/traini
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from eqcryo.evaluation.metrics import pose_metrics
 from eqcryo.physics.ctf import ctf_2d
-from eqcryo.physics.projection import prepare_fourier_volume, project
+from eqcryo.physics.projection import FourierVolume, prepare_fourier_volume, project
 from eqcryo.physics.rotations import axis_angle_to_matrix, random_rotations
 from eqcryo.reconstruction.projection_matching import BandData, MatchConfig, projection_matching, search_poses
 
@@ -147,7 +148,7 @@ def test_half_band_score_equals_the_score_over_the_whole_disc():
     fv = prepare_fourier_volume(VOL, 2)
     band = BandData.read(reader, np.arange(n), L, r)
     half = _score(band.weighted(slice(None), o), band.ctf2(slice(None)),
-                  _slices(type(fv)(fv.data.to(torch.complex64), fv.L, fv.pad), band.pts, R)).double()
+                  _slices(FourierVolume(fv.data.to(torch.complex64), fv.L, fv.pad), band.pts, R)).double()
     k = plane_coords(L, torch.float64).reshape(-1, 3)
     disc = k.norm(dim=-1) < r
     assert len(band.pts) < 0.55 * int(disc.sum())  # about half the points
@@ -180,7 +181,6 @@ def test_band_block_reads_the_same_slices_as_the_whole_volume():
 
 def test_a_match_band_beyond_nyquist_is_refused():
     _, _, reader, _ = _data(2, 0, with_ctf=False)
-    import pytest
     with pytest.raises(ValueError, match="beyond Nyquist"):
         BandData.read(reader, np.arange(2), L, L / 2 + 1)
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable
 
 import numpy as np
@@ -104,15 +105,23 @@ class BandData:
         weight = torch.where((pts[:, 0] == 0) & (pts[:, 1] == 0), 1.0, 2.0)
         return cls(torch.cat(Fs), torch.cat(cs), pts, weight, L)
 
+    @cached_property
+    def _ctf_w(self) -> torch.Tensor:  # weight · CTF (n, M), once, not per chunk and round
+        return self.ctf * self.weight
+
+    @cached_property
+    def _ctf2_w(self) -> torch.Tensor:  # weight · CTF² (n, M)
+        return self.ctf ** 2 * self.weight
+
     def ctf2(self, rows: slice | torch.Tensor) -> torch.Tensor:
         """``weight · CTF²`` (k, M) of images ``rows``: the |S|² term of the score."""
-        return self.ctf[rows] ** 2 * self.weight
+        return self._ctf2_w[rows]
 
     def weighted(self, rows: slice | torch.Tensor, origin_px: torch.Tensor) -> torch.Tensor:
         """``weight · CTF · T_o⁻¹ Y`` (k, M) (or (k, P, M) for origins (k, P, 2)): each image
         un-shifted by a candidate origin (px) and weighted by its CTF and the half-band weight,
         the term the score correlates."""
-        F, c = self.F[rows], self.ctf[rows] * self.weight
+        F, c = self.F[rows], self._ctf_w[rows]
         kx, ky = self.pts[:, 0], self.pts[:, 1]
         origin_px = origin_px.float()
         if origin_px.dim() == 2:
