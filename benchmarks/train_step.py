@@ -6,6 +6,7 @@ Each row runs in a fresh subprocess. Usage:
     python benchmarks/train_step.py [--device cpu|cuda] [--batch 32] [--threads 2] [--box 64]
     python benchmarks/train_step.py --hypotheses 1,2,4,8
     python benchmarks/train_step.py --bf16 [--rounds 2]   # encoder trunk float32 vs bfloat16, interleaved
+    python benchmarks/train_step.py --compile [--rounds 2]  # encoder trunk eager vs torch.compile, interleaved
     python benchmarks/train_step.py --distill [--rounds 2] # poses-only distillation steps, simulated share 0 / 0.5
 Prints a Markdown table (images/s = training images per second).
 """
@@ -23,12 +24,17 @@ CHILD = r"""
 import json, sys, time, torch
 from eqcryo.models.presets import build_model
 model, profile, box, batch, device, threads, band, bin, K = sys.argv[1:10]
-bf16 = len(sys.argv) > 10 and sys.argv[10] == "bf16"
+variant = sys.argv[10] if len(sys.argv) > 10 else "fp32"   # fp32 | bf16 | compile
 box, batch, threads, bin, K = int(box), int(batch), int(threads), int(bin), int(K)
 torch.set_num_threads(threads)
 torch.manual_seed(0)
 m = build_model(model, profile, box, encoder_bin=bin, hypotheses=K).to(device)
-m.encoder.bf16 = bf16
+m.encoder.bf16 = variant == "bf16"
+if variant == "compile":  # the convolutional trunk through TorchInductor; compiled in the warm-up steps
+    if hasattr(m.encoder, "trunk"):
+        m.encoder.trunk.compile()
+    else:
+        m.encoder.features = torch.compile(m.encoder.features)
 radius = None if band == "full" else float(band)
 opt = torch.optim.Adam(m.parameters(), lr=1e-4, amsgrad=True)
 x = torch.randn(batch, box, box, device=device)
@@ -91,7 +97,10 @@ def main():
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--hypotheses", help="comma-separated K: time d4-l2 (bin 2) with K pose hypotheses instead")
     ap.add_argument("--bf16", action="store_true", help="time the encoder trunk in float32 and in bfloat16 instead")
-    ap.add_argument("--rounds", type=int, default=2, help="with --bf16: alternating rounds (the best is kept)")
+    ap.add_argument("--compile", action="store_true",
+                    help="time the encoder trunk eager and through torch.compile instead")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="with --bf16/--compile/--distill: alternating rounds (the best is kept)")
     ap.add_argument("--distill", action="store_true",
                     help="time poses-only distillation steps (d4-l2, bin 2) with 0 and half of each batch simulated")
     a = ap.parse_args()
@@ -112,27 +121,30 @@ def main():
         for share in ("0", "0.5"):
             print(f"| {share} | {best[share]:.4f} | {a.batch / best[share]:.0f} | {best[share] / best['0']:.2f} |")
         return
-    if a.bf16:
+    if a.bf16 or a.compile:
+        other = "bf16" if a.bf16 else "compile"
+        what = ("float32 vs bfloat16 (autocast)" if a.bf16
+                else "eager vs torch.compile (TorchInductor; compile time excluded)")
         print(f"device {a.device}, batch {a.batch}, {a.threads} threads, box {a.box}, profile {a.profile}; one Adam "
-              f"step incl. forward + backward; encoder trunk float32 vs bfloat16 (autocast), best of {a.rounds} "
-              "interleaved rounds")
-        print("| model | loss band (shells) | encoder bin | float32 s/step | bf16 s/step | speed-up | bf16 images/s |")
+              f"step incl. forward + backward; encoder trunk {what}, best of {a.rounds} interleaved rounds")
+        print(f"| model | loss band (shells) | encoder bin | float32 eager s/step | {other} s/step | speed-up | "
+              f"{other} images/s |")
         print("|---|---|---|---|---|---|---|")
         for model in ("d4-l2", "standard"):
             for band in ("full", "16"):
                 for bin in (1, 2):
                     best = {}
                     for _ in range(a.rounds):
-                        for prec in ("fp32", "bf16"):
+                        for variant in ("fp32", other):
                             out = subprocess.run([sys.executable, "-c", CHILD, model, a.profile, str(a.box),
-                                                  str(a.batch), a.device, str(a.threads), band, str(bin), "1", prec],
-                                                 capture_output=True, text=True)
+                                                  str(a.batch), a.device, str(a.threads), band, str(bin), "1",
+                                                  variant], capture_output=True, text=True)
                             if out.returncode:
                                 raise SystemExit(out.stderr.strip().splitlines()[-1])
                             r = json.loads(out.stdout.strip().splitlines()[-1])
-                            best[prec] = min(best.get(prec, 1e9), r["step_s"])
-                    print(f"| {model} | {band} | {bin} | {best['fp32']:.3f} | {best['bf16']:.3f} | "
-                          f"{best['fp32'] / best['bf16']:.2f}× | {a.batch / best['bf16']:.0f} |", flush=True)
+                            best[variant] = min(best.get(variant, 1e9), r["step_s"])
+                    print(f"| {model} | {band} | {bin} | {best['fp32']:.3f} | {best[other]:.3f} | "
+                          f"{best['fp32'] / best[other]:.2f}× | {a.batch / best[other]:.0f} |", flush=True)
         return
     if a.hypotheses:
         print(f"device {a.device}, batch {a.batch}, {a.threads} threads, box {a.box}, profile {a.profile}, d4-l2, "
