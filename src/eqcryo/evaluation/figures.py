@@ -69,15 +69,25 @@ def plot_projective_plane(path, xy_gt, xy_pred) -> None:
     plt.close(fig)
 
 
-def plot_series(path, series, ylabel: str, logy: bool = True, hline: float | None = None) -> None:
-    """Lines [(label, x, y), ...] against training time."""
+def plot_series(path, series, ylabel: str, logy: bool = True, hline: float | None = None,
+                title: str | None = None) -> None:
+    """Lines [(label, x, y), ...] against training time. Lines that share a label (e.g. the seeds
+    of one model) share a colour and one legend entry."""
     fig, ax = plt.subplots(figsize=(6, 4))
+    colours: dict[str, str] = {}
+    shared = len({label for label, _, _ in series}) < len(series)
     for label, x, y in series:
-        (ax.semilogy if logy else ax.plot)(x, y, label=label)
+        first = label not in colours
+        if first:
+            colours[label] = f"C{len(colours) % 10}"
+        (ax.semilogy if logy else ax.plot)(x, y, color=colours[label], label=label if first else None,
+                                           lw=1.0 if shared else 1.5, alpha=0.8 if shared else 1.0)
     if hline is not None:
         ax.axhline(hline, color="grey", ls=":")
     ax.set_xlabel("training time (s)")
     ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     with atomic_path(path) as tmp:
