@@ -214,3 +214,18 @@ def test_bad_spec_is_a_clear_error(tmp_path, capsys):
                                  "recipe": "no-such-recipe"}))
     assert main(["experiment", str(p), "-o", str(tmp_path / "x")]) == 2
     assert "unknown recipe 'no-such-recipe'" in capsys.readouterr().err
+
+
+def test_plot_series_groups_lines_that_share_a_label(tmp_path, monkeypatch):
+    """The seeds of one model share a colour and one legend entry; distinct labels differ."""
+    from eqcryo.evaluation import figures
+
+    closed = []
+    monkeypatch.setattr(figures.plt, "close", closed.append)
+    figures.plot_series(tmp_path / "f.png", [("d4", [0, 1], [1.0, 0.1]), ("d4", [0, 1], [2.0, 0.2]),
+                                             ("c4", [0, 1], [3.0, 0.3])], "pose MSE", title="grid")
+    ax = closed[0].axes[0]
+    colours = [line.get_color() for line in ax.get_lines()[:3]]
+    assert colours[0] == colours[1] != colours[2]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["d4", "c4"]
+    assert ax.get_title() == "grid" and (tmp_path / "f.png").stat().st_size > 0
