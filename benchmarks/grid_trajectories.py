@@ -4,30 +4,34 @@ per seed, each cell the held-out pose MSE / MedSE at the evaluations nearest to 
     python benchmarks/grid_trajectories.py EXPERIMENT_DIR DATASET [--times 120 240 360 420 480]
 
 Reads the grid's ``grid.json`` and each run's ``metrics.csv``; a run without ``summary.json``
-(not finished) is shown as such. A cell ends with the first evaluation below MSE 0.1, if any.
+(not finished) is shown as such. A cell ends with the first evaluation below MSE 0.1 (the report's threshold), if any.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from pathlib import Path
 
+from eqcryo.experiments.report import CONVERGED
+from eqcryo.training.rundir import RunDir
+
 
 def cell(run: Path, times: list[float]) -> tuple[str, bool]:
-    if not (run / "summary.json").exists():
+    """One run's cell and whether it converged (the report's threshold, ``CONVERGED``)."""
+    rd = RunDir(run)
+    if rd.read_summary() is None:
         return "(not finished)", False
-    rows = [r for r in csv.DictReader(open(run / "metrics.csv")) if r.get("pose_mse")]
+    rows = [r for r in rd.metric_rows() if r.get("pose_mse") not in (None, "")]
     if not rows:
         return "(no pose MSE: no ground truth?)", False
     pts = []
     for t in times:
         r = min(rows, key=lambda r: abs(float(r["train_seconds"]) - t))
         pts.append(f"{float(r['pose_mse']):.2f}/{float(r['pose_medse']):.2f}")
-    first = next((r for r in rows if float(r["pose_mse"]) < 0.1), None)
+    first = next((r for r in rows if float(r["pose_mse"]) < CONVERGED), None)
     if first:
-        pts.append(f"**< 0.1 at {float(first['train_seconds']):.0f} s**")
+        pts.append(f"**< {CONVERGED:g} at {float(first['train_seconds']):.0f} s**")
     return ", ".join(pts), first is not None
 
 
