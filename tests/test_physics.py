@@ -297,6 +297,63 @@ def test_gradcheck_slice_operator():
     assert torch.autograd.gradcheck(f, (data, x), atol=1e-6)
 
 
+def _grid_sample_reference(vol, coords, origin, conj):
+    """The same reads through torch's grid_sample (an independent implementation), any device."""
+    D, H, W = vol.shape
+    c = torch.where(conj[..., None], -coords, coords)
+    size = torch.tensor([W, H, D], dtype=coords.dtype)
+    grid = (c + torch.tensor(origin, dtype=coords.dtype)) * (2.0 / (size - 1)) - 1.0
+    vr = torch.view_as_real(vol).permute(3, 0, 1, 2)[None]
+    out = torch.nn.functional.grid_sample(vr, grid.reshape(1, -1, 1, 1, 3), mode="bilinear", padding_mode="zeros",
+                                          align_corners=True)[0, :, :, 0, 0]
+    return torch.complex(out[0], torch.where(conj.reshape(-1), -out[1], out[1])).reshape(coords.shape[:-1])
+
+
+def test_trilinear_sampler_equals_grid_sample_in_values_and_gradients():
+    """The CPU sampler of the slice operator (a hand-written gather + index_add, used because
+    grid_sample's 3-D CPU kernel is single-threaded for one volume) against grid_sample itself:
+    a non-cubic complex lattice, points inside, on the edges and outside it (zeros), some read
+    at -p and conjugated; values, the volume's gradient and the points' gradient, float64."""
+    g = torch.Generator().manual_seed(21)
+    vol = torch.complex(torch.randn(5, 6, 7, generator=g, dtype=torch.float64),
+                        torch.randn(5, 6, 7, generator=g, dtype=torch.float64))
+    origin = (1.0, 2.5, 2.0)
+    coords = (torch.rand(3, 40, 3, generator=g, dtype=torch.float64) - 0.5) * torch.tensor([9.0, 8.0, 7.0])
+    # next to the first and last lattice points and just outside (not on a lattice plane, where the
+    # derivative is one-sided and either side is right)
+    coords[0, :5] = torch.tensor([[-0.99, -2.49, -1.99], [4.99, 2.49, 1.99], [5.5, 3.1, 2.9], [-1.5, 0.1, 0.1],
+                                  [0.1, -3.2, 0.1]], dtype=torch.float64)
+    conj = torch.rand(3, 40, generator=g) < 0.3
+    for fn in (P.sample_trilinear_complex, _grid_sample_reference):
+        v = vol.clone().requires_grad_()
+        x = coords.clone().requires_grad_()
+        out = fn(v, x, origin, conj)
+        w = torch.complex(torch.randn(out.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64),
+                          torch.randn(out.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64))
+        (out * w).real.sum().backward()
+        if fn is P.sample_trilinear_complex:
+            got = (out.detach(), v.grad, x.grad)
+        else:
+            ref = (out.detach(), v.grad, x.grad)
+    assert (ref[0] == 0).any() and (ref[0] != 0).sum() >= 40  # the points do cover outside and inside
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+
+
+def test_gradcheck_trilinear_sampler():
+    g = torch.Generator().manual_seed(22)
+    vol = torch.complex(torch.randn(4, 5, 6, generator=g, dtype=torch.float64),
+                        torch.randn(4, 5, 6, generator=g, dtype=torch.float64)).requires_grad_()
+    # off the lattice planes (trilinear interpolation has kinks there), some outside the array
+    coords = (torch.randint(-3, 4, (2, 7, 3), generator=g) + 0.2 + 0.6 * torch.rand(2, 7, 3, generator=g)
+              ).double().requires_grad_()
+    conj = torch.rand(2, 7, generator=g) < 0.5
+
+    def f(vol, coords):
+        return torch.view_as_real(P.sample_trilinear_complex(vol, coords, (1.0, 2.0, 2.0), conj))
+    assert torch.autograd.gradcheck(f, (vol, coords))
+
+
 def test_band_dft_equals_the_central_block_of_the_padded_fft():
     from eqcryo.physics.lattice import _crop_or_pad_centered, fft3_centered
     from eqcryo.physics.projection import centered_dft_band

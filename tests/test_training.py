@@ -168,7 +168,8 @@ def test_distill_only_steps_train_the_encoder_towards_the_targets_and_leave_the_
     assert tr.refinement.has_targets and not torch.equal(vol0, tr.model.decoder.vol.detach())
     refined = tr.model.decoder.vol.detach().clone()
     # half of a simulated batch is new images: twice the steps for the same number of real ones
-    more = Trainer(_cfg(tiny, tmp_path / "d", steps=160 if simulate else 80, **kw), resume=True)
+    # (and twice the steps for turned images, below)
+    more = Trainer(_cfg(tiny, tmp_path / "d", steps=160 if simulate or augment else 80, **kw), resume=True)
     ids = more.data.train_ids
     more.refinement.target_R[ids] = more.gt.R[ids].float()
     if simulate:  # simulated images need the right map to teach the right poses: the truth, as the targets
@@ -190,11 +191,13 @@ def test_distill_only_steps_train_the_encoder_towards_the_targets_and_leave_the_
     before = distance()
     more.run(progress=False)
     assert torch.equal(more.model.decoder.vol.detach(), refined)  # no decoder step since the round
-    # turned images are a harder task for 80 steps on 144 particles of 32 px: a smaller but real
-    # pull; smaller still when both hypotheses must learn every target (the distance is their mean)
+    # turned images are a harder task on 144 particles of 32 px: twice the steps (after 80 the pull
+    # was 0.67-0.88 of the start, varying with float rounding; after 160 it is 0.44-0.59), and a
+    # smaller pull when both hypotheses must learn every target (the distance is their mean)
     if rule == "all-once-settled":
         assert more.refinement.settled  # so the rule pulls both hypotheses
-    assert distance() < (0.9 if rule == "all-once-settled" else 0.8 if augment else 0.5) * before, (before, distance())
+    assert distance() < (0.85 if rule == "all-once-settled" else 0.75 if augment else 0.5) * before, (before,
+                                                                                                       distance())
     with pytest.raises(InputError, match="distill_augment turns the images of distillation steps"):
         _cfg(tiny, tmp_path / "k", distill_augment=True).validate()
     with pytest.raises(InputError, match="distill_simulate replaces images"):
