@@ -43,7 +43,15 @@ class GaussianPyramid(nn.Module):
         for i in range(n):
             k = torch.exp(-r2 / (2 * 0.01 * 10 ** i))
             ks.append(k / k.sum())
-        self.register_buffer("kernel", torch.stack(ks)[:, None].float())
+        kernel = torch.stack(ks)[:, None].float()
+        # The narrow Gaussians' tails (e.g. exp(-100) ≈ 4e-44 for variance 0.01 px²) are subnormal
+        # in float32. They change no output (each is summed with terms ~1e37 times larger), but on
+        # some x86 CPUs every multiply with a subnormal takes a microcode assist: this one 1 -> 5
+        # channel convolution then took ~55 ms of a ~170 ms training step instead of ~2.5 ms
+        # (docs/benchmarks.md). Zeroing them keeps the kernels symmetric, hence the layer exactly
+        # equivariant.
+        kernel[kernel.abs() < torch.finfo(torch.float32).tiny] = 0
+        self.register_buffer("kernel", kernel)
         self.pad = size // 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
