@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The demo (`make demo`), on the bundled PDB 5NRL spliceosome, at most ~17 minutes on 2 cores:
+# The demo (`make demo`), on the bundled PDB 5NRL spliceosome, ~6 minutes on 2 cores, at most ~22 on a slow host:
 #  1. simulate 4000 noiseless particles (64 px, 6.6 Å/px, CTF, 20 Å shifts) with ground truth;
 #  2. reconstruct them with their true poses (fixed-pose backprojection) and measure the FSC;
 #  3. ab initio: train the D4-equivariant model from images + CTFs alone for DEMO_TRAIN_SECONDS
-#     (default 900) of training wall time at most and report its pose error on held-out particles
+#     (default 1200) of training wall time at most and report its pose error on held-out particles
 #     and its map resolution against the truth. It runs what `eqcryo train` runs without options
 #     (the `default` recipe, docs/training.md): the paper's amortized training, with
 #     projection-matching refinements of the training poses from 100k images on, distilled into
@@ -12,7 +12,10 @@
 #     measured, not assumed: see the last lines (and docs/results.md for the measured times).
 set -euo pipefail
 OUT="${1:-demo_out}"
-SECONDS_TRAIN="${DEMO_TRAIN_SECONDS:-900}"
+# 1200 s, not 900: on a host running at ~0.4x this machine's usual speed the demo converged at
+# 764 s of 900 (2026-12-02, README); the run ends itself at agreement, so the cap costs nothing
+# where it is not needed
+SECONDS_TRAIN="${DEMO_TRAIN_SECONDS:-1200}"
 E=.venv/bin/eqcryo
 mkdir -p "$OUT"
 $E simulate builtin:5nrl -o "$OUT/sim" --n 4000 --box 64 --apix 6.6 --noiseless --seed 7
