@@ -30,6 +30,11 @@ from .gconv import FieldBatchNorm, Group, GroupConv2d, LiftingConv2d, RegularLin
 __all__ = ["GaussianPyramid", "StandardEncoder", "EquivariantEncoder", "padded_size"]
 
 
+def _without_subnormals(k: torch.Tensor) -> torch.Tensor:
+    """``k`` with its subnormal values (0 < |x| < the dtype's smallest normal) set to 0."""
+    return torch.where(k.abs() < torch.finfo(k.dtype).tiny, torch.zeros_like(k), k)
+
+
 class GaussianPyramid(nn.Module):
     """Frozen 1 -> 5 channel filter bank (cryoAI): 11×11 Gaussians of variance 0.01·10^i px²
     (i = 0..4), each summing to 1, reflect padding, then per-image per-channel standardisation.
@@ -50,9 +55,14 @@ class GaussianPyramid(nn.Module):
         # channel convolution then took ~55 ms of a ~170 ms training step instead of ~2.5 ms
         # (docs/benchmarks.md). Zeroing them keeps the kernels symmetric, hence the layer exactly
         # equivariant.
-        kernel[kernel.abs() < torch.finfo(torch.float32).tiny] = 0
-        self.register_buffer("kernel", kernel)
+        self.register_buffer("kernel", _without_subnormals(kernel))
+        # checkpoints written before the zeroing carry the subnormal weights: drop them on load too
+        self.register_load_state_dict_post_hook(GaussianPyramid._drop_subnormals)
         self.pad = size // 2
+
+    @staticmethod
+    def _drop_subnormals(module: "GaussianPyramid", incompatible_keys) -> None:
+        module.kernel.copy_(_without_subnormals(module.kernel))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.pad(x[:, None], (self.pad,) * 4, mode="reflect")
