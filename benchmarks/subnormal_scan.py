@@ -33,7 +33,7 @@ class SubnormalCounter(TorchDispatchMode):
         super().__init__()
         self.values: collections.Counter = collections.Counter()
         self.calls: collections.Counter = collections.Counter()
-        self.elements: collections.Counter = collections.Counter()
+        self.elements: collections.Counter = collections.Counter()  # values of the inputs that held any
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -54,7 +54,7 @@ def main() -> None:
     counter = SubnormalCounter()
     with counter:
         rc = eqcryo_main(sys.argv[1:])
-    print("| operation | calls with subnormal inputs | subnormal values | share of those calls' input values |")
+    print("| operation | calls with subnormal inputs | subnormal values | share of the values of the inputs that held any |")
     print("|---|---|---|---|")
     for op, n in counter.values.most_common(25):
         print(f"| {op} | {counter.calls[op]} | {n} | {n / counter.elements[op]:.1e} |")
