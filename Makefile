@@ -1,9 +1,9 @@
-# Two commands: `make demo` runs the pipeline end to end; `make test` runs the tests.
+# Two commands: `make demo` runs the pipeline end to end; `make test` runs the checks and tests.
 # Both create .venv on first use (see scripts/setup_env.sh).
 PY := .venv/bin/python
 DEMO_OUT ?= demo_out
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast lint bench clean
 
 setup:
 	@bash scripts/setup_env.sh
@@ -11,14 +11,20 @@ setup:
 demo: setup
 	@bash scripts/demo.sh $(DEMO_OUT)
 
-test: setup
-	$(PY) -m pytest -q
+# what CI runs: lint and types, then every test (the slowest 15 listed)
+test: setup lint
+	$(PY) -m pytest -q --durations=15
 
-test-fast: setup
+# the tests that train nothing for long (marked slow otherwise); about a minute on 2 cores
+test-fast: setup lint
 	$(PY) -m pytest -q -m "not slow"
+
+lint: setup
+	$(PY) -m ruff check src tests benchmarks tools scripts
+	$(PY) -m mypy
 
 bench: setup
 	$(PY) benchmarks/run_all.py
 
 clean:
-	rm -rf $(DEMO_OUT) .pytest_cache
+	rm -rf $(DEMO_OUT) .pytest_cache .mypy_cache .ruff_cache

@@ -1,4 +1,4 @@
-"""The GPU check, in one go (issue #16): whole training steps per model at 64 and 128 px (paper
+"""The GPU check, in one go: whole training steps per model at 64 and 128 px (paper
 profile), their FLOP rate against the device's peak, and a paper-scale convergence probe of
 d4-l2 against c4-mirror. Self-contained: run it from the repository root on a GPU machine.
 

@@ -49,7 +49,7 @@ def main():
         origin = torch.zeros(n, 2, dtype=torch.float64)
         images = torch.cat([project(vol, R[s:s + 500]) for s in range(0, n, 500)])
 
-        def reader(ids):
+        def reader(ids, images=images):
             return images[ids], None
         ids = np.arange(n)
         t0 = time.perf_counter()

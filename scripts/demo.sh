@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The demo (`make demo`), on the bundled PDB 5NRL spliceosome, ~6 minutes on 2 cores, at most ~22 on a slow host:
+# The demo (`make demo`), on the bundled PDB 5NRL spliceosome (6 to 20 minutes on 2 cores):
 #  1. simulate 4000 noiseless particles (64 px, 6.6 Å/px, CTF, 20 Å shifts) with ground truth;
 #  2. reconstruct them with their true poses (fixed-pose backprojection) and measure the FSC;
 #  3. ab initio: train the D4-equivariant model from images + CTFs alone for DEMO_TRAIN_SECONDS
@@ -12,9 +12,8 @@
 #     measured, not assumed: see the last lines (and docs/results.md for the measured times).
 set -euo pipefail
 OUT="${1:-demo_out}"
-# 1200 s, not 900: on a host running at ~0.4x this machine's usual speed the demo converged at
-# 764 s of 900 (2026-12-02, README); the run ends itself at agreement, so the cap costs nothing
-# where it is not needed
+# 1200 s: on a slow 2-core CPU the demo has converged at 764 s; the run ends itself at agreement,
+# so the cap costs nothing where it is not needed
 SECONDS_TRAIN="${DEMO_TRAIN_SECONDS:-1200}"
 E=.venv/bin/eqcryo
 mkdir -p "$OUT"

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from helpers import gaussian_blobs
 
 REPO = Path(__file__).resolve().parents[1]

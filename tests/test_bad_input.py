@@ -1,4 +1,4 @@
-"""The bad-input catalogue (issue #18): each bad or hostile input stops with one line naming the
+"""The bad-input catalogue: each bad or hostile input stops with one line naming the
 file, the particle and what was expected, exit code 2, and **no file anywhere changed** — checked
 by hashing every file of the work folder before and after. Every case failed before its fix."""
 
@@ -114,7 +114,7 @@ def _hashes(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-#: (argv with {d} for the work folder, what the one-line error must say). Numbers: issue #18's items.
+#: (argv with {d} for the work folder, what the one-line error must say). Numbers: the catalogue's sections.
 CASES = {
     # 1. outputs over image stacks that the input metadata references
     "1-downsample-over-stack": ("downsample {d}/sim/particles.star -D 16 -o {d}/sim/particles_000.mrcs --out-star {d}/ds.star",
@@ -151,13 +151,13 @@ CASES = {
     "9-device-cuda": ("train {d}/sim/particles.star -o {d}/newrun --steps 1 --device cuda", "no CUDA GPU"),
     "9-output-under-a-file": ("backproject {d}/sim/particles.star -o {d}/afile/map.mrc", "afile is a file, not a folder"),
     "9-batch-size-0": ("backproject {d}/sim/particles.star -o {d}/map.mrc --batch-size 0", "--batch-size: must be > 0"),
-    "9-eval-n-0": ("train {d}/sim/particles.star -o {d}/newrun --steps 1 --set eval_n=0", "eval-n 0: must be > 0"),
+    "9-eval-n-0": ("train {d}/sim/particles.star -o {d}/newrun --steps 1 --set eval_n=0", "evaluation.n_images 0: must be >= 1"),
     "9-pad-0": ("project {d}/sim/gt_volume.mrc --poses {d}/sim/particles.star -o {d}/p.mrcs --pad 0", "--pad: must be > 0"),
     "9-downsample-D0": ("downsample {d}/sim/particles.star -D 0 -o {d}/ds.mrcs", "must be > 0"),
     "9-n-rotations-0": ("refine {d}/sim/particles.star -o {d}/r.star --n-rotations 0", "--n-rotations: must be > 0"),
     "9-fsc-plot-mrc": ("fsc {d}/sim/gt_volume.mrc {d}/sim/gt_volume.mrc --plot {d}/x.mrc", "give a .png, .pdf or .svg"),
     # 10. invalid numbers
-    "10-negative-lr": ("train {d}/sim/particles.star -o {d}/newrun --steps 1 --set lr=-0.001", "lr -0.001: must be > 0"),
+    "10-negative-lr": ("train {d}/sim/particles.star -o {d}/newrun --steps 1 --set lr=-0.001", "optimisation.lr -0.001: must be > 0"),
     "10-negative-steps": ("train {d}/sim/particles.star -o {d}/newrun --steps -5", "--steps: must be > 0"),
     "10-zero-time-budget": ("train {d}/sim/particles.star -o {d}/newrun --time-budget 0", "--time-budget: must be > 0"),
     "10-skewed-rotations": ("backproject {d}/sim/particles.star --poses {d}/skewed_poses.pkl -o {d}/map.mrc",
@@ -235,7 +235,8 @@ def test_run_folder_works_from_another_directory(work, tmp_path, monkeypatch, ca
                  "--set", "eval_n=16", "--gt-poses", "sim/gt_poses.pkl", "--no-progress"]) == 0
     import yaml
     cfg = yaml.safe_load((work / "runs" / "base" / "config.yaml").read_text())
-    assert cfg["particles"] == str(work / "sim" / "particles.star") and cfg["given_paths"]["particles"] == "sim/particles.star"
+    assert cfg["data"]["particles"] == str(work / "sim" / "particles.star")
+    assert cfg["output"]["given_paths"]["data.particles"] == "sim/particles.star"
     monkeypatch.chdir(work / "runs")
     assert main(["evaluate", "base"]) == 0
     assert main(["train", "--resume", "base", "--steps", "3", "--no-progress"]) == 0
@@ -259,8 +260,9 @@ def test_resuming_a_finished_run_adds_no_rows_and_removes_stale_temporaries(work
 
 
 def test_a_failed_new_run_leaves_no_folder_and_a_failed_spec_no_grid(work, tmp_path, monkeypatch, capsys):
-    import eqcryo.training.trainer as tr
     import yaml
+
+    import eqcryo.training.trainer as tr
 
     def broken(*a, **k):
         raise RuntimeError("evaluation broke")
@@ -273,7 +275,7 @@ def test_a_failed_new_run_leaves_no_folder_and_a_failed_spec_no_grid(work, tmp_p
     spec.write_text(yaml.safe_dump({"seeds": [0], "models": ["d8-l2"], "steps": 1,
                                     "datasets": {"a": {"particles": str(work / "sim" / "particles.star")}}}))
     assert main(["experiment", str(spec), "-o", str(tmp_path / "exp")]) == 2
-    assert "unknown model 'd8-l2'" in capsys.readouterr().err
+    assert "model.name 'd8-l2': expected one of" in capsys.readouterr().err
     assert not (tmp_path / "exp" / "grid.json").exists()
 
 
@@ -281,7 +283,7 @@ def test_eval_n_larger_than_a_tenth_is_said(work, tmp_path, capsys):
     """10: eval_n 32 on 300 particles used to become 30 silently."""
     assert main(["train", str(work / "sim" / "particles.star"), "-o", str(tmp_path / "r"), "--steps", "1",
                  "--set", "batch_size=16", "--set", "eval_n=32", "--no-progress"]) == 0
-    assert "eval_n 32 is more than a tenth of the 300 particles; evaluating on 30" in capsys.readouterr().err
+    assert "evaluation.n_images 32 is more than a tenth of the 300 particles; evaluating on 30" in capsys.readouterr().err
     report = (tmp_path / "r" / "report.md").read_text()
     assert "command: `eqcryo train" in report and "eqcryo 0." in report  # 13: command, version, date
 

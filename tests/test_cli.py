@@ -8,12 +8,11 @@ import mrcfile
 import numpy as np
 import pytest
 import torch
+from helpers import gaussian_blobs
 
 from eqcryo.cli.main import VERBS, main
 from eqcryo.data.mrc import read_volume, write_volume
 from eqcryo.physics.lattice import fourier_crop_3d
-
-from helpers import gaussian_blobs
 
 
 def test_help_lists_every_verb_and_each_verb_has_an_example(capsys):

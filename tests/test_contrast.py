@@ -1,4 +1,4 @@
-"""The sign of the contrast (issue #17): an image stack multiplied by -1 is detected from the data
+"""The sign of the contrast: an image stack multiplied by -1 is detected from the data
 alone (noiseless and SNR 0.5), training on it with defaults gives a map that correlates
 positively with the true map, and the decision is recorded."""
 

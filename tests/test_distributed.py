@@ -1,4 +1,4 @@
-"""Data-parallel training on CPU with the gloo backend (issue #16): N processes on slices of a global
+"""Data-parallel training on CPU with the gloo backend: N processes on slices of a global
 batch give the gradient of one process on the whole batch (batch normalisation over the global
 batch included), and `torchrun ... eqcryo train` writes one run folder whose loss matches a
 single-process run with the same global batch."""
@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import csv
 import os
-from datetime import timedelta
 import subprocess
 import sys
 import time
 import warnings
+from datetime import timedelta
 
 import pytest
 import torch
@@ -56,6 +56,7 @@ def _worker(rank: int, init: str, model_name: str, band, out: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_name,band", [("d4-l2", None), ("standard", 5.0), ("c4-mirror", None)])
 def test_two_processes_give_the_single_process_gradient(tmp_path, model_name, band):
     """float64, so the comparison is exact to rounding (measured: 1e-11 relative); a per-rank
@@ -103,8 +104,8 @@ def test_torchrun_gloo_writes_one_run_folder_matching_one_process(tmp_path):
         # Once in CI (2026-12-02) a rank deadlocked at exit, *after* rank 0 had written the run
         # folder and printed its summary: freeing DDP's reducer (main thread, holding the GIL)
         # destroys the gloo process group, which joins a gloo worker that is still destroying a
-        # finished work item and waits for the GIL to free its tensors (py-spy stacks in the
-        # session note). Not reproduced in 26 runs alone; a known limitation, reported, not hidden.
+        # finished work item and waits for the GIL to free its tensors (seen in py-spy
+        # stacks). Not reproduced in 26 runs alone; a known limitation, reported, not hidden.
         subprocess.run(["pkill", "-9", "-P", str(p.pid)])  # the ranks, then torchrun itself
         p.kill()
         p.wait()
@@ -116,7 +117,7 @@ def test_torchrun_gloo_writes_one_run_folder_matching_one_process(tmp_path):
         assert p.returncode == 0, err[-2000:]
     else:
         assert "report:" in out, err[-2000:]  # rank 0 got past destroy_process_group and finished
-        warnings.warn("torchrun did not exit within 120 s after the run finished (gloo teardown deadlock)")
+        warnings.warn("torchrun did not exit within 120 s after the run finished (gloo teardown deadlock)", stacklevel=1)
     rows = {d: list(csv.DictReader(open(tmp_path / d / "metrics.csv"))) for d in ("one", "two")}
     assert [x["step"] for x in rows["two"]] == ["0", "4"] and rows["two"][-1]["images_seen"] == "128"
     a, b = float(rows["one"][-1]["loss"]), float(rows["two"][-1]["loss"])

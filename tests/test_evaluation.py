@@ -3,12 +3,11 @@ volume alignment."""
 
 import pytest
 import torch
+from helpers import gaussian_blobs
 
 from eqcryo.evaluation.metrics import align_poses, align_volume, pose_metrics
 from eqcryo.physics.projection import flip_hand, rotate_volume
 from eqcryo.physics.rotations import random_rotations
-
-from helpers import gaussian_blobs
 
 D = torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64))
 

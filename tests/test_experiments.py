@@ -7,15 +7,19 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import gaussian_blobs
 
 from eqcryo.cli.main import main
-from eqcryo.evaluation.analysis import (consistent_subset_sizes, mirror_symmetry_score, projective_plane_coords,
-                                       view_prior_penalty, viewing_direction_anisotropy)
+from eqcryo.evaluation.analysis import (
+    consistent_subset_sizes,
+    mirror_symmetry_score,
+    projective_plane_coords,
+    view_prior_penalty,
+    viewing_direction_anisotropy,
+)
 from eqcryo.experiments.grid import grid_runs, load_spec, run_grid, run_status
 from eqcryo.experiments.report import aggregate, diagnostics_markdown, read_run, table1_markdown
 from eqcryo.physics.rotations import random_rotations
-
-from helpers import gaussian_blobs
 
 
 def _metrics(path, mses, times=None):
@@ -141,6 +145,7 @@ def spec_file(tmp_path):
     return p
 
 
+@pytest.mark.slow
 def test_grid_skips_finished_and_resumes_interrupted_runs(spec_file, tmp_path, capsys):
     out = tmp_path / "exp"
     assert run_grid(str(spec_file), str(out), only=0, progress=False) == ["new"]
@@ -206,7 +211,7 @@ def test_bad_spec_is_a_clear_error(tmp_path, capsys):
     p.write_text(yaml.safe_dump({"seeds": [0], "models": ["d4-l2"], "datasets": {}, "steps": 1,
                                  "train": {"learning_rate": 1}}))
     assert main(["experiment", str(p), "-o", str(tmp_path / "x")]) == 2
-    assert "unknown train option(s) ['learning_rate']" in capsys.readouterr().err
+    assert "unknown training option 'learning_rate'" in capsys.readouterr().err
     p.write_text(yaml.safe_dump({"seeds": 0, "models": ["d4-l2"], "datasets": {"a": {}}, "steps": 1}))
     assert main(["experiment", str(p), "-o", str(tmp_path / "x")]) == 2
     assert "seeds must be a non-empty list, found 0" in capsys.readouterr().err

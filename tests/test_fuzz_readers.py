@@ -1,4 +1,4 @@
-"""Fuzzing the readers (issue #18): malformed STAR, .cs, .pkl and MRC files either load into a table
+"""Fuzzing the readers: malformed STAR, .cs, .pkl and MRC files either load into a table
 whose values are sane, or stop with an :class:`InputError` — never another exception (a
 traceback) and never a silently accepted bad value. Seeded and bounded (derandomize, a fixed
 number of examples per reader)."""

@@ -7,8 +7,16 @@ import torch
 from eqcryo.models.autoencoder import CryoModel, transform_ctf
 from eqcryo.models.decoders import FourierNet, VoxelDecoder
 from eqcryo.models.encoders import EquivariantEncoder, GaussianPyramid, StandardEncoder
-from eqcryo.models.gconv import (FieldBatchNorm, Group, GroupConv2d, LiftingConv2d, RegularLinear, RegularToRep,
-                                 act_on_regular, field_max_pool)
+from eqcryo.models.gconv import (
+    FieldBatchNorm,
+    Group,
+    GroupConv2d,
+    LiftingConv2d,
+    RegularLinear,
+    RegularToRep,
+    act_on_regular,
+    field_max_pool,
+)
 from eqcryo.models.presets import PRESETS, build_model
 from eqcryo.physics.ctf import ctf_2d
 from eqcryo.physics.group import image_action, phi_r, phi_t
@@ -279,7 +287,8 @@ def test_group_conv_agrees_with_escnn_when_installed():
     (measured 4e-16), and (b) an escnn R2Conv filter bank commutes with our action to float32
     precision (escnn builds its filter basis in float32; measured 4e-7)."""
     pytest.importorskip("escnn")
-    from escnn import gspaces, nn as enn
+    from escnn import gspaces
+    from escnn import nn as enn
 
     torch.manual_seed(9)
     gs = gspaces.rot2dOnR2(N=4)

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import analytic_blob_projection, normalise, rel_err
 
 from eqcryo.physics import group as G
 from eqcryo.physics import lattice as Lt
@@ -12,8 +13,6 @@ from eqcryo.physics import projection as P
 from eqcryo.physics import rotations as R
 from eqcryo.physics.ctf import compute_ctf, ctf_2d, electron_wavelength_angstrom
 from eqcryo.physics.fsc import fsc
-
-from helpers import analytic_blob_projection, normalise, rel_err
 
 
 # --------------------------------------------------------------------------- lattice
@@ -365,7 +364,7 @@ def test_half_volume_dft_and_slices_equal_the_full_ones():
     equals slicing the full array, at arbitrary off-lattice points, to float64 rounding: for
     even and odd boxes and paddings 1-3."""
     from eqcryo.physics.lattice import _crop_or_pad_centered, fft3_centered
-    from eqcryo.physics.projection import hermitian_lattice, half_centered_dft, slice_half_fourier_volume
+    from eqcryo.physics.projection import half_centered_dft, hermitian_lattice, slice_half_fourier_volume
     g = torch.Generator().manual_seed(12)
     for L, pad in [(12, 2), (11, 2), (8, 3), (10, 1)]:
         N = pad * L

@@ -6,14 +6,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import gaussian_blobs
 
 from eqcryo.evaluation.metrics import pose_metrics
 from eqcryo.physics.ctf import ctf_2d
 from eqcryo.physics.projection import FourierVolume, prepare_fourier_volume, project
 from eqcryo.physics.rotations import axis_angle_to_matrix, random_rotations
 from eqcryo.reconstruction.projection_matching import BandData, MatchConfig, projection_matching, search_poses
-
-from helpers import gaussian_blobs
 
 L = 24
 # asymmetric (no mirror plane, no rotational symmetry), inside the inscribed sphere

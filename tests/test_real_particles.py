@@ -1,4 +1,4 @@
-"""Real particles (#17): the 7 EMPIAR-10076 particles of ../shared/data/formats (RELION 3.1 STAR
+"""Real particles: the 7 EMPIAR-10076 particles of ../shared/data/formats (RELION 3.1 STAR
 and cryoSPARC .cs of the same images, 320 px, 1.31 Å/px, no poses) through info, downsample,
 predict (a model trained on a small simulation at the same box) and backproject from the
 predicted poses; data without poses are refused by backproject with a message; mixed optics

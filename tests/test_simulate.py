@@ -138,8 +138,8 @@ def test_ctf_from_real_table(shared_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_issue_command_noiseless_backprojection_reaches_nyquist(shared_data, tmp_path, capsys):
-    """The issue's check: simulate 5NRL (3000, 64 px, 6.6 Å), backproject with the true poses,
+def test_5nrl_noiseless_backprojection_reaches_nyquist(shared_data, tmp_path, capsys):
+    """Simulate 5NRL (3000, 64 px, 6.6 Å), backproject with the true poses,
     FSC against the ground-truth map = 0.5 at <= 1.5 × Nyquist (19.8 Å). Measured: the FSC
     stays >= 0.94 out to Nyquist (13.2 Å)."""
     D = tmp_path / "D"

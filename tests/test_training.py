@@ -12,9 +12,9 @@ import torch
 from eqcryo.cli.main import main
 from eqcryo.data.errors import InputError
 from eqcryo.data.simulate import SimulationConfig, simulate
+from eqcryo.physics.rotations import random_rotations
 from eqcryo.training.config import TrainConfig
 from eqcryo.training.inference import infer
-from eqcryo.physics.rotations import random_rotations
 from eqcryo.training.trainer import Trainer, TrainingDiverged
 
 
@@ -31,7 +31,7 @@ def _cfg(tiny, out, **kw):
                 gt_volume=str(tiny / "gt_volume.mrc"), model="d4-l2", steps=6, batch_size=16, eval_every=1e9,
                 eval_n=32, checkpoint_every=1e9, lr=1e-3)
     base.update(kw)
-    return TrainConfig(**base)
+    return TrainConfig.from_dict(base)
 
 
 @pytest.mark.slow
@@ -65,6 +65,7 @@ def test_progress_bar_redirected_to_a_file_does_not_redraw_every_step(tiny, tmp_
     assert 1 <= draws <= 3, draws
 
 
+@pytest.mark.slow
 def test_resume_drops_evaluations_logged_after_the_checkpoint(tiny, tmp_path):
     """A run killed after its last checkpoint: the evaluations it logged later are redone by
     the resumed run, so they are dropped rather than duplicated."""
@@ -149,6 +150,7 @@ def test_refine_verb_keeps_true_poses_and_writes_outputs(tiny, tmp_path, capsys)
     assert "no poses" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("augment,simulate,k,rule", [(False, 0.0, 1, None), (True, 0.0, 1, None), (True, 0.5, 1, None),
                                                      (True, 0.0, 2, "winner"), (True, 0.0, 2, "all-once-settled")])
 def test_distill_only_steps_train_the_encoder_towards_the_targets_and_leave_the_map(tiny, tmp_path, augment,
@@ -202,7 +204,7 @@ def test_distill_only_steps_train_the_encoder_towards_the_targets_and_leave_the_
         _cfg(tiny, tmp_path / "k", distill_augment=True).validate()
     with pytest.raises(InputError, match="distill_simulate replaces images"):
         _cfg(tiny, tmp_path / "k", distill_simulate=0.5).validate()
-    with pytest.raises(InputError, match="distill_simulate 1.5: expected a fraction"):
+    with pytest.raises(InputError, match="distill_simulate 1.5: must be from 0 to 1"):
         _cfg(tiny, tmp_path / "k", distill_only=True, distill_simulate=1.5).validate()
 
 
@@ -223,6 +225,7 @@ def test_simulated_noise_has_the_requested_power_spectrum():
     assert abs(n.double().var().item() - psd.double().mean().item() / L ** 2) < 0.02 * psd.mean().item() / L ** 2
 
 
+@pytest.mark.slow
 def test_simulated_distillation_images_are_the_map_at_their_target_poses(tiny, tmp_path):
     """The simulated rows of a distillation batch are the decoder's map rendered at their targets
     (with the replaced particles' CTFs and shifts; noise switched off here); the other rows are the
@@ -250,7 +253,7 @@ def test_distillation_turns_images_and_targets_together():
     so an encoder that is exactly right on the originals has zero penalty on consistently turned
     images and targets, at any angle (here on poses from the D4 law, where the turn is exact)."""
     from eqcryo.models.autoencoder import ModelOutput
-    from eqcryo.physics.group import in_plane_turn, phi_r, phi_t, displacement_to_origin
+    from eqcryo.physics.group import displacement_to_origin, in_plane_turn, phi_r, phi_t
     from eqcryo.training.refinement import Refinement
     ref = Refinement(1, 8.0, 1.0, 0)
     gen = torch.Generator().manual_seed(0)
@@ -324,7 +327,7 @@ def test_bad_inputs_are_clear_errors(tiny, tmp_path, capsys):
     parts["rlnImageName"] = [f"{n.split('@')[0]}@{tiny}/{n.split('@')[1]}" for n in parts["rlnImageName"]]
     starfile.write({"optics": blocks["optics"], "particles": parts}, tmp_path / "noctf.star")
     assert main(["train", str(tmp_path / "noctf.star"), "-o", str(tmp_path / "a"), "--steps", "1"]) == 2
-    assert "no CTF columns" in capsys.readouterr().err
+    assert "no CTF parameters; give --ctf CTF.pkl, or --no-ctf" in capsys.readouterr().err
     v = np.zeros((16, 16, 16), np.float32)
     from eqcryo.data.mrc import write_volume
     write_volume(tmp_path / "small.mrc", v, 1.0)
@@ -339,10 +342,20 @@ def test_bad_inputs_are_clear_errors(tiny, tmp_path, capsys):
     assert main(["train", str(tiny / "particles.star"), "-o", str(tmp_path / "b3"), "--steps", "1",
                  "--gt-poses", str(tiny / "gt_poses.pkl"), "--gt-volume", str(tmp_path / "apix.mrc")]) == 2
     assert "voxel size 6.6 Å differs" in capsys.readouterr().err
-    for opt, msg in (("lr=-1e-3", "lr -0.001: must be > 0"), ("batch_size=0", "batch-size 0: must be > 0"),
-                     ("eval_n=0", "eval-n 0: must be > 0"), ("batch_size=abc", "batch_size: expected a number"),
-                     ("refine_orbit=0", "refine-orbit 0: expected a whole number >= 1"),
-                     ("learning_rate=1", "unknown training option(s) ['learning_rate']")):
+    for opt, msg in (("lr=-1e-3", "optimisation.lr -0.001: must be > 0"),
+                     ("batch_size=0", "optimisation.batch_size 0: must be >= 1"),
+                     ("evaluation.n_images=0", "evaluation.n_images 0: must be >= 1"),
+                     ("batch_size=abc", "optimisation.batch_size 'abc': expected a number"),
+                     ("refine_orbit=0", "refinement.orbit 0: must be >= 1"),
+                     ("seed=.nan", "optimisation.seed nan: expected a finite number"),
+                     ("view_prior=.nan", "optimisation.view_prior nan: expected a finite number"),
+                     ("refine_images=.inf", "refinement.start_images inf: expected a finite number"),
+                     ("distill=-.inf", "refinement.distill_weight -inf: expected a finite number"),
+                     ("lowpass_start=nan", "optimisation.lowpass_start_shells nan: expected a finite number"),
+                     ("out=elsewhere", "output.dir is set by the command line"),
+                     ("given_paths=1", "output.given_paths is set by the command line"),
+                     ("optimisation.learning_rate=1", "optimisation has no option 'learning_rate'"),
+                     ("learning_rate=1", "unknown training option 'learning_rate'")):
         assert main(["train", str(tiny / "particles.star"), "-o", str(tmp_path / "b4"), "--steps", "1",
                      "--set", opt]) == 2, opt
         assert msg in capsys.readouterr().err, opt
@@ -352,7 +365,7 @@ def test_bad_inputs_are_clear_errors(tiny, tmp_path, capsys):
     assert not (tmp_path / "b4").exists() and not (tmp_path / "b5").exists()  # refused before anything is made
     assert main(["train", str(tiny / "particles.star"), "-o", str(tmp_path / "c"), "--steps", "1",
                  "--set", "model=d8-l2"]) == 2
-    assert "unknown model 'd8-l2'" in capsys.readouterr().err
+    assert "model.name 'd8-l2': expected one of" in capsys.readouterr().err
 
 
 def test_model_with_true_map_and_poses_reproduces_the_data(tiny):
@@ -409,13 +422,14 @@ def test_predict_needs_only_the_run_folder(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_recipes_are_listed_and_the_demo_recipe_equals_its_flags(tiny, tmp_path, capsys):
-    """`--recipe demo` is exactly the 13 recipe flags the demo used to copy (scaled down by the
+    """`--recipe one-refinement` is exactly the 13 recipe flags the demo used to copy (scaled down by the
     same --set overrides for a few dozen steps): the same metrics.csv, every number but times."""
     assert main(["train", "--list-recipes"]) == 0
     listed = capsys.readouterr().out
-    assert {"demo", "cpu-amortized", "paper"} <= {line.split()[0] for line in listed.splitlines()}
+    assert {"one-refinement", "cpu-amortized", "paper", "default"} <= {line.split()[0] for line in listed.splitlines() if line.strip()}
+    assert "optimisation.lr " in listed and "refinement.start_images " in listed  # every key with its meaning
     small = dict(lowpass_images=600, refine_images=320, distill_band=6, eval_n=32, eval_every=1e9)
-    assert main(["train", str(tiny / "particles.star"), "-o", str(tmp_path / "recipe"), "--recipe", "demo",
+    assert main(["train", str(tiny / "particles.star"), "-o", str(tmp_path / "recipe"), "--recipe", "one-refinement",
                  "--steps", "24", "--seed", "2", "--no-progress", "--gt-poses", str(tiny / "gt_poses.pkl")]
                 + [a for k, v in small.items() for a in ("--set", f"{k}={v}")]) == 0
     # the flags of scripts/demo.sh before recipes existed (commit 9dd451f), with the same overrides
@@ -423,8 +437,8 @@ def test_recipes_are_listed_and_the_demo_recipe_equals_its_flags(tiny, tmp_path,
                  lowpass_start=8, lowpass_images=300000, view_prior=1.0, refine_images=286000, refine_iters=3,
                  distill_band=16, eval_every=60)
     flags.update(small)
-    Trainer(TrainConfig(particles=str(tiny / "particles.star"), out=str(tmp_path / "flags"), steps=24, seed=2,
-                        gt_poses=str(tiny / "gt_poses.pkl"), **flags)).run(progress=False)
+    Trainer(TrainConfig.from_dict(dict(particles=str(tiny / "particles.star"), out=str(tmp_path / "flags"), steps=24,
+                                       seed=2, gt_poses=str(tiny / "gt_poses.pkl"), **flags))).run(progress=False)
     timeless = []
     for d in ("recipe", "flags"):
         with open(tmp_path / d / "metrics.csv", newline="") as fh:
@@ -433,6 +447,7 @@ def test_recipes_are_listed_and_the_demo_recipe_equals_its_flags(tiny, tmp_path,
     assert (tmp_path / "recipe" / "refinement.json").exists()
 
 
+@pytest.mark.slow
 def test_clock_is_wall_time_with_evaluation_apart(tiny, tmp_path):
     """train_seconds + eval_seconds account for the wall time of the training phase (within 10%),
     with evaluations every 0.3 s taking a real share of it."""
@@ -467,6 +482,7 @@ def test_clock_counts_what_happens_outside_evaluation(monkeypatch):
     assert c2.tick() > c.train_seconds + 0.04 and c2.eval_seconds == c.eval_seconds
 
 
+@pytest.mark.slow
 def test_images_in_memory_train_exactly_as_images_read_from_disk(tiny, tmp_path):
     """preload (the whole stack in device memory, batches by indexing) changes where images come
     from, not what they are: the same model after the same steps, bit for bit."""

@@ -39,9 +39,9 @@ def run(args) -> int:
     if d is None:
         raise InputError(f"{rd / RunDir.EVAL_POSES}: not found; the run has no recorded evaluations")
     cfg, res = rd.read_config()
-    if not cfg.gt_poses:
+    if not cfg.evaluation.gt_poses:
         raise InputError(f"{rd.path}: the run has no ground-truth poses (--gt-poses); nothing to compare with")
-    gt_R, _ = read_pose_pkl(cfg.gt_poses, int(res["box"]))
+    gt_R, _ = read_pose_pkl(cfg.evaluation.gt_poses, int(res["box"]))
     ids = d["eval_ids"][: args.n]
     R_gt = torch.from_numpy(gt_R[ids])
     out = Path(args.outdir or rd.path)

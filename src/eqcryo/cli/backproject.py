@@ -11,12 +11,12 @@ from tqdm import tqdm
 
 from ..data.atomic import atomic_path, refuse_overwriting_inputs
 from ..data.dataset import ParticleDataset
-from ..reconstruction.contrast import orient_contrast
 from ..data.errors import InputError
 from ..data.io import load_particles
 from ..data.mrc import write_volume
-from ..reconstruction.backprojection import backproject_halves
 from ..physics.fsc import format_resolution, fsc
+from ..reconstruction.backprojection import backproject_halves
+from ..reconstruction.contrast import orient_contrast
 from .common import add_particle_options, positive_float, positive_int, verb_parser
 
 
@@ -89,6 +89,7 @@ def run(args) -> int:
         from ..evaluation.figures import plot_fsc
         plot_fsc(f"{stem}_fsc.png", [("half-maps", r)])
         why = r.diagnosis()
-        print(f"half-map FSC: {format_resolution(r.resolution(0.5))} at 0.5, {format_resolution(r.resolution(0.143))} at 0.143 "
+        print(f"half-map FSC: {format_resolution(r.resolution(0.5))} at 0.5, "
+              f"{format_resolution(r.resolution(0.143))} at 0.143 "
               f"-> {outs[3]}" + (f" ({why})" if why else ""))
     return 0

@@ -29,15 +29,16 @@ def add_parser(sub):
 def run(args) -> int:
     tm = load_trained(args.run, args.checkpoint, gt_poses=args.gt_poses, gt_volume=args.gt_volume)
     cfg = tm.cfg
-    if not cfg.gt_poses:
+    if not cfg.evaluation.gt_poses:
         raise InputError(f"{args.run}: no ground truth; give --gt-poses (and --gt-volume) to evaluate")
-    cfg.preload = False  # only the held-out particles are read: no need to load the whole stack
+    cfg.data.preload = False  # only the held-out particles are read: no need to load the whole stack
     data = TrainingData(cfg)
     gt = GroundTruth.load(cfg, data.n, data.box, data.apix)
     c = tm.state.get("counters", {})
     refined = (tm.state.get("refinement") or {}).get("target_R") is not None
-    band = LossBand(data.box, cfg.lowpass_start, cfg.lowpass_images, cfg.distill_band)
-    ev = Evaluator(data, gt, cfg.track_mirror)(tm.model, band.radius(int(c.get("images_seen", 0)), refined),
+    band = LossBand(data.box, cfg.optimisation.lowpass_start_shells, cfg.optimisation.lowpass_images,
+                    cfg.refinement.distill_band_shells)
+    ev = Evaluator(data, gt, cfg.evaluation.track_mirror)(tm.model, band.radius(int(c.get("images_seen", 0)), refined),
                                                step=c.get("step"), images_seen=c.get("images_seen"))
     print(json.dumps(ev.row, indent=2, default=float))
     return 0

@@ -15,9 +15,10 @@ from .common import verb_parser
 def add_parser(sub):
     p = verb_parser(sub, "experiment", "run a grid of data sets × models × seeds; tabulate it like the paper",
                     "eqcryo experiment SPEC.yaml -o DIR [--jobs N] [--only INDEX]\n"
-                    "    runs every (data set, model, seed) of SPEC as an ordinary `eqcryo train` folder under DIR/runs/;\n"
-                    "    finished runs are skipped, interrupted ones resumed; --jobs runs several at once (threads\n"
-                    "    split); --only runs one cell (0-based, see DIR/grid.json) for a scheduler's array job.\n"
+                    "    runs every (data set, model, seed) of SPEC as an ordinary `eqcryo train` folder under\n"
+                    "    DIR/runs/; finished runs are skipped, interrupted ones resumed; --jobs runs several at\n"
+                    "    once (threads split); --only runs one cell (0-based, see DIR/grid.json) for a\n"
+                    "    scheduler's array job.\n"
                     "eqcryo experiment report DIR [--spec SPEC.yaml]\n"
                     "    writes the paper's Table 1 (mean ± std over the 3 best seeds by final MSE, a dash when one\n"
                     "    of them did not converge) and, for data sets with an `snr`, Table 2 (best seed), as\n"
@@ -82,8 +83,9 @@ def _figures(d: Path) -> None:
                 plot_series(d / f"pose_error_{ds}_{m}.png", series, "pose error", hline=0.1)
         curves = []
         for m in ("d4-l2", "standard"):
-            rs = [(read_run(Path(g["path"]), ds, m, g["seed"]), g) for g in grid if g["dataset"] == ds and g["model"] == m]
-            rs = [(r, g, RunDir(g["path"]).read_fsc()) for r, g in rs if r is not None]
+            found = [(read_run(Path(g["path"]), ds, m, g["seed"]), g) for g in grid
+                     if g["dataset"] == ds and g["model"] == m]
+            rs = [(r, g, RunDir(g["path"]).read_fsc()) for r, g in found if r is not None]
             rs = [x for x in rs if x[2] is not None]
             if rs:
                 r, g, fsc = min(rs, key=lambda x: x[0].mse)

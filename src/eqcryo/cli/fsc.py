@@ -19,7 +19,8 @@ def add_parser(sub):
                     "Compute the FSC between two maps of the same box and voxel size. Shells are rings of "
                     "round(|k|) on the centred Fourier lattice, from DC to Nyquist; the resolution at a threshold "
                     "is the first crossing, linearly interpolated in frequency (reported at 0.5 and 0.143). If the "
-                    "curve never crosses, the Nyquist resolution is reported as a bound; if it starts below the threshold "
+                    "curve never crosses, the Nyquist resolution is reported as a bound; if it starts below the "
+                    "threshold "
                     "(or is negative) no resolution is reported, and the message says why. The maps are also "
                     "compared with A's contrast inverted and A in the other hand: when one of those agrees far better, "
                     "that is said, with its resolution (an inverted contrast or a mirror-image reconstruction).",
@@ -74,8 +75,8 @@ def run(args) -> int:
         print(json.dumps(out, indent=2))
         return 0
     for t in (0.5, 0.143):
-        r = res.resolution(t)
-        print(f"resolution at FSC {t}:{' ' * (6 - len(str(t)))}" + format_resolution(r, none=f"none ({why})"))
+        print(f"resolution at FSC {t}:{' ' * (6 - len(str(t)))}"
+              + format_resolution(res.resolution(t), none=f"none ({why})"))
     print(f"(Nyquist {2 * apix:.2f} Å)")
     if best:
         print(f"with the {best} the maps agree: resolution at FSC 0.5 {format_resolution(best_res.resolution(0.5))}, "

@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"eqcryo {__version__}")
     sub = p.add_subparsers(dest="verb", metavar="VERB", required=True)
-    for verb, mod in VERBS.items():
+    for mod in VERBS.values():
         importlib.import_module(f"eqcryo.cli.{mod}").add_parser(sub)
     return p
 

@@ -54,7 +54,8 @@ def run(args) -> int:
             R = torch.from_numpy(t.rotations[sl])
             ctf = None
             if args.ctf:
-                ctf = ctf_2d(L, apix, {k: torch.from_numpy(np.array(v)) for k, v in t.ctf_array(sl).items()}, torch.float64)
+                params = {k: torch.from_numpy(np.array(v)) for k, v in t.ctf_array(sl).items()}
+                ctf = ctf_2d(L, apix, params, torch.float64)
             imgs = render_images(fv.slice(R), ctf, torch.from_numpy(shifts_px[sl]))
             w.write(s, imgs.float().numpy())
     print(f"wrote {args.output}: {t.n} images of {L} px at {apix:.4g} Å/px")

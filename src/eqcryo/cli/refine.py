@@ -12,10 +12,10 @@ from tqdm import tqdm
 
 from ..data.atomic import refuse_overwriting_inputs
 from ..data.dataset import ParticleDataset
-from ..reconstruction.contrast import orient_contrast
 from ..data.errors import InputError
 from ..data.io import load_particles, save_metadata
 from ..data.mrc import write_volume
+from ..reconstruction.contrast import orient_contrast
 from ..reconstruction.projection_matching import MatchConfig, projection_matching
 from .common import add_particle_options, positive_float, positive_int, verb_parser
 
@@ -26,7 +26,8 @@ def add_parser(sub):
         "Hard-EM projection matching from the poses in PARTICLES (e.g. a run's predicted_particles.star): "
         "each iteration reconstructs a map by Wiener-filtered backprojection, then searches every image "
         "over --n-rotations uniform rotations (and its current pose) and refines the best by a pattern "
-        "search (steps about each axis and along each shift, halving), comparing on Fourier shells |k| < --radius. It repairs the mirrored "
+        "search (steps about each axis and along each shift, halving), comparing on Fourier shells "
+        "|k| < --radius. It repairs the mirrored "
         "assignments an amortized encoder can stall in (docs/training.md), if most poses are right to "
         "start with; from poor or random poses it can stall in its own local optimum.\n\n"
         "Writes OUT (.star or .pkl: the refined poses, with the particles' CTF and images) and, with "
@@ -38,7 +39,8 @@ def add_parser(sub):
     add_particle_options(p, particles_option=False)
     p.add_argument("--iters", type=positive_int, default=3, help="iterations (default 3)")
     p.add_argument("--radius", type=positive_float, default=16.0, help="Fourier shells compared (default 16)")
-    p.add_argument("--n-rotations", type=positive_int, default=8192, help="global search size (default 8192, ~12° apart)")
+    p.add_argument("--n-rotations", type=positive_int, default=8192,
+                   help="global search size (default 8192, ~12° apart)")
     p.add_argument("--shift-step", type=float, default=0.0,
                    help="also search origins ±this many px around the current ones (default 0: refine only)")
     p.add_argument("--keep", type=positive_int, default=1,

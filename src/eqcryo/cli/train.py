@@ -9,12 +9,16 @@ import sys
 
 from ..data.errors import InputError
 from ..models.presets import PRESETS
-from ..training.config import DEFAULT_RECIPE, list_recipes, make_config, parse_sets, recipe_keys
-from ..training.evaluator import held_out_summary
+from ..training.config import DEFAULT_RECIPE, describe_keys, list_recipes, make_config, parse_sets
 from ..training.distributed import init_distributed
+from ..training.evaluator import held_out_summary
 from ..training.rundir import RunDir, agreement_line
 from ..training.trainer import Trainer, TrainingDiverged, TrainingInterrupted
 from .common import positive_float, positive_int, verb_parser
+
+
+def _keys_text() -> str:
+    return "\n".join(f"  {key:38s} {desc} [{default}]" for key, default, desc in describe_keys())
 
 
 def add_parser(sub):
@@ -32,15 +36,14 @@ def add_parser(sub):
         "RUN gets config.yaml, metrics.csv, tensorboard/, checkpoint.pt (atomic, every checkpoint_every s and at "
         "the end), reconstruction.mrc, predicted_particles.star + predicted_poses.pkl (branch-corrected poses "
         "for every particle), figures and report.md. --resume RUN continues a run (exactly, on CPU).\n\n"
-        "What to learn and how is a recipe (--recipe NAME|FILE.yaml, see --list-recipes) plus --set KEY=VALUE "
-        "overrides; the command line keeps only where and how long to run. Recipe keys (the fields of config.yaml; "
-        f"defaults in eqcryo/training/config.py, meanings in docs/training.md): {', '.join(recipe_keys())}.\n\n"
+        "What to learn and how is a recipe (--recipe NAME|FILE.yaml, see --list-recipes) plus --set SECTION.KEY=VALUE "
+        "overrides; the command line keeps only where and how long to run. config.yaml holds the same sections. "
         "Recipes: without --recipe, default: the paper's amortized training at CPU scale plus projection-matching "
-        "refinements from 100k images on, repeated until the search settles and distilled into the encoder; the run "
+        "rounds from 100k images on, repeated until the search settles and distilled into the encoder; the run "
         "ends when the encoder agrees with a search in its map (no ground truth) or at the budget (docs/training.md, "
-        "measured in docs/results.md). cpu-amortized is the paper's amortized method at CPU scale (frequency "
-        "marching, binned encoder input, a uniform-view prior); demo is the previous demo (one refinement after "
-        "286k images); paper is the published setting (GPU scale).",
+        "measured in docs/results.md). cpu-amortized is the paper's amortized method at CPU scale; one-refinement "
+        "has a single refinement after 286k images; paper is the published setting (GPU scale).\n\n"
+        "options (--set SECTION.KEY=VALUE; default in brackets):\n" + _keys_text(),
         "eqcryo train sim/particles.star -o run --time-budget 900 "
         "--gt-poses sim/gt_poses.pkl --gt-volume sim/gt_volume.mrc")
     p.add_argument("particles", nargs="?", help="particles (.star, .cs, .mrcs with --ctf)")
@@ -48,15 +51,17 @@ def add_parser(sub):
     p.add_argument("--recipe", metavar="NAME|FILE.yaml",
                    help="training recipe: a bundled name (see --list-recipes) or a YAML file of training options "
                         f"(default: {DEFAULT_RECIPE}; the published method: paper, or cpu-amortized at CPU scale)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", dest="sets",
-                   help="override one training option of the recipe, e.g. --set lr=1e-3 (repeatable; keys are "
-                        "the fields of config.yaml)")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", dest="sets",
+                   help="override one option of the recipe, e.g. --set optimisation.lr=1e-3 (repeatable; the "
+                        "options are listed below and in --list-recipes)")
     p.add_argument("--list-recipes", action="store_true", help="list the bundled recipes and exit")
     p.add_argument("--model", choices=list(PRESETS), help="shortcut for --set model=... (default: the recipe's, "
                                                           "else d4-l2)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in RUN (its config.yaml is the truth; "
                                                    "--steps/--time-budget may extend it)")
     p.add_argument("--ctf", help="cryoDRGN CTF .pkl (for .mrcs input or to replace the file's CTF)")
+    p.add_argument("--no-ctf", action="store_true", default=None,
+                   help="images without a CTF (CTF-free or phase-flipped); data without CTF need it")
     p.add_argument("--datadir", help="folder of the image stacks named in the metadata")
     p.add_argument("--apix", type=positive_float, help="pixel size in Å (overrides the file)")
     p.add_argument("--gt-poses", help="ground-truth poses (cryoDRGN .pkl), evaluation only")
@@ -85,15 +90,17 @@ def run(args) -> int:
     if args.list_recipes:
         for name, desc in list_recipes().items():
             print(f"{name:16s} {desc}")
+        print("\noptions of a recipe or --set SECTION.KEY=VALUE (default in brackets):")
+        print(_keys_text())
         return 0
     if args.resume:
-        if args.recipe or args.sets or args.model:
+        if args.recipe or args.sets or args.model or args.no_ctf:
             raise InputError("train --resume: the run's config.yaml decides the recipe; only --steps, "
                              "--time-budget, --device and --threads may change")
         # --steps / --time-budget may extend a finished run; everything else comes from the run
         cfg, _ = RunDir(args.resume).read_config(steps=args.steps, time_budget=args.time_budget, device=args.device,
                                                  threads=args.threads)
-        dist, _ = init_distributed(cfg.device)
+        dist, _ = init_distributed(cfg.compute.device)
         return _train(lambda: Trainer(cfg, resume=True, command=command, dist=dist), args, None, dist)
     if not args.particles or not args.outdir:
         raise InputError("train: give PARTICLES and -o RUN (or --resume RUN)")
@@ -110,7 +117,8 @@ def run(args) -> int:
     if args.model:
         sets["model"] = args.model
     cfg = make_config(args.recipe or DEFAULT_RECIPE, sets, particles=args.particles, out=args.outdir, ctf=args.ctf,
-                      datadir=args.datadir, apix=args.apix, gt_poses=args.gt_poses, gt_volume=args.gt_volume,
+                      datadir=args.datadir, apix=args.apix, data__no_ctf=args.no_ctf, gt_poses=args.gt_poses,
+                      gt_volume=args.gt_volume,
                       steps=args.steps, time_budget=args.time_budget, seed=args.seed, device=args.device,
                       threads=args.threads, invert_contrast=args.invert_contrast)
     return _train(lambda: Trainer(cfg, command=command, dist=dist), args, fresh, dist)
@@ -143,14 +151,14 @@ def _train(make, args, fresh: bool | None, dist) -> int:
               f"{trainer.last_eval.row['images_seen']} images; {held_out_summary(trainer.last_eval)}")
     conv = summary.get("converged")
     if conv:
-        budget = trainer.cfg.time_budget
+        budget = trainer.cfg.optimisation.time_budget_seconds
         spare = "" if not budget else \
             f" ({max(0.0, 100 * (1 - conv['train_seconds'] / budget)):.0f}% of the {budget:.0f} s budget to spare)"
         print(f"converged (first held-out pose MSE < 0.1) at {conv['train_seconds']:.0f} s of training, "
               f"step {conv['step']}, {conv['images_seen']} images{spare}")
     elif trainer.gt.R is not None:
         print("not converged in this budget (no evaluation with held-out pose MSE < 0.1)")
-    print(agreement_line(trainer.cfg.stop_match_mse, summary.get("agreement"),
+    print(agreement_line(trainer.cfg.evaluation.stop_match_mse, summary.get("agreement"),
                          trainer.run_dir.metric_rows()).replace("**", ""))
     print(f"report: {trainer.run_dir / RunDir.REPORT}")
     return 0

@@ -78,7 +78,8 @@ def read_pose_pkl(path: str | os.PathLike, box: int) -> tuple[np.ndarray, np.nda
         raise InputError(f"{path}: rotations must have shape (N, 3, 3), got {rot.shape}"
                          + ("; is this a CTF pickle?" if rot.ndim == 2 and rot.shape[1] == 9 else ""))
     if not np.isfinite(rot).all():
-        raise InputError(f"{path}: particle {int(np.nonzero(~np.isfinite(rot).all((1, 2)))[0][0])}: non-finite rotation")
+        first = int(np.nonzero(~np.isfinite(rot).all((1, 2)))[0][0])
+        raise InputError(f"{path}: particle {first}: non-finite rotation")
     err = np.abs(rot @ rot.transpose(0, 2, 1) - np.eye(3)).max((1, 2))
     det = np.linalg.det(rot)
     bad = (err > 1e-3) | (det < 0)
@@ -99,7 +100,8 @@ def write_pose_pkl(path: str | os.PathLike, t: ParticleTable, dtype=np.float64) 
     if t.rotations is None:
         raise InputError(f"{t.source}: no poses to write")
     box = t.require_box()
-    sh = t.shifts_px() if t.shifts_angstrom is not None else np.zeros((t.n, 2))
+    px = t.shifts_px()
+    sh = px if px is not None else np.zeros((t.n, 2))
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             pickle.dump((np.asarray(t.rotations, dtype=dtype), np.asarray(sh / box, dtype=dtype)), fh)

@@ -22,8 +22,8 @@ import os
 import queue
 import sys
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -91,6 +91,8 @@ class ParticleDataset:
 
     def read_images(self, ids: np.ndarray) -> torch.Tensor:
         """Images (B, L, L) of particles ``ids`` times the scale, on the CPU."""
+        if self.table.images is None:
+            raise InputError(f"{self.table.source}: no images referenced")
         x = self.table.images.read(ids)
         if self.scale != 1.0:
             x = x * self.scale
@@ -115,7 +117,7 @@ class ParticleDataset:
         for s in range(0, max(stop, 0), batch_size):
             yield self.batch(order[s:s + batch_size])
 
-    def prefetch(self, order: np.ndarray, batch_size: int, depth: int = 4) -> "Prefetcher":
+    def prefetch(self, order: np.ndarray, batch_size: int, depth: int = 4) -> Prefetcher | _InMemory:
         """Full batches of ``order`` read ahead by a background thread (close it when done early);
         from memory when preloaded (no thread)."""
         if self.memory is not None:

@@ -20,7 +20,7 @@ from .cryodrgn import read_ctf_pkl, read_pose_pkl, write_ctf_pkl, write_pose_pkl
 from .cryosparc import read_cs
 from .errors import InputError
 from .mrc import ImageStack
-from .particles import ParticleTable, ImageSource
+from .particles import ImageSource, ParticleTable
 from .star import read_star, write_star
 
 __all__ = ["load_particles", "save_metadata", "PARTICLE_EXTENSIONS", "METADATA_OUT_EXTENSIONS"]
@@ -40,6 +40,7 @@ def _stack_source(paths: list[Path], origin: str) -> tuple[ImageSource, int, flo
         all_p += [str(Path(p).resolve())] * len(st)
         all_i += list(range(len(st)))
         st.close()
+    assert box is not None  # (at least one stack)
     return ImageSource(np.array(all_p, dtype=object), np.array(all_i), origin=origin), box, apix
 
 
@@ -127,7 +128,8 @@ def save_metadata(path: str | os.PathLike, t: ParticleTable, ctf_out: str | os.P
     path = Path(path)
     ext = path.suffix.lower()
     if ext not in METADATA_OUT_EXTENSIONS:
-        raise InputError(f"{path}: unknown output extension {ext!r}; expected one of {', '.join(METADATA_OUT_EXTENSIONS)}")
+        raise InputError(f"{path}: unknown output extension {ext!r}; expected one of "
+                         f"{', '.join(METADATA_OUT_EXTENSIONS)}")
     if ctf_out is not None and Path(ctf_out).suffix.lower() != ".pkl":
         raise InputError(f"{ctf_out}: the CTF output must be a cryoDRGN .pkl")
     # Validate before writing anything.

@@ -9,9 +9,8 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
-
 import warnings
+from pathlib import Path
 
 import mrcfile
 import numpy as np
@@ -103,7 +102,9 @@ class ImageStack:
 
     def read(self, indices: np.ndarray) -> np.ndarray:
         """Images at sorted-or-not 0-based ``indices`` -> float32 (k, L, L), each checked finite."""
-        return np.stack([self[int(i)] for i in indices]) if len(indices) else np.zeros((0, self.box, self.box), np.float32)
+        if not len(indices):
+            return np.zeros((0, self.box, self.box), np.float32)
+        return np.stack([self[int(i)] for i in indices])
 
     def close(self) -> None:
         self._mrc.close()
@@ -182,7 +183,7 @@ class StackWriter:
         self.path, self.n, self.box, self.apix = Path(path), n, box, apix
         self._ctx = atomic_path(self.path)
 
-    def __enter__(self) -> "StackWriter":
+    def __enter__(self) -> StackWriter:
         self._tmp = self._ctx.__enter__()
         with mrcfile.new_mmap(self._tmp, shape=(self.n, self.box, self.box), mrc_mode=2, overwrite=True) as m:
             m.set_image_stack()
@@ -212,5 +213,7 @@ class StackWriter:
                 with mrcfile.mmap(self._tmp, mode="r+") as m:
                     m.header.dmin, m.header.dmax, m.header.dmean = self._min, self._max, mean
                     m.header.rms = float(np.sqrt(max(self._sumsq / count - mean ** 2, 0.0)))
-        finally:
-            return self._ctx.__exit__(exc_type, exc, tb)
+        except BaseException as e:  # the temporary file is discarded, and the error still raised
+            self._ctx.__exit__(type(e), e, e.__traceback__)
+            raise
+        return self._ctx.__exit__(exc_type, exc, tb)

@@ -118,7 +118,7 @@ class ImageSource:
     def validate(self, check_pixels: bool = False) -> None:
         """Check every file exists, is a square stack of one box size, and every index is in
         range (headers only), optionally that every pixel is finite. Raises on the first problem."""
-        box = None
+        box: int | None = None
         for path in pd.unique(self.paths):
             sel = np.nonzero(self.paths == path)[0]
             try:
@@ -126,7 +126,7 @@ class ImageSource:
             except InputError as e:
                 raise InputError(f"{e} -- needed by {self._where(int(sel[0]))}") from None
             if box is None:
-                box = st.box
+                box = int(st.box)
             elif st.box != box:
                 raise InputError(f"{path}: box {st.box} px differs from {box} px of the other stacks "
                                  f"({self._where(int(sel[0]))})")
@@ -138,8 +138,8 @@ class ImageSource:
                 raise InputError(f"{path}: {self._where(i)} refers to image {int(self.indices[i]) + 1} (1-based) "
                                  f"but the stack holds only {len(st)} images")
             if check_pixels:
-                for i in sel:
-                    self.get(int(i))
+                for j in sel:
+                    self.get(int(j))
 
 
 @dataclass
@@ -173,7 +173,7 @@ class ParticleTable:
     ctf: dict[str, np.ndarray] | None = None
     rotations: np.ndarray | None = None
     shifts_angstrom: np.ndarray | None = None
-    optics_group: np.ndarray | None = None
+    optics_group: np.ndarray = None  # type: ignore[assignment]  # (None given: all group 1, set below)
     optics_extra: pd.DataFrame | None = None
     extra: pd.DataFrame | None = None
     euler_degrees: np.ndarray | None = None
@@ -261,7 +261,17 @@ class ParticleTable:
             raise InputError(f"{self.source}: no CTF parameters in this file; pass them with --ctf CTF.pkl")
         return {k: v[i] for k, v in self.ctf.items()}
 
-    def subset(self, idx: np.ndarray) -> "ParticleTable":
+    def apply_ctf_rule(self, no_ctf: bool | None) -> None:
+        """The one rule of every verb that models images with a CTF: ``no_ctf`` drops the CTF
+        (CTF-free or phase-flipped images); otherwise data without a CTF are refused, never used
+        silently without one. None (runs written before the rule): the data decide."""
+        if no_ctf:
+            self.ctf = None
+        elif self.ctf is None and no_ctf is not None:
+            raise InputError(f"{self.source}: no CTF parameters; give --ctf CTF.pkl, or --no-ctf for images "
+                             f"without a CTF (CTF-free or phase-flipped)")
+
+    def subset(self, idx: np.ndarray) -> ParticleTable:
         """A new table with particles ``idx`` (shares the image files)."""
         idx = np.asarray(idx)
 
@@ -284,7 +294,7 @@ class ParticleTable:
         if self.apix is not None:
             u = np.unique(np.round(self.apix, 6))
             s["apix_angstrom"] = float(u[0]) if len(u) == 1 else [float(x) for x in u]
-        s["optics_groups"] = int(len(np.unique(self.optics_group)))
+        s["optics_groups"] = int(len(np.unique(np.asarray(self.optics_group))))
         s["images"] = "none (metadata only)" if self.images is None else f"{len(pd.unique(self.images.paths))} file(s)"
         s["ctf"] = self.ctf is not None
         if self.ctf is not None:

@@ -77,16 +77,16 @@ class SimulationConfig:
 
 #: The paper's data sets (App. C) at two scales. ``paper``: 128 px, 100k images; ``cpu``: 64 px
 #: at twice the pixel size, 4000 images. Pixel sizes: ribosome 3.77 Å (cryoAI's 80S config);
-#: spliceosome 3.3 Å (so 5NRL's 352 Å fits the 422 Å box, as the issue's 64 px × 6.6 Å set).
+#: spliceosome 3.3 Å (so 5NRL's 352 Å fits the 422 Å box, as the 64 px × 6.6 Å CPU sets).
 RECIPES: dict[str, dict] = {}
 for _name, _apix in (("spliceosome", 3.3), ("ribosome", 3.77)):
-    for _noise, _snr in (("noiseless", None), ("snr1", 1.0), ("snr0.75", 0.75), ("snr0.625", 0.625),
+    for _level, _snr in (("noiseless", None), ("snr1", 1.0), ("snr0.75", 0.75), ("snr0.625", 0.625),
                          ("snr0.5", 0.5), ("snr0.375", 0.375), ("snr0.25", 0.25)):
-        if _name == "spliceosome" and _noise not in ("noiseless", "snr1"):
+        if _name == "spliceosome" and _level not in ("noiseless", "snr1"):
             continue
-        RECIPES[f"{_name}-{_noise}-paper"] = dict(box=128, apix=_apix, n=100000, snr=_snr,
+        RECIPES[f"{_name}-{_level}-paper"] = dict(box=128, apix=_apix, n=100000, snr=_snr,
                                                   defocus_lognormal=(20000.0, 0.3))
-        RECIPES[f"{_name}-{_noise}-cpu"] = dict(box=64, apix=2 * _apix, n=4000, snr=_snr,
+        RECIPES[f"{_name}-{_level}-cpu"] = dict(box=64, apix=2 * _apix, n=4000, snr=_snr,
                                                 defocus_lognormal=(20000.0, 0.3))
 
 
@@ -154,11 +154,11 @@ def sample_parameters(cfg: SimulationConfig) -> ParticleTable:
 
 def render_clean(fv, t: ParticleTable, ids: np.ndarray, apix: float) -> torch.Tensor:
     """Clean (noise-free) images (k, L, L) float64 of particles ``ids``."""
-    L = t.box
+    L = t.require_box()
+    assert t.rotations is not None and t.shifts_angstrom is not None  # (a simulation's table has both)
     R = torch.from_numpy(t.rotations[ids])
-    ctf = None
-    if t.ctf is not None:
-        ctf = ctf_2d(L, apix, t.ctf_params(ids), torch.float64)
+    params = t.ctf_params(ids)
+    ctf = None if params is None else ctf_2d(L, apix, params, torch.float64)
     origin_px = torch.from_numpy(t.shifts_angstrom[ids] / apix)
     return render_images(fv.slice(R), ctf, origin_px)
 
@@ -167,10 +167,10 @@ def _noise(seed: int, i: int, L: int) -> np.ndarray:
     return _rng(seed, _NOISE, i).standard_normal((L, L))
 
 
-def _versions() -> dict:
+def _versions() -> dict[str, str | None]:
     from importlib.metadata import PackageNotFoundError, version
 
-    out = {"python": platform.python_version()}
+    out: dict[str, str | None] = {"python": platform.python_version()}
     for pkg in ("eqcryo", "numpy", "torch", "mrcfile", "starfile", "gemmi"):
         try:
             out[pkg] = version(pkg)

@@ -160,7 +160,8 @@ def read_star(path: str | os.PathLike, datadir: str | os.PathLike | None = None,
                              optics[name]))
             missing = set(np.unique(og)) - set(table)
             if missing:
-                raise InputError(f"{path}: particles use optics group(s) {sorted(int(g) for g in missing)} that data_optics lacks")
+                raise InputError(f"{path}: particles use optics group(s) {sorted(int(g) for g in missing)} that "
+                                 f"data_optics lacks")
             return np.array([table[g] for g in og])
         return None
 
@@ -183,11 +184,12 @@ def read_star(path: str | os.PathLike, datadir: str | os.PathLike | None = None,
         names = parts["rlnImageName"].astype(str).to_numpy()
         paths, idx = parse_image_names(names, path, datadir)
         images = ImageSource(paths, idx, origin=str(path))
-    bx = col("rlnImageSize")
+    size_col = col("rlnImageSize")
+    bx: int | None = None
     if box is not None:
         bx = int(box)
-    elif bx is not None:
-        u = np.unique(numeric(bx, path, "rlnImageSize", integer=True))
+    elif size_col is not None:
+        u = np.unique(numeric(size_col, path, "rlnImageSize", integer=True))
         if (u <= 0).any():
             raise InputError(f"{path}: rlnImageSize {int(u.min())}; expected > 0")
         if len(u) > 1:
@@ -227,7 +229,8 @@ def read_star(path: str | os.PathLike, datadir: str | os.PathLike | None = None,
         if px is None:
             raise InputError(f"{path}: origins are in pixels (rlnOriginX/Y) but the pixel size is unknown; "
                              f"give it with --apix")
-        shifts = np.stack([numeric(parts[c].to_numpy(), path, c) for c in ("rlnOriginX", "rlnOriginY")], 1) * px[:, None]
+        shifts = np.stack([numeric(parts[c].to_numpy(), path, c) for c in ("rlnOriginX", "rlnOriginY")], 1)
+        shifts = shifts * px[:, None]
 
     if shifts is not None and not np.isfinite(shifts).all():
         i = int(np.nonzero(~np.isfinite(shifts).all(1))[0][0])
@@ -269,6 +272,7 @@ def read_star(path: str | os.PathLike, datadir: str | os.PathLike | None = None,
 
 
 def _euler_for_write(t: ParticleTable) -> np.ndarray:
+    assert t.rotations is not None  # (the caller writes poses)
     if t.euler_degrees is not None:
         R = euler_relion_to_matrix(*torch.from_numpy(t.euler_degrees).T).numpy()
         if np.allclose(R, t.rotations, atol=1e-9):

@@ -44,15 +44,16 @@ def read_atoms(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         raise InputError(f"{path}: gemmi could not read it as PDB/mmCIF: {e}") from None
     if len(st) == 0:
         raise InputError(f"{path}: no models in the structure")
-    xyz, z = [], []
+    xyz: list[tuple[float, float, float]] = []
+    zs: list[int] = []
     for ch in st[0]:
         for res in ch:
             for a in res:
                 xyz.append((a.pos.x, a.pos.y, a.pos.z))
-                z.append(a.element.atomic_number)
+                zs.append(a.element.atomic_number)
     if not xyz:
         raise InputError(f"{path}: the first model has no atoms")
-    z = np.asarray(z)
+    z = np.asarray(zs)
     if (z <= 0).any():
         i = int(np.nonzero(z <= 0)[0][0])
         raise InputError(f"{path}: atom {i} has an unknown element")
@@ -100,7 +101,8 @@ def molmap(xyz: np.ndarray, z: np.ndarray, box: int, apix: float, resolution: fl
         nodes = np.round(gc).astype(np.int64)[:, None, :] + o[None, :, None]  # (A, n, 3) per axis
         e = np.exp(-((nodes - gc[:, None, :]) ** 2) / (2 * s_f ** 2))  # separable Gaussian factors
         nodes %= M  # tails past an edge wrap around (the map is periodic in Fourier space anyway)
-        val = (wc * norm)[:, None, None, None] * e[:, :, None, None, 2] * e[:, None, :, None, 1] * e[:, None, None, :, 0]
+        val = ((wc * norm)[:, None, None, None] * e[:, :, None, None, 2] * e[:, None, :, None, 1]
+               * e[:, None, None, :, 0])
         idx = (nodes[:, :, None, None, 2] * M + nodes[:, None, :, None, 1]) * M + nodes[:, None, None, :, 0]
         grid += np.bincount(idx.ravel(), weights=val.ravel(), minlength=M ** 3)
     F = fft3_centered(torch.from_numpy(grid.reshape(M, M, M)))

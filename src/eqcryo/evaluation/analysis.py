@@ -19,8 +19,8 @@ import torch
 
 from ..physics.projection import flip_hand, flip_hand_rotations, rotate_volume
 
-__all__ = ["viewing_direction_anisotropy", "view_prior_penalty", "consistent_subset_sizes", "projective_plane_coords", "fibonacci_hemisphere", "mirror_symmetry_score",
-           "rotation_head_conditioning"]
+__all__ = ["viewing_direction_anisotropy", "view_prior_penalty", "consistent_subset_sizes", "projective_plane_coords",
+           "fibonacci_hemisphere", "mirror_symmetry_score", "rotation_head_conditioning"]
 
 
 def _view_second_moment(R: torch.Tensor) -> torch.Tensor:
@@ -95,7 +95,7 @@ def mirror_symmetry_score(volume: torch.Tensor, n_normals: int = 64) -> tuple[fl
     centre, over ``n_normals`` plane orientations: (score, best normal (3,)). Near 1 for a
     map with a (spurious) mirror plane; a chiral molecule scores clearly lower."""
     v = volume.double() - volume.double().mean()
-    best, best_n = -1.0, None
+    best, best_n = -1.0, torch.tensor([0.0, 0.0, 1.0])
     for n in fibonacci_hemisphere(n_normals):
         R = _rotation_to_z(n)
         # W(x) = V(M x), M = I − 2nnᵀ = Rᵀ D R: rotate_volume(V, R)(x) = V(Rᵀx), then mirror z,

@@ -35,7 +35,7 @@ def plot_joy(path, times, sizes, n_total: int) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 0.35 * len(times) + 1.5))
     bins = np.linspace(0, n_total, 31)
-    for k, (t, s) in enumerate(zip(times, sizes)):
+    for k, s in enumerate(sizes):
         h, _ = np.histogram(s, bins=bins)
         h = h / max(h.max(), 1)
         ax.fill_between(bins[:-1], k, k + 0.9 * h, step="post", alpha=0.8)

@@ -68,6 +68,7 @@ def align_poses(R_pred: torch.Tensor, R_gt: torch.Tensor, n_anchors: int = 20, r
             m = e.mean().item()
             if best is None or m < best.mse:
                 best = PoseAlignment(Q, flip, m, e.median().item(), e)
+    assert best is not None  # (at least one anchor, one hand)
     return best
 
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -76,7 +78,7 @@ def plot_map(path: Path, vol: np.ndarray) -> None:
 
 
 def write_report(out: Path, title: str, facts: list[str], metrics: dict[str, np.ndarray],
-                 volume: np.ndarray | None, fsc_curves: list = (), files: list[str] = (),
+                 volume: np.ndarray | None, fsc_curves: Sequence[tuple[str, Any]] = (), files: Sequence[str] = (),
                  rotations: np.ndarray | None = None) -> Path:
     """Figures and ``out/report.md`` for a finished run: ``facts`` as bullet points, the last value of
     each metric (``metrics``: columns of the run's evaluations), the pose-error curve, the FSC
@@ -135,7 +137,7 @@ def _inline_md(s: str) -> str:
 
 
 def write_html(path: Path, title: str, facts: list[str], last: dict, figs: list[tuple[str, str]],
-               files: list[str]) -> None:
+               files: Sequence[str]) -> None:
     """One self-contained HTML page: the facts, the last metrics and every figure embedded as a
     base64 PNG (it opens anywhere, e-mailed or copied alone)."""
     out = Path(path).parent

@@ -6,7 +6,7 @@ Spec (YAML)::
     seeds: [0, 1, 2]
     models: [standard, c4-l2, c4-mirror, d4-l2]
     recipe: cpu-amortized         # a training recipe (eqcryo train --list-recipes), optional
-    train: {track_mirror: true}   # overrides of the recipe: any TrainConfig field
+    train: {evaluation: {track_mirror: true}}   # overrides of the recipe (sections, or flat keys)
     datasets:
       spliceosome-noiseless:
         particles: data/particles.star      # or: simulate: {recipe: spliceosome-noiseless-cpu}
@@ -34,7 +34,7 @@ from pathlib import Path
 import yaml
 
 from ..data.errors import InputError
-from ..training.config import DEFAULT_RECIPE, TrainConfig, make_config
+from ..training.config import DEFAULT_RECIPE, TrainConfig, make_config, to_nested
 from ..training.rundir import RunDir
 
 __all__ = ["GridRun", "load_spec", "grid_runs", "run_status", "run_one", "run_grid"]
@@ -64,10 +64,7 @@ def load_spec(path: str | os.PathLike) -> dict:
             raise InputError(f"{p}: missing required key {key!r}")
     if spec.get("time_budget") is None and spec.get("steps") is None:
         raise InputError(f"{p}: give time_budget (seconds per run) or steps")
-    fields = set(TrainConfig.__dataclass_fields__)
-    bad = set(spec.get("train") or {}) - fields
-    if bad:
-        raise InputError(f"{p}: unknown train option(s) {sorted(bad)}")
+    TrainConfig.from_dict(spec.get("train") or {}, f"{p}: train")  # unknown options named with the file
     for key, kind in (("seeds", list), ("models", list), ("datasets", dict)):
         if not isinstance(spec[key], kind) or not spec[key]:
             raise InputError(f"{p}: {key} must be a non-empty {'list' if kind is list else 'mapping'}, "
@@ -80,14 +77,23 @@ def load_spec(path: str | os.PathLike) -> dict:
         raise InputError(f"{p}: seeds must be whole numbers >= 0, found {spec['seeds']!r}")
     # every run's options are checked now, not after the first runs (and before grid.json exists)
     for m in spec["models"]:
-        sets = dict(spec.get("train") or {}, model=m, **({"profile": spec["profile"]} if spec.get("profile") else {}))
-        make_config(spec.get("recipe") or DEFAULT_RECIPE, sets, time_budget=spec.get("time_budget"), steps=spec.get("steps"))
+        make_config(spec.get("recipe") or DEFAULT_RECIPE, _run_sets(spec, m), time_budget=spec.get("time_budget"),
+                    steps=spec.get("steps"))
     spec["_base"] = str(p.parent.resolve())
     return spec
 
 
+def _run_sets(spec: dict, model: str) -> dict[str, dict]:
+    """The spec's ``train:`` options (sections or flat keys) with the cell's model (and profile)."""
+    sets = to_nested(spec.get("train") or {}, "train")
+    sets.setdefault("model", {})["name"] = model
+    if spec.get("profile"):
+        sets["model"]["profile"] = spec["profile"]
+    return sets
+
+
 def grid_runs(spec: dict, out: str | os.PathLike) -> list[GridRun]:
-    runs = []
+    runs: list[GridRun] = []
     for ds in spec["datasets"]:
         for m in spec["models"]:
             for s in spec["seeds"]:
@@ -144,14 +150,11 @@ def run_one(spec: dict, run: GridRun, out: Path, threads: int | None = None, pro
     ds = _dataset_paths(spec, run.dataset, out)
     if status == "interrupted":
         cfg, _ = RunDir(run.path).read_config()
-        cfg.time_budget, cfg.steps = spec.get("time_budget"), spec.get("steps")
+        cfg.optimisation.time_budget_seconds, cfg.optimisation.steps = spec.get("time_budget"), spec.get("steps")
         tr = Trainer(cfg, resume=True)
     else:
-        sets = dict(spec.get("train") or {})
-        sets["model"] = run.model
-        if spec.get("profile"):
-            sets["profile"] = spec["profile"]
-        cfg = make_config(spec.get("recipe") or DEFAULT_RECIPE, sets, particles=ds["particles"], out=str(run.path),
+        cfg = make_config(spec.get("recipe") or DEFAULT_RECIPE, _run_sets(spec, run.model), particles=ds["particles"],
+                          out=str(run.path),
                           gt_poses=ds.get("gt_poses"), gt_volume=ds.get("gt_volume"), ctf=ds.get("ctf"),
                           seed=run.seed, time_budget=spec.get("time_budget"), steps=spec.get("steps"), threads=threads)
         tr = Trainer(cfg)

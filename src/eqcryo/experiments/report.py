@@ -60,7 +60,8 @@ def read_run(path: Path, dataset: str, model: str, seed: int) -> RunResult | Non
     last = rows[-1]
     return RunResult(dataset, model, seed, _f(last["pose_mse"]), _f(last["pose_medse"]),
                      _f(last.get("resolution_0.5_angstrom")),
-                     None if conv is None else _f(conv["train_seconds"]), None if conv is None else int(_f(conv["step"])),
+                     None if conv is None else _f(conv["train_seconds"]),
+                     None if conv is None else int(_f(conv["step"])),
                      _f(last.get("images_seen")), min(_f(r["pose_mse"]) for r in rows),
                      _f(last.get("geodesic_median_deg")), _f(last.get("mirror_score")))
 

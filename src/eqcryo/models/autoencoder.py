@@ -24,6 +24,8 @@ import torch.nn as nn
 from ..physics.group import displacement_to_origin, image_action, inverse, phi_r, phi_t
 from ..physics.lattice import disc_mask_2d, fft2_centered, plane_coords, radius_2d
 from ..physics.projection import render_images, shift_phase_at
+from .decoders import Decoder
+from .encoders import PoseEncoder
 
 __all__ = ["CryoModel", "ModelOutput", "transform_ctf", "LOSSES"]
 
@@ -76,18 +78,22 @@ class CryoModel(nn.Module):
     (``ModelOutput.pred`` is None) unless ``return_images``.
     """
 
-    def __init__(self, encoder: nn.Module, decoder: nn.Module, loss: str = "l2", name: str = ""):
+    mask: torch.Tensor
+    _radius: torch.Tensor
+    _plane: torch.Tensor
+
+    def __init__(self, encoder: PoseEncoder, decoder: Decoder, loss: str = "l2", name: str = ""):
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}; expected one of {list(LOSSES)}")
         self.encoder, self.decoder, self.loss_name, self.name = encoder, decoder, loss, name
-        self.box = decoder.box
+        self.box: int = decoder.box
         self.register_buffer("mask", disc_mask_2d(self.box, torch.float32))
         # |k| and the plane points (kx, ky, 0) of the flattened lattice, for band mode; not
         # saved in checkpoints (derived from the box)
         self.register_buffer("_radius", radius_2d(self.box, torch.float32).flatten(), persistent=False)
         self.register_buffer("_plane", plane_coords(self.box, torch.float32), persistent=False)
-        self._band_cache: tuple | None = None
+        self._band_cache: tuple[tuple[float, torch.device], torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def image_loss(self, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-image mean squared error over the full box (the last two dimensions)."""
@@ -137,9 +143,10 @@ class CryoModel(nn.Module):
 
     @property
     def n_hypotheses(self) -> int:
-        return getattr(self.encoder, "n_hypotheses", 1)
+        return self.encoder.n_hypotheses
 
-    def _branch(self, y: torch.Tensor, ctf: torch.Tensor | None, band_radius: float | None, images: bool):
+    def _branch(self, y: torch.Tensor, ctf: torch.Tensor | None, band_radius: float | None,
+                images: bool) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(pred, loss (B,), R (B, 3, 3), d (B, 2), winning hypothesis (B,)) of one branch: every
         image is scored at each of its K pose hypotheses (K = 1: the encoder's one pose) and keeps
         the best — winner-take-all, so an image trains only its winning hypothesis."""

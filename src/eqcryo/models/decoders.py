@@ -14,20 +14,26 @@ lattice (rows ``(kx, ky, 0) @ R``, :mod:`eqcryo.physics.lattice`) and export a r
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
 
 from ..physics.lattice import _crop_or_pad_centered, fft3_centered, ifft3_centered, plane_coords
-from ..physics.projection import (centered_dft_band, gridding_correction, half_centered_dft, half_dft_factors,
-                                  hermitian_lattice, slice_fourier_volume, slice_half_fourier_volume)
+from ..physics.projection import (
+    centered_dft_band,
+    gridding_correction,
+    half_centered_dft,
+    half_dft_factors,
+    hermitian_lattice,
+    slice_fourier_volume,
+    slice_half_fourier_volume,
+)
 
 __all__ = ["Decoder", "Siren", "FourierNet", "VoxelDecoder"]
 
 
-@runtime_checkable
-class Decoder(Protocol):
+class Decoder(nn.Module):
     """What the image model and training need of a decoder (both below implement it).
 
     ``accepts_volume``: whether :meth:`set_volume` can replace the map (a voxel grid can; a
@@ -35,19 +41,23 @@ class Decoder(Protocol):
     """
 
     box: int
-    accepts_volume: ClassVar[bool]
+    accepts_volume: ClassVar[bool] = False
 
     def slice(self, R: torch.Tensor) -> torch.Tensor:
         """Complex central slices (B, L, L) at rotations R (B, 3, 3)."""
+        raise NotImplementedError
 
     def slice_at(self, R: torch.Tensor, pts: torch.Tensor, radius: float | None = None) -> torch.Tensor:
         """Complex values (B, M) at plane points pts (M, 3) (integer frequency units) rotated by R."""
+        raise NotImplementedError
 
     def volume(self) -> torch.Tensor:
         """The real-space map (L, L, L), detached."""
+        raise NotImplementedError
 
     def set_volume(self, vol: torch.Tensor) -> None:
         """Replace the map by ``vol`` (L, L, L) (only when ``accepts_volume``)."""
+        raise NotImplementedError
 
 
 class SineLayer(nn.Module):
@@ -59,7 +69,7 @@ class SineLayer(nn.Module):
             bound = 1.0 / n_in if first else math.sqrt(6.0 / n_in) / omega0
             self.linear.weight.uniform_(-bound, bound)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sin(self.omega0 * self.linear(x))
 
 
@@ -76,15 +86,16 @@ class Siren(nn.Module):
             b = math.sqrt(6.0 / width) / omega0
             self.out.weight.uniform_(-b, b)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.net(x))
 
 
-class FourierNet(nn.Module):
+class FourierNet(Decoder):
     """cryoAI's FourierNet. Defaults are the paper's (width 256; modulant 3 hidden layers, ω0 40;
     envelope 2 hidden layers, ω0 30)."""
 
     accepts_volume: ClassVar[bool] = False
+    plane: torch.Tensor
 
     def __init__(self, box: int, width: int = 256, modulant_layers: int = 3, envelope_layers: int = 2,
                  omega_modulant: float = 40.0, omega_envelope: float = 30.0):
@@ -143,10 +154,12 @@ class FourierNet(nn.Module):
         raise NotImplementedError("FourierNet is a neural field: it cannot be set to a map (accepts_volume is False)")
 
 
-class VoxelDecoder(nn.Module):
+class VoxelDecoder(Decoder):
     """A learnable real-space map (L, L, L), read through a 2× padded, gridding-corrected DFT."""
 
     accepts_volume: ClassVar[bool] = True
+    grid_corr: torch.Tensor
+    plane: torch.Tensor
 
     def __init__(self, box: int, pad: int = 2, init: torch.Tensor | None = None):
         super().__init__()
@@ -157,7 +170,7 @@ class VoxelDecoder(nn.Module):
         # factors of the kx >= 0 half of the same DFT (physics.projection.half_centered_dft), what
         # full-band slices read; built per (dtype, device) on first use, not as buffers: a float32
         # buffer would keep float32 phases when the module is cast to float64
-        self._half_factors: dict = {}
+        self._half_factors: dict[Any, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def fourier(self) -> torch.Tensor:
         """The padded centred DFT (N, N, N), N = pad·L, with its unpaired Nyquist planes (index 0

@@ -19,6 +19,7 @@ with the D4 action exactly, and it cuts the encoder's cost by about bin².
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -36,6 +37,8 @@ def _without_subnormals(k: torch.Tensor) -> torch.Tensor:
 
 
 class GaussianPyramid(nn.Module):
+    kernel: torch.Tensor
+
     """Frozen 1 -> 5 channel filter bank (cryoAI): 11×11 Gaussians of variance 0.01·10^i px²
     (i = 0..4), each summing to 1, reflect padding, then per-image per-channel standardisation.
     Gaussians are D4-symmetric, so the layer is exactly equivariant. (B, L, L) -> (B, 5, L, L)."""
@@ -57,11 +60,11 @@ class GaussianPyramid(nn.Module):
         # equivariant.
         self.register_buffer("kernel", _without_subnormals(kernel))
         # checkpoints written before the zeroing carry the subnormal weights: drop them on load too
-        self.register_load_state_dict_post_hook(GaussianPyramid._drop_subnormals)
+        self.register_load_state_dict_post_hook(GaussianPyramid._drop_subnormals)  # type: ignore[no-untyped-call]
         self.pad = size // 2
 
     @staticmethod
-    def _drop_subnormals(module: "GaussianPyramid", incompatible_keys) -> None:
+    def _drop_subnormals(module: GaussianPyramid, incompatible_keys: object) -> None:
         module.kernel.copy_(_without_subnormals(module.kernel))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -72,7 +75,7 @@ class GaussianPyramid(nn.Module):
         return (y - mu) / (sd + 1e-6)
 
 
-def _trunk_precision(bf16: bool, x: torch.Tensor):
+def _trunk_precision(bf16: bool, x: torch.Tensor) -> torch.autocast:
     """The convolutional trunk in bfloat16 (autocast: weights stay float32, convolutions run in
     bf16; the heads and the 6-D -> SO(3) map stay float32) when ``bf16``; a no-op otherwise.
     Equivariance then holds to bf16 rounding, not exactly (the float64 tests run without it)."""
@@ -99,13 +102,33 @@ def _pad_to(x: torch.Tensor, n: int) -> torch.Tensor:
     return F.pad(x, (p, p, p, p)) if p else x
 
 
-class StandardEncoder(nn.Module):
+class PoseEncoder(nn.Module):
+    """What the image model needs of an encoder: ``encoder(images (B, L, L)) -> (R (B, 3, 3),
+    d (B, 2) px)``, and :meth:`pose_hypotheses` for K poses per image."""
+
+    box: int
+    bin: int
+    n: int  # the side the trunk sees (binned, padded)
+    bf16: bool  # the trunk in bfloat16 (ModelConfig.encoder_bf16)
+    n_hypotheses: int = 1
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def pose_hypotheses(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """images (B, L, L) -> (R (B, K, 3, 3), d (B, 2) px); K = 1 unless overridden."""
+        R, d = self(images)
+        return R[:, None], d
+
+
+class StandardEncoder(PoseEncoder):
     """The cryoAI encoder. ``channels`` per block (cryoAI: 64, 128, 256, 256, 256) and convs per
     block (2, 2, 3, 2, 2); the last two blocks average-pool, the others max-pool, then a final
     max pool. Heads: rotation Linear-ReLU-BN-Linear-ReLU-Linear to 6; translation the same
     without BN, to 2. ``hidden`` = (512, 256) at cryoAI's size."""
 
-    def __init__(self, box: int, channels=(64, 128, 256, 256, 256), convs=(2, 2, 3, 2, 2), hidden=(512, 256),
+    def __init__(self, box: int, channels: Sequence[int] = (64, 128, 256, 256, 256),
+                 convs: Sequence[int] = (2, 2, 3, 2, 2), hidden: tuple[int, int] = (512, 256),
                  so3: str = "gram_schmidt", bin: int = 1):
         super().__init__()
         self.box, self.bin, self.n = box, bin, padded_size(_binned_size(box, bin))
@@ -131,7 +154,7 @@ class StandardEncoder(nn.Module):
                                       nn.Linear(h2, 6))
         self.trans_head = nn.Sequential(nn.Linear(feat, h1), nn.ReLU(), nn.Linear(h1, h2), nn.ReLU(), nn.Linear(h2, 2))
         self.so3 = so3
-        self.bf16 = False  # the trunk in bfloat16 (TrainConfig.encoder_bf16)
+        self.bf16 = False
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """images (B, L, L) -> (R (B, 3, 3), d (B, 2) px)."""
@@ -144,7 +167,7 @@ class StandardEncoder(nn.Module):
         return R, self.trans_head(f) * self.bin
 
 
-class EquivariantEncoder(nn.Module):
+class EquivariantEncoder(PoseEncoder):
     """The paper's steerable encoder (App. E) for ``group`` "C4" or "D4".
 
     ``fields`` regular fields per block (one block = two 3×3 group convs, each + ReLU + field
@@ -160,13 +183,13 @@ class EquivariantEncoder(nn.Module):
     the image loss (winner-take-all).
     """
 
-    def __init__(self, box: int, group: str = "D4", fields=(8, 16, 32, 32, 32), final_fields: int = 64,
+    def __init__(self, box: int, group: str = "D4", fields: Sequence[int] = (8, 16, 32, 32, 32), final_fields: int = 64,
                  head_fields: int = 32, bin: int = 1, hypotheses: int = 1):
         super().__init__()
         if hypotheses < 1:
             raise ValueError(f"hypotheses {hypotheses}: expected >= 1")
         self.n_hypotheses = hypotheses
-        self.bf16 = False  # the trunk in bfloat16 (TrainConfig.encoder_bf16)
+        self.bf16 = False
         self.box, self.bin, self.n = box, bin, padded_size(_binned_size(box, bin))
         self.G = Group(group)
         self.pyramid = GaussianPyramid()
@@ -177,7 +200,8 @@ class EquivariantEncoder(nn.Module):
         self.fields = fields
         blocks, c_prev, lift = [], 5, True
         for c in fields:
-            conv1 = LiftingConv2d(self.G, c_prev, c, 3, padding=1) if lift else GroupConv2d(self.G, c_prev, c, 3, padding=1)
+            conv1 = (LiftingConv2d(self.G, c_prev, c, 3, padding=1) if lift
+                     else GroupConv2d(self.G, c_prev, c, 3, padding=1))
             blocks.append(nn.ModuleList([conv1, FieldBatchNorm(self.G, c), GroupConv2d(self.G, c, c, 3, padding=1),
                                          FieldBatchNorm(self.G, c)]))
             c_prev, lift = c, False
@@ -192,9 +216,10 @@ class EquivariantEncoder(nn.Module):
         """Regular-field vector (B, final_fields·|G|) of images (B, L, L)."""
         x = self.pyramid(_pad_to(_bin(images, self.bin), self.n))
         with _trunk_precision(self.bf16, x):
-            for conv1, bn1, conv2, bn2 in self.blocks:
-                x = bn1(F.relu(conv1(x)))
-                x = bn2(F.relu(conv2(x)))
+            for block in self.blocks:
+                conv1, bn1, conv2, bn2 = block  # type: ignore[misc]  # (a ModuleList of four)
+                x = bn1(F.relu(conv1(x)))  # type: ignore[has-type]
+                x = bn2(F.relu(conv2(x)))  # type: ignore[has-type]
                 x = field_max_pool(x)
             x = field_max_pool(x)
             f = F.relu(self.final(x))[..., 0, 0]

@@ -18,6 +18,7 @@ Group theory (element indices, products, representations) lives in
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -43,7 +44,7 @@ class Group:
         self.act_perm = torch.tensor([[pos[compose(inverse(g), h)] for h in self.elements]
                                       for g in self.elements])
 
-    def rep(self, kind: str, dtype=torch.float32) -> torch.Tensor:
+    def rep(self, kind: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Matrices (|G|, d, d) of ``phi_t`` ("t", d = 2) or ``phi_r`` ("r", d = 3) for every element."""
         f = {"t": phi_t, "r": phi_r}[kind]
         return torch.stack([f(e) for e in self.elements]).to(dtype)
@@ -56,7 +57,7 @@ def act_on_regular(x: torch.Tensor, G: Group, g_pos: int) -> torch.Tensor:
     return image_action(x, G.elements[g_pos]).reshape(B, CG, H, W)
 
 
-def _expansion_index(expand, shape) -> torch.Tensor:
+def _expansion_index(expand: Callable[[torch.Tensor], torch.Tensor], shape: torch.Size) -> torch.Tensor:
     """Precompute the gather index of a filter-bank expansion: rot90/flip of a kernel and the
     channel permutations only move entries, so expanding ``arange`` once tells, for every entry
     of the bank, which base weight it is."""
@@ -65,6 +66,8 @@ def _expansion_index(expand, shape) -> torch.Tensor:
 
 
 class LiftingConv2d(nn.Module):
+    index: torch.Tensor
+
     """Trivial fields (B, C_in, H, W) -> regular fields (B, C_out·|G|, H', W').
 
     Weight: one (C_out, C_in, k, k) filter per output field; bias per field (invariant).
@@ -93,6 +96,8 @@ class LiftingConv2d(nn.Module):
 
 
 class GroupConv2d(nn.Module):
+    index: torch.Tensor
+
     """Regular fields (B, C_in·|G|, H, W) -> regular fields (B, C_out·|G|, H', W').
 
     Weight (C_out, C_in, |G|, k, k): one filter per (output field, input field, input group
@@ -163,6 +168,9 @@ class RegularLinear(nn.Module):
 
 
 class RegularToRep(nn.Module):
+    rep: torch.Tensor
+    inv_proj: torch.Tensor
+
     """Equivariant linear map from C regular fields (B, C·|G|) to ``m`` copies of a representation
     ρ ∈ {φ_t, φ_r} (B, m·d): ``y = Σ_{c,h} ρ(h) w_c x_{c,h}`` (+ a bias in ρ's invariant subspace).
 

@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
-from .lattice import freq_index
+from .lattice import Device, freq_index
+
+#: a number, or one per particle (a tensor or array)
+ArrayLike = float | torch.Tensor | np.ndarray
 
 __all__ = ["electron_wavelength_angstrom", "compute_ctf", "ctf_2d"]
 
@@ -29,15 +33,16 @@ def electron_wavelength_angstrom(voltage_kv: torch.Tensor | float) -> torch.Tens
     return 12.2643247 / torch.sqrt(v * (1.0 + v * 0.978466e-6))
 
 
-def compute_ctf(kx: torch.Tensor, ky: torch.Tensor, defocus_u_angstrom, defocus_v_angstrom,
-                defocus_angle_degrees, voltage_kv, cs_mm, amplitude_contrast,
-                phase_shift_degrees=0.0, bfactor_angstrom2=0.0) -> torch.Tensor:
+def compute_ctf(kx: torch.Tensor, ky: torch.Tensor, defocus_u_angstrom: ArrayLike, defocus_v_angstrom: ArrayLike,
+                defocus_angle_degrees: ArrayLike, voltage_kv: ArrayLike, cs_mm: ArrayLike,
+                amplitude_contrast: ArrayLike, phase_shift_degrees: ArrayLike = 0.0,
+                bfactor_angstrom2: ArrayLike = 0.0) -> torch.Tensor:
     """CTF at physical frequencies ``kx, ky`` (1/Å, shape (..., M)) for per-particle params (...,).
 
     Every parameter is broadcast as (..., 1) against the frequency arrays, so a batch of B
     particles takes params of shape (B,) and frequencies of shape (B, M) or (1, M).
     """
-    def p(x):
+    def p(x: ArrayLike) -> torch.Tensor:
         return torch.as_tensor(x, dtype=kx.dtype, device=kx.device).unsqueeze(-1)
 
     dU, dV, ang = p(defocus_u_angstrom), p(defocus_v_angstrom), torch.deg2rad(p(defocus_angle_degrees))
@@ -56,7 +61,7 @@ def compute_ctf(kx: torch.Tensor, ky: torch.Tensor, defocus_u_angstrom, defocus_
 
 
 def ctf_2d(L: int, apix: float, params: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32,
-           device=None) -> torch.Tensor:
+           device: Device = None) -> torch.Tensor:
     """CTF images (B, L, L) on the centred Fourier lattice for a batch of particles.
 
     ``params`` holds tensors (B,) with keys ``defocus_u_angstrom``, ``defocus_v_angstrom``,

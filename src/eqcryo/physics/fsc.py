@@ -9,6 +9,7 @@ is Nyquist (``2 · apix``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,7 +50,7 @@ class FSCResult:
         return (f"the maps do not correlate even at low resolution (mean FSC {low:.2f} over the first shells): "
                 f"are they in the same hand, orientation and position, and of the same structure?")
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "box": self.box,
             "apix": self.apix,
@@ -60,7 +61,7 @@ class FSCResult:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "FSCResult":
+    def from_dict(cls, d: dict[str, Any]) -> FSCResult:
         """The inverse of :meth:`to_dict` (extra keys, e.g. a diagnosis, are ignored)."""
         return cls(np.array(d["freq_inv_angstrom"]), np.array(d["fsc"]), d["apix"], d["box"])
 
@@ -86,7 +87,7 @@ def fsc(vol_a: torch.Tensor, vol_b: torch.Tensor, apix: float = 1.0,
     keep = shell < n
     shell = shell[keep]
 
-    def ssum(x):
+    def ssum(x: torch.Tensor) -> torch.Tensor:
         return torch.zeros(n, dtype=torch.float64).index_add_(0, shell, x.reshape(-1)[keep])
 
     num = ssum((Fa * Fb.conj()).real)

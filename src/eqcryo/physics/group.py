@@ -129,6 +129,6 @@ def turn_images(images: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     B = images.shape[0]
     A = torch.zeros(B, 2, 3, dtype=images.dtype, device=images.device)
     A[:, :, :2] = g.transpose(-1, -2).to(images.dtype)  # output (x, y) -> input g⁻¹ (x, y), x = column
-    grid = torch.nn.functional.affine_grid(A, (B, 1, *images.shape[-2:]), align_corners=True)
+    grid = torch.nn.functional.affine_grid(A, [B, 1, *images.shape[-2:]], align_corners=True)
     return torch.nn.functional.grid_sample(images[:, None], grid, mode="bilinear", padding_mode="zeros",
                                            align_corners=True)[:, 0]

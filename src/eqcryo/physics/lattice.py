@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import torch
 
+#: where a tensor is made: a torch.device, "cpu", "cuda:0", or None (the default device)
+Device = torch.device | str | None
+
 __all__ = [
     "freq_index",
     "freq_angstrom",
@@ -38,43 +41,43 @@ __all__ = [
 ]
 
 
-def freq_index(L: int, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
+def freq_index(L: int, dtype: torch.dtype = torch.float64, device: Device = None) -> torch.Tensor:
     """Integer frequencies of a centred axis of length L, shape (L,); DC at index L // 2."""
     return torch.arange(-(L // 2), L - L // 2, dtype=dtype, device=device)
 
 
-def freq_angstrom(L: int, apix: float, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
+def freq_angstrom(L: int, apix: float, dtype: torch.dtype = torch.float64, device: Device = None) -> torch.Tensor:
     """Frequencies in 1/Å of a centred axis of length L with pixel size ``apix`` Å."""
     return freq_index(L, dtype, device) / (L * apix)
 
 
-def grid_2d(L: int, dtype: torch.dtype = torch.float64, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+def grid_2d(L: int, dtype: torch.dtype = torch.float64, device: Device = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Centred frequency grids ``(kx, ky)``, each (L, L), in integer units; ``kx`` varies along columns."""
     k = freq_index(L, dtype, device)
     ky, kx = torch.meshgrid(k, k, indexing="ij")
     return kx, ky
 
 
-def plane_coords(L: int, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
+def plane_coords(L: int, dtype: torch.dtype = torch.float64, device: Device = None) -> torch.Tensor:
     """Rows ``(kx, ky, 0)`` of the central plane, shape (L*L, 3), in integer frequency units."""
     kx, ky = grid_2d(L, dtype, device)
     return torch.stack([kx.reshape(-1), ky.reshape(-1), torch.zeros(L * L, dtype=dtype, device=device)], -1)
 
 
-def radius_2d(L: int, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
+def radius_2d(L: int, dtype: torch.dtype = torch.float64, device: Device = None) -> torch.Tensor:
     """|k| on the centred 2-D lattice, (L, L), integer frequency units."""
     kx, ky = grid_2d(L, dtype, device)
     return torch.sqrt(kx ** 2 + ky ** 2)
 
 
-def radius_3d(L: int, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
+def radius_3d(L: int, dtype: torch.dtype = torch.float64, device: Device = None) -> torch.Tensor:
     """|k| on the centred 3-D lattice, (L, L, L), integer frequency units."""
     k = freq_index(L, dtype, device)
     kz, ky, kx = torch.meshgrid(k, k, k, indexing="ij")
     return torch.sqrt(kx ** 2 + ky ** 2 + kz ** 2)
 
 
-def nyquist_mask_2d(L: int, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
+def nyquist_mask_2d(L: int, dtype: torch.dtype = torch.float64, device: Device = None) -> torch.Tensor:
     """1 everywhere except the unpaired Nyquist row and column of an even L (index 0), (L, L).
 
     Zeroing them makes the set of kept frequencies symmetric under the 8 lattice symmetries
@@ -87,7 +90,7 @@ def nyquist_mask_2d(L: int, dtype: torch.dtype = torch.float64, device=None) -> 
     return m
 
 
-def disc_mask_2d(L: int, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
+def disc_mask_2d(L: int, dtype: torch.dtype = torch.float64, device: Device = None) -> torch.Tensor:
     """1 where |k| < L/2, else 0, (L, L): D4-symmetric, excludes the unpaired Nyquist samples and
     the corners a 3-D map on the L³ lattice cannot represent for every rotation."""
     return (radius_2d(L, dtype, device) < L / 2).to(dtype)

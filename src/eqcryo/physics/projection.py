@@ -13,13 +13,23 @@ Geometry (see :mod:`eqcryo.physics.lattice` and :mod:`eqcryo.physics.rotations`)
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .lattice import (_crop_or_pad_centered, fft2_centered, fft3_centered, freq_index, grid_2d,
-                      ifft2_centered, ifft3_centered, plane_coords)
+from .lattice import (
+    Device,
+    _crop_or_pad_centered,
+    fft2_centered,
+    fft3_centered,
+    freq_index,
+    grid_2d,
+    ifft2_centered,
+    ifft3_centered,
+    plane_coords,
+)
 
 __all__ = [
     "shift_phase",
@@ -82,7 +92,7 @@ class FourierVolume:
         return slice_fourier_volume(self.data, coords * self.pad).reshape(-1, L_out, L_out)
 
 
-def gridding_correction(L: int, pad: int, dtype=torch.float64, device=None) -> torch.Tensor:
+def gridding_correction(L: int, pad: int, dtype: torch.dtype = torch.float64, device: Device = None) -> torch.Tensor:
     """``1 / sinc²(r / (pad·L))`` on the (L, L, L) real-space grid (r in voxels from the centre).
 
     Trilinear interpolation in Fourier space multiplies the real-space volume by the
@@ -132,7 +142,7 @@ class _TrilinearComplex(torch.autograd.Function):
     """
 
     @staticmethod
-    def _axis(q: torch.Tensor, n: int):
+    def _axis(q: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-axis weights (2, P) of the lower/upper corner (0 where that corner is outside
         0 … n-1), their derivatives in q, and the clamped corner indices (2, P)."""
         q0 = q.floor()
@@ -144,7 +154,8 @@ class _TrilinearComplex(torch.autograd.Function):
                 torch.stack([i0.clamp(0, n - 1), (i0 + 1).clamp(0, n - 1)]))
 
     @staticmethod
-    def forward(ctx, vol: torch.Tensor, p: torch.Tensor, sign: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, vol: torch.Tensor, p: torch.Tensor, sign: torch.Tensor,
+                origin: torch.Tensor) -> torch.Tensor:
         D, H, W = vol.shape
         q = p * sign[:, None] + origin
         gx, dgx, ix = _TrilinearComplex._axis(q[:, 0], W)
@@ -162,7 +173,7 @@ class _TrilinearComplex(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_out: torch.Tensor):
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         idx, sign, gx, gy, gz, dgx, dgy, dgz, V, A, B = ctx.saved_tensors
         go = torch.view_as_real(grad_out.contiguous())
         go = torch.stack([go[:, 0], go[:, 1] * sign], -1)  # the gradient of the unconjugated read
@@ -214,7 +225,8 @@ def sample_trilinear_complex(vol: torch.Tensor, coords: torch.Tensor, origin: tu
         flat = coords.reshape(-1, 3)
         sign = (torch.ones(len(flat), dtype=real_dtype, device=coords.device) if conj is None
                 else 1.0 - 2.0 * conj.reshape(-1).to(real_dtype))
-        return _TrilinearComplex.apply(vol, flat, sign, org).reshape(coords.shape[:-1])
+        out: torch.Tensor = _TrilinearComplex.apply(vol, flat, sign, org)  # type: ignore[no-untyped-call]
+        return out.reshape(coords.shape[:-1])
     # CUDA: grid_sample's kernel is parallel over points there (and is what the GPU check ran).
     # Reads without gradients (projection matching's search, rendering): its single-threaded CPU
     # forward is still faster than the sampler's forward, which keeps what its backward needs
@@ -232,7 +244,8 @@ def slice_fourier_volume(vol_ft: torch.Tensor, coords: torch.Tensor) -> torch.Te
     return sample_trilinear_complex(vol_ft, coords, (N // 2, N // 2, N // 2))
 
 
-def half_dft_factors(L: int, pad: int, dtype=torch.float64, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+def half_dft_factors(L: int, pad: int, dtype: torch.dtype = torch.float64,
+                     device: Device = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The two factors of :func:`half_centered_dft` for a box L and padding ``pad`` (N = pad·L
     even): ``pre`` (L, L, L) real, the sign flips (-1)^(z+y) that put the z and y axes of the
     plain FFT in centred order (the shift theorem), and ``post`` (N, N, N/2 + 1) complex, the
@@ -329,7 +342,7 @@ def project(volume: torch.Tensor, R: torch.Tensor, origin_px: torch.Tensor | Non
     return render_images(fv.slice(R), ctf, origin_px)
 
 
-def _volume_grid(L: int, dtype, device) -> torch.Tensor:
+def _volume_grid(L: int, dtype: torch.dtype, device: Device) -> torch.Tensor:
     """Voxel coordinates (L, L, L, 3) as (x, y, z) relative to the centre L // 2."""
     k = freq_index(L, dtype, device)
     z, y, x = torch.meshgrid(k, k, k, indexing="ij")

@@ -90,7 +90,7 @@ class Backprojector:
                         acc.index_add_(0, idx, v * w)
         self.count += B
 
-    def merged(self, other: "Backprojector") -> "Backprojector":
+    def merged(self, other: Backprojector) -> Backprojector:
         """A new accumulator holding both halves (for the full map)."""
         out = Backprojector(self.L, self.pad, self.dtype)
         out._acc, out.count = self._acc + other._acc, self.count + other.count

@@ -32,17 +32,17 @@ All functions are pure given their ``torch.Generator`` (deterministic on CPU).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable
 
 import numpy as np
 import torch
 
-from .backprojection import Backprojector
 from ..physics.lattice import fft2_centered, plane_coords
-from ..physics.rotations import axis_angle_to_matrix, random_rotations, rotation_z
 from ..physics.projection import FourierVolume, prepare_fourier_volume, shift_phase_at, slice_fourier_volume
+from ..physics.rotations import axis_angle_to_matrix, random_rotations, rotation_z
+from .backprojection import Backprojector
 
 __all__ = ["MatchConfig", "BandData", "search_poses", "reconstruct", "projection_matching"]
 
@@ -88,7 +88,7 @@ class BandData:
     L: int
 
     @classmethod
-    def read(cls, reader: Reader, ids: np.ndarray, L: int, radius: float, batch: int = 512) -> "BandData":
+    def read(cls, reader: Reader, ids: np.ndarray, L: int, radius: float, batch: int = 512) -> BandData:
         if radius > L / 2:
             # beyond Nyquist the disc would hold points (kx = -L/2) whose partners are off the lattice
             raise ValueError(f"match band radius {radius} shells is beyond Nyquist (box {L}: at most {L / 2})")
@@ -192,7 +192,7 @@ def search_poses(fv: FourierVolume, band: BandData, R: torch.Tensor, origin_px: 
     cand_o = origin_px[:, None].repeat(1, kk, 1).clone()
     cand_s = torch.empty(n, kk)
     for a in range(0, n, cfg.chunk):
-        rows = slice(a, min(n, a + cfg.chunk))
+        rows: slice | torch.Tensor = slice(a, min(n, a + cfg.chunk))
         c2 = band.ctf2(rows)
         # the incumbent first, so a search that finds nothing better keeps it (ties: the incumbent)
         sc_all = [_score(band.weighted(rows, origin_px[rows]), c2, _slices(fv, pts, R[rows]))[:, None]]

@@ -14,60 +14,61 @@ import sys
 import numpy as np
 import torch
 
-from ..data.dataset import ParticleDataset, Prefetcher
+from ..data.dataset import ParticleDataset, Prefetcher, _InMemory
 from ..data.errors import InputError
 from ..data.io import load_particles
 from ..data.particles import ParticleTable
 from ..reconstruction.contrast import orient_contrast
-from .config import TrainConfig
+from .config import EvaluationConfig, TrainConfig
 
 __all__ = ["TrainingData"]
 
 
 class TrainingData:
-    """The particles of a run as batches on ``cfg.device`` (images × scale, CTF images)."""
+    """The particles of a run as batches on ``cfg.compute.device`` (images × scale, CTF images)."""
 
     def __init__(self, cfg: TrainConfig, table: ParticleTable | None = None, device: str | None = None):
-        t = table if table is not None else load_particles(cfg.particles, ctf=cfg.ctf, datadir=cfg.datadir,
-                                                            apix=cfg.apix)
+        d = cfg.data
+        t = table if table is not None else load_particles(d.particles, ctf=d.ctf, datadir=d.datadir, apix=d.apix)
         if t.images is None:
-            raise InputError(f"{cfg.particles}: no images")
+            raise InputError(f"{cfg.data.particles}: no images")
         L = t.validate_images()
         if L % 2:
-            raise InputError(f"{cfg.particles}: box {L} is odd; eqcryo trains on even boxes (crop or pad by one)")
-        if t.ctf is None and cfg.ctf is None and t.source_format == "star":
-            raise InputError(f"{cfg.particles}: no CTF columns in the STAR file; give --ctf CTF.pkl "
-                             f"(or convert the data without CTF to .mrcs and train without one)")
-        self.table, self.seed = t, cfg.seed
-        g = torch.Generator().manual_seed(cfg.seed)
+            raise InputError(f"{cfg.data.particles}: box {L} is odd; eqcryo trains on even boxes (crop or pad by one)")
+        t.apply_ctf_rule(cfg.data.no_ctf)
+        self.table, self.seed = t, cfg.optimisation.seed
+        g = torch.Generator().manual_seed(cfg.optimisation.seed)
         perm = torch.randperm(t.n, generator=g).numpy()
-        n_eval = min(cfg.eval_n, max(1, t.n // 10))
-        if n_eval < cfg.eval_n != TrainConfig.eval_n:  # a chosen eval_n is not cut silently (n_eval is recorded)
-            print(f"note: eval_n {cfg.eval_n} is more than a tenth of the {t.n} particles; evaluating on "
-                  f"{n_eval} held-out particles", file=sys.stderr)
+        n_eval = min(cfg.evaluation.n_images, max(1, t.n // 10))
+        if n_eval < cfg.evaluation.n_images != EvaluationConfig.n_images:  # a chosen n is not cut silently
+            print(f"note: evaluation.n_images {cfg.evaluation.n_images} is more than a tenth of the {t.n} particles; "
+                  f"evaluating on {n_eval} held-out particles", file=sys.stderr)
         self.eval_ids, self.train_ids = np.sort(perm[:n_eval]), perm[n_eval:]
-        if len(self.train_ids) < cfg.batch_size:
-            raise InputError(f"{cfg.particles}: {len(self.train_ids)} training particles < batch size {cfg.batch_size}")
+        if len(self.train_ids) < cfg.optimisation.batch_size:
+            raise InputError(f"{cfg.data.particles}: {len(self.train_ids)} training particles < batch size "
+                             f"{cfg.optimisation.batch_size}")
         sample = t.images.read(self.train_ids[:min(512, len(self.train_ids))])
         self.scale = float(1.0 / (sample.std() + 1e-12))
         # the contrast's sign goes into the scale: an inverted data set is read times -1 (decided on a
         # lazy view before the stack is preloaded with its final scale)
         probe = ParticleDataset(t, "cpu", self.scale, box=L)
-        self.contrast = orient_contrast(probe, cfg.invert_contrast, seed=cfg.seed)
+        self.contrast = orient_contrast(probe, cfg.data.invert_contrast, seed=cfg.optimisation.seed)
         self.scale = probe.scale
-        self.ds = ParticleDataset(t, device or cfg.device, self.scale, box=L, preload=cfg.preload)
+        self.ds = ParticleDataset(t, device or cfg.compute.device, self.scale, box=L, preload=cfg.data.preload)
         self.box, self.apix, self.n = L, self.ds.apix, t.n
 
     def resolved(self) -> dict:
         """Facts about the data a run records in its config.yaml (a trained model needs only these)."""
         return {"box": self.box, "apix": self.apix, "n_particles": self.n, "n_eval": len(self.eval_ids),
+                "ctf": self.table.ctf is not None,
                 "intensity_scale": self.scale, "contrast": self.contrast}
 
     def order(self, epoch: int) -> np.ndarray:
         g = torch.Generator().manual_seed(self.seed * 1000003 + epoch)
         return self.train_ids[torch.randperm(len(self.train_ids), generator=g).numpy()]
 
-    def stream(self, epoch: int, pos: int, batch_size: int, rank: int = 0, world: int = 1) -> Prefetcher:
+    def stream(self, epoch: int, pos: int, batch_size: int, rank: int = 0,
+               world: int = 1) -> Prefetcher | _InMemory:
         """Full batches of epoch ``epoch`` from position ``pos``, read ahead in a thread. With
         ``world`` processes, rank ``rank`` gets its contiguous 1/world slice of each global batch."""
         order = self.order(epoch)[pos:]

@@ -1,21 +1,27 @@
-"""What a training run is: :class:`TrainConfig` (validated once) and the named recipes.
+"""What a training run is: :class:`TrainConfig`, in typed sections that validate themselves.
 
-One source of truth per default: the fields of :class:`TrainConfig`. A *recipe* is a YAML file
-of TrainConfig fields (package data in ``eqcryo/training/recipes/``, or any file); it may
-``extends:`` another recipe and carries a one-line ``description:``. A run's configuration is
+One source of truth per default: the fields of the section dataclasses below, each with its
+one-line meaning (``--list-recipes`` and ``train --help`` print them). A run's configuration is
 
-    TrainConfig defaults  <-  recipe  <-  --set key=value  <-  operational options
+    defaults  <-  recipe  <-  --set section.key=value  <-  command-line options
 
-and is written whole to ``RUN/config.yaml``, the run's truth (``--resume`` reads it back).
+and is written whole to ``RUN/config.yaml`` in the same sections (``--resume`` reads it back).
+
+A *recipe* is a YAML file of sections (package data in ``eqcryo/training/recipes/``, or any
+file); it may ``extends:`` another recipe and carries a one-line ``description:``. Recipes,
+``--set`` and run folders written before the sections existed use flat keys (``lr``,
+``refine_images``, ``encoder_bin`` ...): :data:`FLAT_KEYS` maps each to its section and name, so
+they are still read.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
+from typing import Any, ClassVar
 
 import yaml
 
@@ -25,10 +31,8 @@ from ..models.presets import PRESETS, PROFILES
 #: the recipe ``eqcryo train`` uses when none is named (docs/training.md says why)
 DEFAULT_RECIPE = "default"
 
-__all__ = ["DEFAULT_RECIPE", "TrainConfig", "list_recipes", "load_recipe", "make_config", "parse_sets", "check_device"]
-
-#: fields that name files or folders: stored absolute, so a run folder works from any directory
-PATH_FIELDS = ("particles", "out", "ctf", "datadir", "gt_poses", "gt_volume")
+__all__ = ["DEFAULT_RECIPE", "FLAT_KEYS", "SECTIONS", "TrainConfig", "check_device", "describe_keys",
+           "list_recipes", "load_recipe", "make_config", "parse_sets"]
 
 
 def check_device(device: str) -> None:
@@ -47,189 +51,337 @@ def check_device(device: str) -> None:
     elif dev.type != "cpu":
         raise InputError(f"device {device!r}: expected cpu, cuda or cuda:N")
 
-#: options that say where and how long to run, not what to learn; everything else is a recipe's
-OPERATIONAL = ("particles", "out", "ctf", "datadir", "apix", "gt_poses", "gt_volume", "steps", "time_budget",
-               "seed", "device", "threads", "recipe", "invert_contrast")
+
+# ----------------------------------------------------------------------------- typed options
+def opt(default: Any, kind: str, help: str, *, choices: tuple = (), settable: bool = True) -> Any:
+    """A config field: its default, its kind (what values it takes, checked by
+    :meth:`Section.validate`) and its one-line meaning.
+
+    kinds: ``pos`` number > 0, ``posint`` whole number > 0, ``nonneg`` number >= 0, ``nonnegint``,
+    ``fraction`` number in [0, 1], ``bool``, ``choice`` (one of ``choices``), ``path``, ``text``,
+    ``any``. Every kind but ``bool``/``choice``/``path``/``text``/``any`` may be None when the
+    default is None. NaN and infinity are refused for every number."""
+    return field(default=default, metadata={"kind": kind, "help": help, "choices": choices, "settable": settable})
+
+
+def _check(section: str, name: str, kind: str, choices: tuple, value: Any, nullable: bool) -> Any:
+    """``value`` checked against ``kind`` (one line naming ``section.name`` otherwise); whole numbers
+    given as floats (1e5) become ints."""
+    key = f"{section}.{name}"
+    if value is None:
+        if nullable or kind == "any":
+            return None
+        raise InputError(f"{key}: a value is required")
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise InputError(f"{key} {value!r}: expected true or false")
+        return value
+    if kind == "choice":
+        if value not in choices:
+            raise InputError(f"{key} {value!r}: expected one of {', '.join(map(str, choices))}")
+        return value
+    if kind in ("path", "text"):
+        if not isinstance(value, str) or (kind == "path" and not value):
+            raise InputError(f"{key} {value!r}: expected a {'file name' if kind == 'path' else 'string'}")
+        return value
+    if kind == "any":
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{key} {value!r}: expected a number")
+    if not math.isfinite(value):
+        raise InputError(f"{key} {value!r}: expected a finite number")
+    if kind in ("posint", "nonnegint"):
+        if not float(value).is_integer():
+            raise InputError(f"{key} {value!r}: expected a whole number")
+        value = int(value)
+    lo_ok = {"pos": value > 0, "posint": value > 0, "nonneg": value >= 0, "nonnegint": value >= 0,
+             "fraction": 0 <= value <= 1}[kind]
+    if not lo_ok:
+        need = {"pos": "> 0", "posint": ">= 1", "nonneg": ">= 0", "nonnegint": ">= 0", "fraction": "from 0 to 1"}[kind]
+        raise InputError(f"{key} {value!r}: must be {need}")
+    return value
+
+
+@dataclass
+class Section:
+    """A group of options; :meth:`validate` checks every field by its kind."""
+
+    NAME: ClassVar[str] = ""
+
+    def validate(self) -> Section:
+        for f in fields(self):
+            nullable = f.default is None
+            setattr(self, f.name, _check(self.NAME, f.name, f.metadata["kind"], f.metadata["choices"],
+                                         getattr(self, f.name), nullable))
+        return self
+
+    @classmethod
+    def from_dict(cls, d: dict, origin: str) -> Section:
+        if not isinstance(d, dict):
+            raise InputError(f"{origin}: section {cls.NAME!r}: expected a mapping of options, found "
+                             f"{type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        bad = sorted(set(d) - known)
+        if bad:
+            raise InputError(f"{origin}: unknown option(s) {', '.join(f'{cls.NAME}.{b}' for b in bad)}; "
+                             f"{cls.NAME} has {', '.join(sorted(known))}")
+        return cls(**d)
+
+
+@dataclass
+class DataConfig(Section):
+    """The particles and how to read them."""
+
+    NAME: ClassVar[str] = "data"
+    particles: str = opt("", "text", "particles: .star, .cs, or .mrcs (with --ctf or data.no_ctf)", settable=False)
+    ctf: str | None = opt(None, "path", "cryoDRGN CTF .pkl replacing or supplying the file's CTF")
+    no_ctf: bool | None = opt(False, "any", "use no CTF (CTF-free or phase-flipped images); a CTF in the file is "
+                                      "then ignored")
+    datadir: str | None = opt(None, "path", "folder of the image stacks named in the metadata")
+    apix: float | None = opt(None, "pos", "pixel size in Å (None: the file's)")
+    invert_contrast: str = opt("auto", "choice", "multiply the images by -1: auto decides from the data",
+                               choices=("auto", "yes", "no"))
+    preload: bool | None = opt(None, "any", "hold the stack in memory (true), read lazily (false), or by size (null)")
+
+
+@dataclass
+class ModelConfig(Section):
+    """The encoder (poses) and decoder (map)."""
+
+    NAME: ClassVar[str] = "model"
+    name: str = opt("d4-l2", "choice", "encoder and loss: standard, c4-l2, c4-mirror or d4-l2",
+                    choices=tuple(PRESETS))
+    profile: str = opt("cpu", "choice", "widths: cpu (quarter widths, voxel decoder) or paper (cryoAI sizes)",
+                       choices=tuple(PROFILES))
+    decoder: str | None = opt(None, "any", "voxel or fouriernet (None: the profile's)")
+    rotation_param: str = opt("gram_schmidt", "choice", "6-D to SO(3) map of the standard encoder",
+                              choices=("gram_schmidt", "svd"))
+    encoder_input_bin: int | None = opt(None, "posint", "the encoder sees the mean of bin x bin pixel blocks "
+                                                        "(None: 1)")
+    hypotheses: int = opt(1, "posint", "K pose hypotheses per image (equivariant encoders; 1 = the paper)")
+    encoder_bf16: bool = opt(False, "bool", "run the encoder trunk in bfloat16 (CPUs with AVX512-BF16)")
+
+
+@dataclass
+class OptimisationConfig(Section):
+    """How long and how the amortized stage learns."""
+
+    NAME: ClassVar[str] = "optimisation"
+    seed: int = opt(0, "nonnegint", "seed of the held-out split, batch order and initial weights")
+    steps: int | None = opt(None, "posint", "stop after this many steps")
+    time_budget_seconds: float | None = opt(None, "pos", "stop after this much training wall time "
+                                                         "(evaluation excluded)")
+    batch_size: int = opt(64, "posint", "images per step (all processes together)")
+    lr: float = opt(1e-4, "pos", "Adam learning rate of the encoder")
+    lr_decoder: float | None = opt(None, "pos", "Adam learning rate of the decoder (None: lr)")
+    grad_clip: float = opt(1.0, "pos", "gradient norm clip")
+    lowpass_start_shells: float | None = opt(None, "pos", "frequency marching: loss band at the start, in "
+                                                          "Fourier shells (None: full band)")
+    lowpass_images: int = opt(50000, "posint", "frequency marching: images until the band reaches Nyquist")
+    view_prior: float = opt(0.0, "nonneg", "weight of the uniform-viewing-direction prior (0: off, as the paper)")
+
+
+@dataclass
+class RefinementConfig(Section):
+    """Projection-matching rounds from the encoder's poses, distilled into the encoder (None/0: off)."""
+
+    NAME: ClassVar[str] = "refinement"
+    start_images: int | None = opt(None, "nonnegint", "first round after this many images (None: no refinement)")
+    every_images: int | None = opt(None, "posint", "then again every this many images (None: once)")
+    max_rounds: int | None = opt(None, "posint", "at most this many rounds (None: no limit)")
+    min_rounds: int = opt(1, "posint", "a settled round ends the repeats only from this round on")
+    iters: int = opt(3, "posint", "projection-matching iterations per round")
+    keep: int = opt(1, "posint", "global-search candidates per particle refined locally")
+    orbit: int = opt(1, "posint", "in-plane turns of each pose also tried (2: the half turn)")
+    radius_shells: float = opt(16.0, "pos", "search band, in Fourier shells")
+    distill_weight: float = opt(1.0, "nonneg", "weight of the pull of the encoder towards the refined poses")
+    distill_band_shells: float | None = opt(None, "pos", "loss band once refined poses are targets (None: "
+                                                         "the marching goes on)")
+    distill_only: bool = opt(False, "bool", "once targets exist, train the encoder on them alone (no image loss)")
+    distill_hypotheses: str = opt("all-once-settled", "choice", "which of K hypotheses learn a target",
+                                  choices=("winner", "all-once-settled"))
+    distill_augment: bool = opt(False, "bool", "turn each distillation image and its target in-plane at random")
+    distill_simulate: float = opt(0.0, "fraction", "fraction of each distillation batch simulated from the map")
+
+
+@dataclass
+class EvaluationConfig(Section):
+    """What is measured during the run, and the no-ground-truth stop rule."""
+
+    NAME: ClassVar[str] = "evaluation"
+    every_seconds: float = opt(60.0, "pos", "evaluate every this many seconds of training")
+    n_images: int = opt(256, "posint", "held-out particles evaluated (at most a tenth of the set)")
+    gt_poses: str | None = opt(None, "path", "ground-truth poses (.pkl), evaluation only")
+    gt_volume: str | None = opt(None, "path", "ground-truth map (.mrc), evaluation only")
+    track_mirror: bool = opt(False, "bool", "log the map's best mirror-plane correlation")
+    stop_match_mse: float | None = opt(None, "pos", "end the run once encoder and search agree below this "
+                                                    "(None: run the budget)")
+
+
+@dataclass
+class OutputConfig(Section):
+    """Where the run is written, and its record."""
+
+    NAME: ClassVar[str] = "output"
+    dir: str = opt("", "text", "the run folder", settable=False)
+    checkpoint_every_seconds: float = opt(300.0, "pos", "write checkpoint.pt every this many seconds of training")
+    recipe: str | None = opt(None, "any", "the recipe this configuration started from", settable=False)
+    given_paths: dict | None = opt(None, "any", "the paths as typed (they are stored absolute)", settable=False)
+
+
+@dataclass
+class ComputeConfig(Section):
+    """Where the arithmetic runs."""
+
+    NAME: ClassVar[str] = "compute"
+    device: str = opt("cpu", "text", "cpu, cuda or cuda:N")
+    threads: int | None = opt(None, "posint", "CPU threads for PyTorch (None: PyTorch's)")
+
+
+#: section name -> its dataclass, in config.yaml's order
+SECTIONS: dict[str, type[Section]] = {s.NAME: s for s in (DataConfig, ModelConfig, OptimisationConfig,
+                                                          RefinementConfig, EvaluationConfig, OutputConfig,
+                                                          ComputeConfig)}
+
+#: the flat keys of recipes, ``--set`` and config.yaml before the sections -> (section, key).
+#: Unchanged names map to themselves; the renamed say what they hold (units in names).
+FLAT_KEYS: dict[str, tuple[str, str]] = {
+    "particles": ("data", "particles"), "ctf": ("data", "ctf"), "datadir": ("data", "datadir"),
+    "apix": ("data", "apix"), "invert_contrast": ("data", "invert_contrast"), "preload": ("data", "preload"),
+    "model": ("model", "name"), "profile": ("model", "profile"), "decoder": ("model", "decoder"),
+    "so3": ("model", "rotation_param"), "encoder_bin": ("model", "encoder_input_bin"),
+    "hypotheses": ("model", "hypotheses"), "encoder_bf16": ("model", "encoder_bf16"),
+    "seed": ("optimisation", "seed"), "steps": ("optimisation", "steps"),
+    "time_budget": ("optimisation", "time_budget_seconds"), "batch_size": ("optimisation", "batch_size"),
+    "lr": ("optimisation", "lr"), "lr_decoder": ("optimisation", "lr_decoder"), "clip": ("optimisation", "grad_clip"),
+    "lowpass_start": ("optimisation", "lowpass_start_shells"), "lowpass_images": ("optimisation", "lowpass_images"),
+    "view_prior": ("optimisation", "view_prior"),
+    "refine_images": ("refinement", "start_images"), "refine_every": ("refinement", "every_images"),
+    "refine_rounds": ("refinement", "max_rounds"), "refine_min_rounds": ("refinement", "min_rounds"),
+    "refine_iters": ("refinement", "iters"), "refine_keep": ("refinement", "keep"),
+    "refine_orbit": ("refinement", "orbit"), "refine_radius": ("refinement", "radius_shells"),
+    "distill": ("refinement", "distill_weight"), "distill_band": ("refinement", "distill_band_shells"),
+    "distill_only": ("refinement", "distill_only"), "distill_hypotheses": ("refinement", "distill_hypotheses"),
+    "distill_augment": ("refinement", "distill_augment"), "distill_simulate": ("refinement", "distill_simulate"),
+    "eval_every": ("evaluation", "every_seconds"), "eval_n": ("evaluation", "n_images"),
+    "gt_poses": ("evaluation", "gt_poses"), "gt_volume": ("evaluation", "gt_volume"),
+    "track_mirror": ("evaluation", "track_mirror"), "stop_match_mse": ("evaluation", "stop_match_mse"),
+    "out": ("output", "dir"), "checkpoint_every": ("output", "checkpoint_every_seconds"),
+    "recipe": ("output", "recipe"), "given_paths": ("output", "given_paths"),
+    "device": ("compute", "device"), "threads": ("compute", "threads"),
+}
+_DEAD_KEYS = ("poses", "extra")  # flat keys of early versions that no longer mean anything
+
+#: options that name files or folders: stored absolute, so a run folder works from any directory
+PATH_KEYS = (("data", "particles"), ("data", "ctf"), ("data", "datadir"), ("evaluation", "gt_poses"),
+             ("evaluation", "gt_volume"), ("output", "dir"))
+
+
+def _section_field(cls: type[Section]):
+    return field(default_factory=cls)
 
 
 @dataclass
 class TrainConfig:
-    """Everything a run needs; written to ``RUN/config.yaml``. Units in names; times are
-    seconds of training wall time (evaluation excluded, see :mod:`.schedule`)."""
+    """Everything a run needs, in sections; written to ``RUN/config.yaml``. Times are seconds of
+    training wall time (evaluation excluded, see :mod:`.schedule`)."""
 
-    particles: str = ""
-    out: str = ""
-    ctf: str | None = None
-    datadir: str | None = None
-    apix: float | None = None
-    gt_poses: str | None = None
-    gt_volume: str | None = None
-    # the sign of the images: "auto" decides from the data (eqcryo.reconstruction.contrast),
-    # "yes" multiplies them by -1, "no" takes them as they are
-    invert_contrast: str = "auto"
-    recipe: str | None = None  # the recipe this configuration started from (for the record)
-    given_paths: dict | None = None  # the paths above as typed (they are stored absolute)
-    model: str = "d4-l2"
-    profile: str = "cpu"
-    decoder: str | None = None
-    so3: str = "gram_schmidt"
-    encoder_bin: int | None = None  # None: the profile's (average bin×bin blocks before the encoder)
-    # K pose hypotheses per image from the equivariant encoder, trained winner-take-all (beyond
-    # the paper; docs/training.md). 1 = the paper's single pose.
-    hypotheses: int = 1
-    steps: int | None = None
-    time_budget: float | None = None
-    seed: int = 0
-    batch_size: int = 64
-    lr: float = 1e-4
-    lr_decoder: float | None = None
-    clip: float = 1.0
-    device: str = "cpu"
-    threads: int | None = None
-    # hold the image stack in the device's memory (True), read it lazily from disk (False), or
-    # decide by size: in memory when it takes at most a quarter of the free memory (None)
-    preload: bool | None = None
-    eval_every: float = 60.0  # seconds of training time
-    eval_n: int = 256
-    checkpoint_every: float = 300.0
-    # Frequency marching: the loss sees |k| < r shells, r growing linearly from
-    # ``lowpass_start`` to Nyquist over ``lowpass_images`` training images (None: full band).
-    lowpass_start: float | None = None
-    lowpass_images: int = 50000
-    # Uniform-orientation prior (beyond the paper): adds view_prior · ‖mean_b z zᵀ − I/3‖²_F over
-    # each batch's predicted viewing directions z, discouraging the collapse of all images onto
-    # a few viewing axes (docs/training.md). 0 = off, as the paper.
-    view_prior: float = 0.0
-    track_mirror: bool = False  # log the map's best mirror-plane correlation at each evaluation
-    # Semi-amortized refinement (beyond the paper; docs/training.md): once ``refine_images``
-    # images have been seen, the encoder's poses for the training particles seed
-    # ``refine_iters`` iterations of projection matching on |k| < ``refine_radius`` shells;
-    # the voxel decoder is set to the resulting map and the encoder is then also trained
-    # towards the refined poses, with weight ``distill`` (chordal distance² + 0.1 · shift² px²).
-    # None = off, as the paper.
-    refine_images: int | None = None
-    refine_every: int | None = None  # then again every this many images (None: once)
-    refine_rounds: int | None = None  # at most this many refinements (None: no limit)
-    # a settled round ends the repeats only from this round on: an early round can settle with a
-    # minority of particles stuck in mirror-related poses, which the next round from the
-    # distilled encoder's poses undoes (docs/training-notebook.md, Round 4)
-    refine_min_rounds: int = 1
-    refine_iters: int = 3
-    refine_keep: int = 1  # global-search candidates per particle refined locally (projection_matching.MatchConfig.keep)
-    refine_orbit: int = 1  # in-plane turns of each particle's pose also refined (MatchConfig.orbit; 2: the half turn)
-    refine_radius: float = 16.0
-    # Loss band (shells) once the refined poses are the encoder's targets (None: the
-    # frequency-marching schedule goes on). The refined map already holds the higher shells, and
-    # what remains is mostly teaching the encoder the refined poses: a narrower band makes each
-    # step ~3.7× cheaper at 16 of 32 shells (docs/benchmarks.md), so more images in the same time.
-    distill_band: float | None = None
-    distill: float = 1.0
-    # Once refined poses are the targets, train the encoder on them alone (no decoder read, no
-    # image loss; the map stays the refined one until the next round): a step then costs the
-    # encoder only, so it sees ~2-3x more images per second (docs/benchmarks.md).
-    distill_only: bool = False
-    # With K pose hypotheses and distill_only, which hypotheses learn a target: "winner" — each
-    # image pulls only its hypothesis nearest the target (winner-take-all; the others stay free);
-    # "all-once-settled" — the winner while the searches still move poses, every hypothesis once
-    # a round has settled (targets trusted), so the one the image loss picks is right too. With
-    # "winner" K = 4 and 8 settled their first round yet their encoders converged later than
-    # K = 1 (docs/results.md).
-    distill_hypotheses: str = "all-once-settled"
-    # With distill_only: turn each distillation image by a random in-plane angle and its target
-    # pose and shift with it (physics.group.turn_images; D4 covers only multiples of 90°). The
-    # encoder fits its training particles' poses far better than held-out ones (docs/results.md).
-    distill_augment: bool = False
-    # With distill_only: this fraction of each distillation batch is images *simulated* from the
-    # current (refined) map at uniformly random poses — the replaced particles' CTFs and target
-    # shifts, Gaussian noise with the 2-D power spectrum of the data's residuals — with their true
-    # poses as targets: a teacher whose poses are never wrong, with new poses and noise every
-    # step. Without it the encoder learns only the searches' poses, right or wrong — at SNR 1 it
-    # reproduced a settled round's ~8% wrong ones (docs/training-notebook.md, Round 7). 0 = off.
-    distill_simulate: float = 0.0
-    # The encoders' convolutional trunk in bfloat16 (autocast; heads and SO(3) map in float32):
-    # 1.6x faster encoder forward+backward at 64 px on a CPU with AVX512-BF16 (docs/benchmarks.md)
-    encoder_bf16: bool = False
-    # End the run before its budget at the first evaluation after a settled refinement whose
-    # held-out match_mse (encoder vs a projection-matching search in the current map; no ground
-    # truth; docs/training.md) is below this (None: run the whole budget).
-    stop_match_mse: float | None = None
+    data: DataConfig = _section_field(DataConfig)
+    model: ModelConfig = _section_field(ModelConfig)
+    optimisation: OptimisationConfig = _section_field(OptimisationConfig)
+    refinement: RefinementConfig = _section_field(RefinementConfig)
+    evaluation: EvaluationConfig = _section_field(EvaluationConfig)
+    output: OutputConfig = _section_field(OutputConfig)
+    compute: ComputeConfig = _section_field(ComputeConfig)
 
-    def validate(self) -> "TrainConfig":
-        """Raise :class:`InputError` naming the first option that makes no sense; returns self."""
-        if self.model not in PRESETS:
-            raise InputError(f"unknown model {self.model!r}; expected one of {', '.join(PRESETS)}")
-        if self.profile not in PROFILES:
-            raise InputError(f"unknown profile {self.profile!r}; expected one of {', '.join(PROFILES)}")
-        if self.decoder not in (None, "voxel", "fouriernet"):
-            raise InputError(f"decoder {self.decoder!r}: expected voxel or fouriernet")
-        if self.so3 not in ("gram_schmidt", "svd"):
-            raise InputError(f"so3 {self.so3!r}: expected gram_schmidt or svd")
-        if self.steps is None and self.time_budget is None:
+    def validate(self) -> TrainConfig:
+        """Check every section, then what spans sections; raise :class:`InputError` naming the first
+        option that makes no sense; returns self."""
+        for name in SECTIONS:
+            getattr(self, name).validate()
+        m, o, r = self.model, self.optimisation, self.refinement
+        if m.decoder not in (None, "voxel", "fouriernet"):
+            raise InputError(f"model.decoder {m.decoder!r}: expected voxel or fouriernet")
+        if self.data.preload not in (None, True, False):
+            raise InputError(f"data.preload {self.data.preload!r}: expected true, false or null (decide by size)")
+        if o.steps is None and o.time_budget_seconds is None:
             raise InputError("give --steps and/or --time-budget")
-        check_device(self.device)
-        if self.invert_contrast not in ("auto", "yes", "no"):
-            raise InputError(f"invert_contrast {self.invert_contrast!r}: expected auto, yes or no")
-        if self.preload not in (None, True, False):
-            raise InputError(f"preload {self.preload!r}: expected true, false or null (decide by size)")
-        for k in ("track_mirror", "distill_only", "distill_augment", "encoder_bf16"):
-            if not isinstance(getattr(self, k), bool):
-                raise InputError(f"{k} {getattr(self, k)!r}: expected true or false")
-        if self.distill_augment and not self.distill_only:
-            raise InputError("distill_augment turns the images of distillation steps: it needs distill_only "
-                             "(an image loss would need the CTF turned too)")
-        if isinstance(self.distill_simulate, bool) or not isinstance(self.distill_simulate, (int, float)) \
-                or not 0 <= self.distill_simulate <= 1:
-            raise InputError(f"distill_simulate {self.distill_simulate!r}: expected a fraction from 0 to 1")
-        if self.distill_hypotheses not in ("winner", "all-once-settled"):
-            raise InputError(f"distill_hypotheses {self.distill_hypotheses!r}: expected winner or all-once-settled")
-        if self.distill_simulate and not self.distill_only:
-            raise InputError("distill_simulate replaces images of distillation steps by simulated ones: it needs "
-                             "distill_only")
-        positive = {"batch_size": self.batch_size, "lr": self.lr, "lr_decoder": self.lr_decoder, "clip": self.clip,
-                    "eval_every": self.eval_every, "eval_n": self.eval_n, "checkpoint_every": self.checkpoint_every,
-                    "lowpass_start": self.lowpass_start, "lowpass_images": self.lowpass_images,
-                    "refine_iters": self.refine_iters, "refine_radius": self.refine_radius, "steps": self.steps,
-                    "time_budget": self.time_budget, "threads": self.threads, "encoder_bin": self.encoder_bin,
-                    "hypotheses": self.hypotheses,
-                    "distill_band": self.distill_band, "apix": self.apix, "stop_match_mse": self.stop_match_mse}
-        for k, v in positive.items():
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
-                raise InputError(f"{k.replace('_', '-')} {v!r}: expected a number")
-            if v is not None and not v > 0:
-                raise InputError(f"{k.replace('_', '-')} {v}: must be > 0")
-        for k, v in {"refine_every": self.refine_every, "refine_rounds": self.refine_rounds,
-                     "refine_min_rounds": self.refine_min_rounds, "refine_keep": self.refine_keep,
-                     "refine_orbit": self.refine_orbit}.items():
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise InputError(f"{k.replace('_', '-')} {v!r}: expected a whole number >= 1")
-        for k, v in {"view_prior": self.view_prior, "distill": self.distill, "refine_images": self.refine_images,
-                     "seed": self.seed}.items():
-            if v is not None and v < 0:
-                raise InputError(f"{k.replace('_', '-')} {v}: must be >= 0")
-        if self.hypotheses != 1 and PRESETS[self.model][0] is None:
-            raise InputError(f"hypotheses {self.hypotheses}: several pose hypotheses need an equivariant encoder "
-                             f"(c4-l2, c4-mirror, d4-l2), not {self.model!r}")
-        if isinstance(self.hypotheses, float) and not self.hypotheses.is_integer():
-            raise InputError(f"hypotheses {self.hypotheses}: expected a whole number")
-        self.hypotheses = int(self.hypotheses)
+        check_device(self.compute.device)
+        if r.distill_augment and not r.distill_only:
+            raise InputError("refinement.distill_augment turns the images of distillation steps: it needs "
+                             "refinement.distill_only (an image loss would need the CTF turned too)")
+        if r.distill_simulate and not r.distill_only:
+            raise InputError("refinement.distill_simulate replaces images of distillation steps by simulated ones: "
+                             "it needs refinement.distill_only")
+        if m.hypotheses != 1 and PRESETS[m.name][0] is None:
+            raise InputError(f"model.hypotheses {m.hypotheses}: several pose hypotheses need an equivariant encoder "
+                             f"(c4-l2, c4-mirror, d4-l2), not {m.name!r}")
+        if self.data.no_ctf not in (True, False, None):  # (None: a run written before the rule)
+            raise InputError(f"data.no_ctf {self.data.no_ctf!r}: expected true or false")
+        if self.data.no_ctf and self.data.ctf:
+            raise InputError("data.no_ctf and a CTF file (--ctf) contradict each other; give one")
         return self
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Nested plain mapping, section by section (config.yaml's layout)."""
+        return {name: {f.name: getattr(getattr(self, name), f.name) for f in fields(getattr(self, name))}
+                for name in SECTIONS}
 
     @classmethod
-    def from_dict(cls, d: dict, origin: str = "configuration") -> "TrainConfig":
-        """A config from a mapping of its fields; unknown keys are an :class:`InputError`."""
-        if not isinstance(d, dict):
-            raise InputError(f"{origin}: expected a mapping of training options, found {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
-        bad = sorted(set(d) - known)
-        if bad:
-            raise InputError(f"{origin}: unknown training option(s) {bad}")
-        try:
-            return cls(**d)
-        except TypeError as e:
-            raise InputError(f"{origin}: {e}") from None
+    def from_dict(cls, d: dict, origin: str = "configuration") -> TrainConfig:
+        """A config from sections (``{"optimisation": {"lr": ...}}``), flat keys of older versions
+        (``{"lr": ...}``), or both; unknown keys are an :class:`InputError`. Not validated."""
+        nested = to_nested(d, origin)
+        return cls(**{name: SECTIONS[name].from_dict(nested.get(name, {}), origin)  # type: ignore[arg-type]
+                      for name in SECTIONS})
+
+    def copy(self) -> TrainConfig:
+        return TrainConfig.from_dict(self.to_dict())
+
+
+def to_nested(d: Any, origin: str) -> dict[str, dict]:
+    """Sections, flat keys and ``section.key`` keys of ``d`` merged into ``{section: {key: value}}``."""
+    if not isinstance(d, dict):
+        raise InputError(f"{origin}: expected a mapping of training options, found {type(d).__name__}")
+    out: dict[str, dict] = {}
+    for k, v in d.items():
+        if k in SECTIONS and (isinstance(v, dict) or k not in FLAT_KEYS):  # (old flat "model: d4-l2")
+            if not isinstance(v, dict):
+                raise InputError(f"{origin}: section {k!r}: expected a mapping of options, found {v!r}")
+            out.setdefault(k, {}).update(v)
+        elif k in _DEAD_KEYS:
+            continue
+        else:
+            section, key = _resolve_key(str(k), origin)
+            out.setdefault(section, {})[key] = v
+    return out
+
+
+def _resolve_key(k: str, origin: str) -> tuple[str, str]:
+    """``section.key`` or an old flat key -> (section, key)."""
+    if "." in k:
+        section, _, key = k.partition(".")
+        if section not in SECTIONS:
+            raise InputError(f"{origin}: unknown section {section!r} in {k!r}; sections: {', '.join(SECTIONS)}")
+        return section, key  # the key is checked by the section
+    if k in FLAT_KEYS:
+        return FLAT_KEYS[k]
+    owners = [s for s, c in SECTIONS.items() if k in {f.name for f in fields(c)}]
+    if len(owners) == 1:
+        return owners[0], k
+    raise InputError(f"{origin}: unknown training option {k!r} (write section.key; sections: {', '.join(SECTIONS)})")
+
+
+def describe_keys(settable_only: bool = True) -> list[tuple[str, Any, str]]:
+    """(``section.key``, default, one-line meaning) of every option (``--help``, ``--list-recipes``)."""
+    out = []
+    for name, cls in SECTIONS.items():
+        for f in fields(cls):
+            if settable_only and not f.metadata["settable"]:
+                continue
+            default = f.default if f.default is not MISSING else None
+            out.append((f"{name}.{f.name}", default, f.metadata["help"]))
+    return out
 
 
 # ----------------------------------------------------------------------------- recipes
@@ -246,8 +398,15 @@ def list_recipes() -> dict[str, str]:
     return out
 
 
-def load_recipe(name_or_path: str, _seen: tuple = ()) -> dict:
-    """The TrainConfig fields of a bundled recipe (by name) or of a YAML file, ``extends`` resolved."""
+def _merge(base: dict[str, dict], top: dict[str, dict]) -> dict[str, dict]:
+    out = {k: dict(v) for k, v in base.items()}
+    for k, v in top.items():
+        out.setdefault(k, {}).update(v)
+    return out
+
+
+def load_recipe(name_or_path: str, _seen: tuple = ()) -> dict[str, dict]:
+    """The options of a bundled recipe (by name) or of a YAML file, as sections, ``extends`` resolved."""
     if name_or_path in _seen:
         raise InputError(f"recipe {name_or_path!r} extends itself (through {' -> '.join(_seen)})")
     if name_or_path.endswith((".yaml", ".yml")) or os.sep in name_or_path:
@@ -273,57 +432,55 @@ def load_recipe(name_or_path: str, _seen: tuple = ()) -> dict:
     d.pop("description", None)
     parent = d.pop("extends", None)
     base = load_recipe(parent, _seen + (name_or_path,)) if parent else {}
-    TrainConfig.from_dict({**base, **d}, origin)  # unknown keys named here, with the file
-    return {**base, **d}
+    merged = _merge(base, to_nested(d, origin))
+    TrainConfig.from_dict(merged, origin)  # unknown keys named here, with the file
+    return merged
 
 
-def parse_sets(items: list[str] | None) -> dict:
-    """``["lr=1e-3", "lowpass_start=8"]`` -> ``{"lr": 0.001, "lowpass_start": 8}`` (values read as YAML)."""
-    out = {}
+def parse_sets(items: list[str] | None) -> dict[str, dict]:
+    """``["optimisation.lr=1e-3", "lowpass_start=8"]`` -> sections (values read as YAML; flat keys
+    of older versions accepted). Keys that are not options, or that the command line owns
+    (``output.dir``, ``data.particles``), are refused."""
+    out: dict[str, dict] = {}
     for it in items or []:
         key, sep, val = it.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or not key:
-            raise InputError(f"--set {it!r}: expected KEY=VALUE, e.g. --set lr=1e-3")
+            raise InputError(f"--set {it!r}: expected SECTION.KEY=VALUE, e.g. --set optimisation.lr=1e-3")
+        section, name = _resolve_key(key, f"--set {it!r}")
+        f = {f.name: f for f in fields(SECTIONS[section])}.get(name)
+        if f is None:
+            raise InputError(f"--set {it!r}: {section} has no option {name!r}; it has "
+                             f"{', '.join(sorted(x.name for x in fields(SECTIONS[section])))}")
+        if not f.metadata["settable"]:
+            raise InputError(f"--set {it!r}: {section}.{name} is set by the command line, not by --set")
         try:
-            out[key] = yaml.safe_load(val) if val.strip() else None
+            value = yaml.safe_load(val) if val.strip() else None
         except yaml.YAMLError:
             raise InputError(f"--set {it!r}: cannot read the value {val!r}") from None
-        if isinstance(out[key], str) and key in {f.name for f in fields(TrainConfig)}:
-            # YAML reads 1e-3 as a string; numbers are numbers here
-            try:
-                out[key] = float(val) if any(c in val for c in ".eE") else int(val)
+        if isinstance(value, str) and f.metadata["kind"] not in ("text", "path", "choice", "any"):
+            try:  # YAML reads 1e-3 as a string; numbers are numbers here
+                value = float(val) if any(c in val for c in ".eEnN") else int(val)
             except ValueError:
                 pass
+        out.setdefault(section, {})[name] = value
     return out
 
 
-def recipe_keys() -> list[str]:
-    """The keys a recipe (or --set) may hold: the fields of TrainConfig that are not operational."""
-    return [f.name for f in fields(TrainConfig) if f.name not in OPERATIONAL + ("given_paths",)]
-
-
-def make_config(recipe: str | None = None, sets: dict | None = None, **operational) -> TrainConfig:
-    """Defaults <- recipe <- ``sets`` <- ``operational`` (those that are not None), validated."""
+def make_config(recipe: str | None = None, sets: dict | None = None, **given: Any) -> TrainConfig:
+    """Defaults <- recipe <- ``sets`` (sections) <- ``given`` (flat or ``section__key`` command-line
+    options that are not None), validated."""
     d = load_recipe(recipe) if recipe else {}
-    d.update(sets or {})
-    d.update({k: v for k, v in operational.items() if v is not None})
+    d = _merge(d, to_nested(sets or {}, "--set"))
+    d = _merge(d, to_nested({k.replace("__", "."): v for k, v in given.items() if v is not None},
+                            "command-line options"))
     if recipe:
-        d["recipe"] = recipe
-    given = {k: d[k] for k in PATH_FIELDS if d.get(k)}
-    for k, v in given.items():
-        d[k] = os.path.abspath(os.path.expanduser(str(v)))
-    d["given_paths"] = given or None
-    cfg = TrainConfig.from_dict(d, f"recipe {recipe}" if recipe else "training options")
-    # a value of the wrong type (e.g. --set batch_size=abc) is caught here, not deep in torch
-    for f in fields(TrainConfig):
-        v = getattr(cfg, f.name)
-        if v is None or f.name in ("recipe", "given_paths"):
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else None
-        if isinstance(default, bool) and not isinstance(v, bool):
-            raise InputError(f"{f.name}: expected true or false, got {v!r}")
-        if isinstance(default, (int, float)) and not isinstance(default, bool) and \
-                (isinstance(v, bool) or not isinstance(v, (int, float))):
-            raise InputError(f"{f.name}: expected a number, got {v!r}")
-    return cfg.validate()
+        d.setdefault("output", {})["recipe"] = recipe
+    typed = {}
+    for section, key in PATH_KEYS:
+        v = d.get(section, {}).get(key)
+        if v:
+            typed[f"{section}.{key}"] = v
+            d[section][key] = os.path.abspath(os.path.expanduser(str(v)))
+    d.setdefault("output", {})["given_paths"] = typed or None
+    return TrainConfig.from_dict(d, f"recipe {recipe}" if recipe else "training options").validate()

@@ -129,6 +129,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         var = all_reduce(((x - mean.view(shape)) ** 2).sum(dims)) / n
         if self.track_running_stats and self.running_mean is not None:
             with torch.no_grad():
+                assert self.num_batches_tracked is not None and self.running_var is not None
                 self.num_batches_tracked += 1
                 m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
                 self.running_mean.mul_(1 - m).add_(m * mean.detach())

@@ -37,25 +37,26 @@ class GroundTruth:
     volume: torch.Tensor | None = None
 
     @classmethod
-    def load(cls, cfg: TrainConfig, n: int, box: int, apix: float) -> "GroundTruth":
+    def load(cls, cfg: TrainConfig, n: int, box: int, apix: float) -> GroundTruth:
         from ..data.cryodrgn import read_pose_pkl
 
         gt = cls()
-        if cfg.gt_volume and not cfg.gt_poses:
-            raise InputError(f"--gt-volume {cfg.gt_volume}: the map can be compared only after aligning the "
+        if cfg.evaluation.gt_volume and not cfg.evaluation.gt_poses:
+            raise InputError(f"--gt-volume {cfg.evaluation.gt_volume}: the map can be compared only after aligning the "
                              f"poses; give --gt-poses too")
-        if cfg.gt_poses:
-            R, tr = read_pose_pkl(cfg.gt_poses, box)
+        if cfg.evaluation.gt_poses:
+            R, tr = read_pose_pkl(cfg.evaluation.gt_poses, box)
             if len(R) != n:
-                raise InputError(f"{cfg.gt_poses}: {len(R)} poses but {cfg.particles} has {n} particles")
+                raise InputError(f"{cfg.evaluation.gt_poses}: {len(R)} poses but {cfg.data.particles} has {n} "
+                                 f"particles")
             gt.R = torch.from_numpy(R)
             gt.origin = None if tr is None else torch.from_numpy(tr * apix)
-        if cfg.gt_volume:
-            v, v_apix = read_volume(cfg.gt_volume)
+        if cfg.evaluation.gt_volume:
+            v, v_apix = read_volume(cfg.evaluation.gt_volume)
             if v.shape[0] != box:
-                raise InputError(f"{cfg.gt_volume}: box {v.shape[0]} differs from the particles' {box}")
+                raise InputError(f"{cfg.evaluation.gt_volume}: box {v.shape[0]} differs from the particles' {box}")
             if v_apix and abs(v_apix - apix) > 1e-3 * apix:
-                raise InputError(f"{cfg.gt_volume}: voxel size {v_apix:.4g} Å differs from the particles' "
+                raise InputError(f"{cfg.evaluation.gt_volume}: voxel size {v_apix:.4g} Å differs from the particles' "
                                  f"pixel size {apix:.4g} Å")
             gt.volume = torch.from_numpy(v).double()
         return gt
@@ -146,7 +147,7 @@ class Evaluator:
         was = model.training
         model.eval()
         b = self.data.ds.batch(ids[:n])
-        six, _ = model.encoder.sixd(b.images)
+        six, _ = model.encoder.sixd(b.images)  # type: ignore[operator]  # (checked above)
         out = rotation_head_conditioning(six)
         if model.n_hypotheses > 1:
             win = model(b.images, b.ctf, band_radius=band_radius).hypothesis

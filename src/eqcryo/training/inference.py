@@ -25,12 +25,13 @@ __all__ = ["infer", "predicted_table", "half_map_fsc", "TrainedModel", "load_tra
 
 
 def build_for(cfg: TrainConfig, box: int, device: str | None = None) -> CryoModel:
-    """The run's model, freshly initialised from ``cfg.seed`` (as at the start of training), on
-    ``device`` (default ``cfg.device``)."""
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, cfg.profile, box, cfg.decoder, cfg.so3, cfg.encoder_bin, cfg.hypotheses)
-    model.encoder.bf16 = cfg.encoder_bf16
-    return model.to(device or cfg.device)
+    """The run's model, freshly initialised from ``cfg.optimisation.seed`` (as at the start of
+    training), on ``device`` (default ``cfg.compute.device``)."""
+    torch.manual_seed(cfg.optimisation.seed)
+    m = cfg.model
+    model = build_model(m.name, m.profile, box, m.decoder, m.rotation_param, m.encoder_input_bin, m.hypotheses)
+    model.encoder.bf16 = cfg.model.encoder_bf16
+    return model.to(device or cfg.compute.device)
 
 
 @torch.no_grad()
@@ -67,6 +68,7 @@ def half_map_fsc(ds: ParticleDataset, pred: ParticleTable, seed: int = 0) -> tup
     from ..physics.fsc import fsc
     from ..reconstruction.backprojection import backproject_halves, soft_sphere_mask
 
+    assert pred.rotations is not None and pred.shifts_angstrom is not None  # (predicted poses)
     half = np.random.default_rng(seed).permutation(pred.n) % 2
     bps = backproject_halves(ds.batches(np.arange(pred.n), 256), ds.box, torch.from_numpy(pred.rotations),
                              torch.from_numpy(pred.shifts_angstrom / ds.apix), half)
@@ -93,6 +95,7 @@ class TrainedModel:
     def dataset(self, table: ParticleTable, source: str = "") -> ParticleDataset:
         """``table`` as this model's input, after checking its box and pixel size."""
         src = source or table.source
+        table.apply_ctf_rule(self.cfg.data.no_ctf)
         if table.images is None:
             raise InputError(f"{src}: no images")
         L = table.validate_images()
@@ -101,7 +104,7 @@ class TrainedModel:
         if table.apix is not None and abs(table.pixel_size() - self.apix) > 1e-3 * self.apix:
             raise InputError(f"{src}: pixel size {table.pixel_size():.4g} Å but the model was trained at "
                              f"{self.apix:.4g} Å")
-        return ParticleDataset(table, self.cfg.device, self.scale, box=self.box, apix=self.apix)
+        return ParticleDataset(table, self.cfg.compute.device, self.scale, box=self.box, apix=self.apix)
 
     def predict(self, table: ParticleTable) -> tuple[torch.Tensor, torch.Tensor]:
         """Poses of every particle of ``table``: (R (n, 3, 3), RELION origins (n, 2) Å)."""
@@ -115,16 +118,16 @@ def load_trained(run: str | os.PathLike | RunDir, checkpoint: str | os.PathLike 
     config (e.g. ground truth for evaluation) are applied. Reads no particles."""
     rd = run if isinstance(run, RunDir) else RunDir(run)
     cfg, res = rd.read_config(device=device, **overrides)
-    check_device(cfg.device)
+    check_device(cfg.compute.device)
     if "box" not in res or "intensity_scale" not in res:
         raise InputError(f"{rd / rd.CONFIG}: lacks the resolved box/intensity scale; was the run started?")
-    state = rd.load_checkpoint(checkpoint, map_location=cfg.device)
+    state = rd.load_checkpoint(checkpoint, map_location=cfg.compute.device)
     model = build_for(cfg, int(res["box"]))
     try:
         model.load_state_dict(state["model"])
     except (KeyError, RuntimeError) as e:
         raise InputError(f"{checkpoint or rd / rd.CHECKPOINT}: does not fit the run's model "
-                         f"({cfg.model}, {cfg.profile}): {str(e).splitlines()[0][:200]}") from None
+                         f"({cfg.model.name}, {cfg.model.profile}): {str(e).splitlines()[0][:200]}") from None
     model.eval()
     return TrainedModel(rd, cfg, model, int(res["box"]), float(res.get("apix", 1.0)), float(res["intensity_scale"]),
                         state)

@@ -9,8 +9,8 @@ accepts a map is set to the refined map. The targets are this object's state (ch
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict
-from typing import Callable
 
 import numpy as np
 import torch
@@ -110,17 +110,22 @@ class Refinement:
             r = b.images - model.render(R_t.to(b.images.dtype), d_t.to(b.images.dtype), b.ctf)
             p = (torch.fft.fft2(r.double()).abs() ** 2).sum(0)
             total = p if total is None else total + p
+        assert isinstance(total, torch.Tensor)  # (at least one chunk)
         return (total / len(ids)).float().cpu()
 
     def simulate_noise(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """(n, L, L) Gaussian noise with the 2-D power spectrum :attr:`noise_psd` (CPU): white
         noise w has E|FFT2 w|² = L², so FFT2 w · √psd / L has E|·|² = psd."""
+        if self.noise_psd is None:
+            raise RuntimeError("simulate_noise before a refinement measured the noise spectrum")
         L = self.noise_psd.shape[-1]
         w = torch.randn(n, L, L, generator=generator)
         return torch.fft.ifft2(torch.fft.fft2(w) * self.noise_psd.sqrt() / L).real
 
     def targets(self, ids: np.ndarray, box: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         """Target rotations (B, 3, 3) and displacements (B, 2) px of particles ``ids``."""
+        if self.target_R is None or self.target_origin_px is None:
+            raise RuntimeError("targets before a refinement set them")
         return (self.target_R[ids].to(device),
                 origin_to_displacement(self.target_origin_px[ids], box).to(device))
 

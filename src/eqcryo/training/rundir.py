@@ -2,7 +2,7 @@
 
 ``RUN/`` holds::
 
-    config.yaml              the whole configuration (TrainConfig fields + ``resolved``: box, apix, ...)
+    config.yaml              the whole configuration (TrainConfig's sections + ``resolved``: box, apix, ...)
     checkpoint.pt            model, optimiser, schedules, counters, RNG (atomic; loaded weights-only)
     metrics.csv              one row per evaluation (columns: METRIC_COLUMNS)
     eval_poses.npz           the held-out predictions of every evaluation (for App. G)
@@ -21,6 +21,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ import yaml
 
 from ..data.atomic import atomic_path
 from ..data.errors import InputError
-from .config import TrainConfig
+from .config import FLAT_KEYS, SECTIONS, TrainConfig, to_nested
 
 __all__ = ["RunDir", "METRIC_COLUMNS"]
 
@@ -75,7 +76,7 @@ class RunDir:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self._tb = None  # TensorBoard writer, made on the first log_scalars
+        self._tb: Any = None  # TensorBoard writer, made on the first log_scalars
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -112,11 +113,16 @@ class RunDir:
         if not isinstance(d, dict):
             raise InputError(f"{path}: not a run configuration (expected a mapping)")
         resolved = d.pop("resolved", None) or {}
-        for dead in ("poses", "extra"):  # fields of older versions
-            d.pop(dead, None)
-        d.update({k: v for k, v in overrides.items() if v is not None})
-        d["out"] = str(self.path)
-        return TrainConfig.from_dict(d, str(path)), resolved
+        legacy = not any(isinstance(d.get(k), dict) for k in SECTIONS)  # flat keys: written before the sections
+        nested = to_nested(d, str(path))
+        if legacy and "no_ctf" not in nested.get("data", {}):
+            nested.setdefault("data", {})["no_ctf"] = None  # as it was trained: with a CTF when the data had one
+        for k, v in overrides.items():
+            if v is not None:
+                section, key = FLAT_KEYS[k]
+                nested.setdefault(section, {})[key] = v
+        nested.setdefault("output", {})["dir"] = str(self.path)
+        return TrainConfig.from_dict(nested, str(path)), resolved
 
     def remove_stale_temporaries(self) -> list[str]:
         """Delete temporary files that a killed write left (atomic_path's ``.NAME.xxxx``), for this
@@ -308,14 +314,14 @@ class RunDir:
 
         facts = [f"command: `{s['command']}`" if s.get("command") else "command: (not recorded)",
                  f"eqcryo {__version__}; report written {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
-                 f"particles: `{cfg.particles}` ({res.get('n_particles')}, {res.get('box')} px, "
+                 f"particles: `{cfg.data.particles}` ({res.get('n_particles')}, {res.get('box')} px, "
                  f"{res.get('apix')} Å/px); held-out for evaluation: {res.get('n_eval')}",
-                 f"recipe: {cfg.recipe or '(none: defaults and options)'}; seed {cfg.seed}",
+                 f"recipe: {cfg.output.recipe or '(none: defaults and options)'}; seed {cfg.optimisation.seed}",
                  "contrast: " + _contrast_line(res.get("contrast")),
                  f"steps: {s.get('steps')}, training time: {s.get('train_seconds', 0):.0f} s (wall, evaluation "
                  f"excluded), evaluation: {s.get('eval_seconds', 0):.0f} s, images seen: {s.get('images_seen')}",
                  "converged (pose MSE < 0.1): " + (json.dumps(s["converged"]) if s.get("converged") else "no")]
-        facts.append(agreement_line(cfg.stop_match_mse, s.get("agreement"), self.metric_rows()))
+        facts.append(agreement_line(cfg.evaluation.stop_match_mse, s.get("agreement"), self.metric_rows()))
         curves = []
         halves = self.read_json(self.FSC_HALVES)
         if halves:
@@ -338,5 +344,5 @@ class RunDir:
         if (self / self.POSES_PKL).exists():
             from ..data.cryodrgn import read_pose_pkl
             rot = read_pose_pkl(self / self.POSES_PKL, int(res.get("box") or 1))[0]
-        return write_report(self.path, f"eqcryo run: {cfg.model} ({cfg.profile} profile)", facts,
+        return write_report(self.path, f"eqcryo run: {cfg.model.name} ({cfg.model.profile} profile)", facts,
                             self.read_metrics(), vol, curves, files + [self.REPORT, "report.html"], rot)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -119,7 +119,7 @@ class RefinementTrigger:
 
     def next_at(self) -> int | None:
         """Images seen at which the next refinement is due (None: none is)."""
-        if self.done:
+        if self.done or self.after_images is None:
             return None
         return self.after_images + self.count * (self.every or 0)
 
@@ -166,7 +166,7 @@ class Interrupt:
         self.requested = False
         self._old = None
 
-    def install(self) -> "Interrupt":
+    def install(self) -> Interrupt:
         import signal
         import threading
 

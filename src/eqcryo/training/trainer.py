@@ -27,11 +27,11 @@ from ..physics.group import in_plane_turn, turn_images
 from ..physics.rotations import random_rotations
 from .batches import TrainingData
 from .config import TrainConfig
+from .distributed import Distributed, sync_batch_norm
 from .evaluator import Evaluation, Evaluator, GroundTruth
 from .inference import build_for, half_map_fsc, predicted_table
 from .refinement import Refinement
 from .rundir import RunDir
-from .distributed import Distributed, sync_batch_norm
 from .schedule import Clock, Interrupt, LossBand, Periodic, RefinementTrigger, StopRule
 
 __all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "TrainingInterrupted"]
@@ -54,34 +54,37 @@ class Trainer:
         the command line, for the summary and the report; ``dist``: this process's place among
         ``torchrun``'s (:mod:`.distributed`; rank 0 alone writes the run folder)."""
         self.cfg = cfg.validate()
-        self.dist = dist or Distributed(device=cfg.device)
-        self.device = self.dist.device if self.dist.active else cfg.device  # (cuda:LOCAL_RANK under torchrun)
-        if cfg.batch_size % self.dist.world:
-            raise InputError(f"batch_size {cfg.batch_size} is not a multiple of the {self.dist.world} processes")
-        self.run_dir = RunDir(cfg.out)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        opt, ref, ev = cfg.optimisation, cfg.refinement, cfg.evaluation
+        self.dist = dist or Distributed(device=cfg.compute.device)
+        self.device = self.dist.device if self.dist.active else cfg.compute.device  # (cuda:LOCAL_RANK under torchrun)
+        if opt.batch_size % self.dist.world:
+            raise InputError(f"optimisation.batch_size {opt.batch_size} is not a multiple of the {self.dist.world} "
+                             f"processes")
+        self.run_dir = RunDir(cfg.output.dir)
+        if cfg.compute.threads:
+            torch.set_num_threads(cfg.compute.threads)
         self.data = TrainingData(cfg, device=self.device)
         self.gt = GroundTruth.load(cfg, self.data.n, self.data.box, self.data.apix)
-        self.evaluator = Evaluator(self.data, self.gt, cfg.track_mirror)
+        self.evaluator = Evaluator(self.data, self.gt, ev.track_mirror)
         self.model = build_for(cfg, self.data.box, self.device)
-        self.net = self.model  # what the step calls: the model, or its DistributedDataParallel wrapper
+        self.net: torch.nn.Module = self.model  # what the step calls: the model, or its DistributedDataParallel wrapper
         if self.dist.active:
-            self.model = sync_batch_norm(self.model, self.device)
+            self.model = sync_batch_norm(self.model, self.device)  # type: ignore[assignment]  # (the same model)
             dev = torch.device(self.device)
             # distillation steps leave the decoder unused
-            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[dev.index] if dev.type == "cuda"
-                                                                 else None, find_unused_parameters=cfg.distill_only)
-        lr_dec = cfg.lr_decoder if cfg.lr_decoder is not None else cfg.lr
-        self.opt = torch.optim.Adam([{"params": self.model.encoder.parameters(), "lr": cfg.lr},
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[dev.index] if dev.type == "cuda" else None,
+                find_unused_parameters=ref.distill_only)
+        lr_dec = opt.lr_decoder if opt.lr_decoder is not None else opt.lr
+        self.opt = torch.optim.Adam([{"params": self.model.encoder.parameters(), "lr": opt.lr},
                                      {"params": self.model.decoder.parameters(), "lr": lr_dec}], amsgrad=True)
         self.clock = Clock(self.device)
-        self.band = LossBand(self.data.box, cfg.lowpass_start, cfg.lowpass_images, cfg.distill_band)
-        self.refine_trigger = RefinementTrigger(cfg.refine_images, cfg.refine_every, cfg.refine_rounds,
-                                                cfg.refine_min_rounds)
-        self.refinement = Refinement(cfg.refine_iters, cfg.refine_radius, cfg.distill, cfg.seed, cfg.refine_keep,
-                                     cfg.refine_orbit, all_hypotheses_once_settled=cfg.distill_hypotheses != "winner")
-        self.eval_timer, self.stop = Periodic(cfg.eval_every), StopRule(cfg.steps, cfg.time_budget, cfg.stop_match_mse)
+        self.band = LossBand(self.data.box, opt.lowpass_start_shells, opt.lowpass_images, ref.distill_band_shells)
+        self.refine_trigger = RefinementTrigger(ref.start_images, ref.every_images, ref.max_rounds, ref.min_rounds)
+        self.refinement = Refinement(ref.iters, ref.radius_shells, ref.distill_weight, opt.seed, ref.keep, ref.orbit,
+                                     all_hypotheses_once_settled=ref.distill_hypotheses != "winner")
+        self.eval_timer = Periodic(ev.every_seconds)
+        self.stop = StopRule(opt.steps, opt.time_budget_seconds, ev.stop_match_mse)
         self.step, self.images_seen, self.epoch, self.pos = 0, 0, 0, 0
         self.converged: dict | None = None
         self.last_eval: Evaluation | None = None
@@ -107,7 +110,8 @@ class Trainer:
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "opt": self.opt.state_dict(),
                 "counters": {"step": self.step, "images_seen": self.images_seen, "epoch": self.epoch, "pos": self.pos},
-                "converged": self.converged, "clock": self.clock.state_dict(), "eval_timer": self.eval_timer.state_dict(),
+                "converged": self.converged, "clock": self.clock.state_dict(),
+                "eval_timer": self.eval_timer.state_dict(),
                 "refine_trigger": self.refine_trigger.state_dict(), "refinement": self.refinement.state_dict(),
                 "stop": self.stop.state_dict(),
                 "torch_rng": torch.get_rng_state(), "scale": self.data.scale}
@@ -132,7 +136,7 @@ class Trainer:
             self.run_dir.save_checkpoint(self.state_dict())
 
     # ------------------------------------------------------------------ evaluation
-    def evaluate(self) -> Evaluation:
+    def evaluate(self) -> Evaluation | None:
         """Evaluate, log to metrics.csv / eval_poses.npz / TensorBoard; its time is not training time.
         (Rank 0 only: the others go on to the next step and wait for it there.)"""
         if not self.dist.is_main:
@@ -155,7 +159,7 @@ class Trainer:
     def train_step(self, batch) -> torch.Tensor:
         """One optimiser step on ``batch``; returns the (detached) loss."""
         c = self.cfg
-        poses_only = c.distill_only and self.refinement.has_targets
+        poses_only = c.refinement.distill_only and self.refinement.has_targets
         if poses_only:
             images, R_t, d_t, turn = self.distillation_batch(batch)
             out = self.net(images, batch.ctf, poses_only=True)
@@ -163,21 +167,21 @@ class Trainer:
         else:
             out = self.net(batch.images, batch.ctf, band_radius=self.band_radius())
             loss = out.loss.mean()
-            if self.refinement.has_targets and c.distill:
+            if self.refinement.has_targets and c.refinement.distill_weight:
                 loss = loss + self.refinement.penalty(out, batch.ids, self.data.box)
-        if c.view_prior:  # (every hypothesis of a poses-only step: none is chosen there)
-            loss = loss + c.view_prior * view_prior_penalty(out.R.reshape(-1, 3, 3))
+        if c.optimisation.view_prior:  # (every hypothesis of a poses-only step: none is chosen there)
+            loss = loss + c.optimisation.view_prior * view_prior_penalty(out.R.reshape(-1, 3, 3))
         if not torch.isfinite(loss):
             raise TrainingDiverged(
                 f"loss became {loss.item()} at step {self.step + 1}; stopping. The last good checkpoint "
                 f"({self.run_dir / RunDir.CHECKPOINT}) is left as it was: lower the learning rate or check the data")
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.clip)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.optimisation.grad_clip)
         self.opt.step()
         self.step += 1
-        self.pos += c.batch_size  # global: every rank trained on its slice of the same batch
-        self.images_seen += c.batch_size
+        self.pos += c.optimisation.batch_size  # global: every rank trained on its slice of the same batch
+        self.images_seen += c.optimisation.batch_size
         return loss.detach()
 
     def distillation_batch(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -189,8 +193,8 @@ class Trainer:
         c = self.cfg
         images = batch.images
         R_t, d_t = self.refinement.targets(batch.ids, self.data.box, images.device)
-        gen = torch.Generator().manual_seed(c.seed * 1_000_003 + self.step)
-        n_sim = int(round(c.distill_simulate * len(images)))
+        gen = torch.Generator().manual_seed(c.optimisation.seed * 1_000_003 + self.step)
+        n_sim = int(round(c.refinement.distill_simulate * len(images)))
         if n_sim:
             R_s = random_rotations(n_sim, gen, dtype=images.dtype).to(images.device)
             ctf = None if batch.ctf is None else batch.ctf[:n_sim]
@@ -199,7 +203,7 @@ class Trainer:
                     self.refinement.simulate_noise(n_sim, gen).to(images.device, images.dtype)
             images, R_t = torch.cat([sim, images[n_sim:]]), torch.cat([R_s, R_t[n_sim:]])
         turn = None
-        if c.distill_augment:
+        if c.refinement.distill_augment:
             turn = in_plane_turn(2 * math.pi * torch.rand(len(images), generator=gen)).to(images.device)
             images = turn_images(images, turn)
         return images, R_t, d_t, turn
@@ -226,26 +230,27 @@ class Trainer:
         if self.step == 0 and self.dist.is_main and not (self.run_dir / RunDir.METRICS).exists():
             self.evaluate()
         # redirected to a log file, a bar redrawn 10 times a second would fill it: every 30 s there
-        bar = tqdm(desc=f"train {c.model}", unit="img", initial=self.images_seen,
-                   total=None if c.steps is None else c.steps * c.batch_size,
+        bar = tqdm(desc=f"train {c.model.name}", unit="img", initial=self.images_seen,
+                   total=None if c.optimisation.steps is None else c.optimisation.steps * c.optimisation.batch_size,
                    mininterval=0.1 if sys.stderr.isatty() else 30.0, disable=not (progress and self.dist.is_main))
-        ckpt_timer = Periodic(c.checkpoint_every)
+        ckpt_timer = Periodic(c.output.checkpoint_every_seconds)
         ckpt_timer.reset(self.clock.tick())
         interrupt = Interrupt().install()
         try:
             while not self.dist.agree([self.stop.done(self.step, self.clock.tick())])[0]:
-                stream = self.data.stream(self.epoch, self.pos, c.batch_size, self.dist.rank, self.dist.world)
+                stream = self.data.stream(self.epoch, self.pos, c.optimisation.batch_size, self.dist.rank,
+                                          self.dist.world)
                 try:
                     for batch in stream:
                         loss = self.train_step(batch)
                         t = self.clock.tick()
-                        bar.update(c.batch_size)
+                        bar.update(c.optimisation.batch_size)
                         mse = self.last_eval.row.get("pose_mse") if self.last_eval else None
                         bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{self.images_seen / max(t, 1e-9):.0f}",
                                         mse="-" if mse is None else f"{mse:.3f}", refresh=False)  # not every step
                         stop_now, refine, evaluate, checkpoint, done = self.dist.agree([
-                            interrupt.requested, self.refine_trigger.due(self.images_seen, self.refinement.settled), self.eval_timer.due(t),
-                            ckpt_timer.due(t), self.stop.done(self.step, t)])
+                            interrupt.requested, self.refine_trigger.due(self.images_seen, self.refinement.settled),
+                            self.eval_timer.due(t), ckpt_timer.due(t), self.stop.done(self.step, t)])
                         if stop_now:
                             self.save_checkpoint()
                             raise TrainingInterrupted(
@@ -286,7 +291,7 @@ class Trainer:
         if not self.dist.is_main:
             return {"steps": self.step, "images_seen": self.images_seen, "rank": self.dist.rank}
         pred = predicted_table(self.model, self.data.ds)
-        halves = half_map_fsc(self.data.ds, pred, self.cfg.seed)
+        halves = half_map_fsc(self.data.ds, pred, self.cfg.optimisation.seed)
         summary = {"steps": self.step, "train_seconds": self.clock.train_seconds,
                    "eval_seconds": self.clock.eval_seconds, "images_seen": self.images_seen,
                    "converged": self.converged, "agreement": self.stop.finished, "wall_seconds": wall_seconds,

@@ -2,7 +2,7 @@
 hypothesis the image loss picks (what ``predict`` returns) against the best of the K (an oracle
 that knows the target). Needs a run trained with refinement (its checkpoint holds the targets).
 
-    python benchmarks/hypotheses_fit.py RUN PARTICLES.star
+    python tools/hypotheses_fit.py RUN PARTICLES.star
 
 Prints, for both, the median angle to the target and the share more than 20° off, and how often
 each hypothesis wins.

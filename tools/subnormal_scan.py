@@ -1,4 +1,4 @@
-"""Which operations of a training run read subnormal float32 values (issue #16's ninth-session find).
+"""Which operations of a training run read subnormal float32 values.
 
 On some x86 CPUs every multiply with a subnormal float32 (|x| < 1.18e-38, not 0) takes a microcode
 assist; a convolution whose *weights* held 16 subnormals ran ~20x slower (docs/benchmarks.md). This
@@ -7,7 +7,7 @@ float32/complex64 inputs of every aten operation, and prints the operations that
 (every input is scanned): use a short run. Example, a default-recipe run that reaches two
 projection-matching rounds and distillation within 60 steps:
 
-    python benchmarks/subnormal_scan.py train demo_out/sim/particles.star -o /tmp/scan --steps 60 \
+    python tools/subnormal_scan.py train demo_out/sim/particles.star -o /tmp/scan --steps 60 \
         --threads 2 --seed 2 --set refine_images=800 --set refine_every=640 --set eval_every=1e9 --no-progress
 
 A handful of subnormal inputs per call costs nothing measurable; what matters is an operand that

@@ -1,6 +1,6 @@
 """One markdown row per finished run folder: when it first converged, where it ended, how it stopped.
 
-    python benchmarks/seed_table.py RUN [RUN ...] [--images N]
+    python tools/seed_table.py RUN [RUN ...] [--images N]
 
 Columns: the run, its seed, the first held-out pose MSE < 0.1 (training seconds and images;
 from metrics.csv), the last evaluation's MSE / MedSE and FSC 0.5 against the truth, the half-map
@@ -28,20 +28,22 @@ def row(run: Path) -> dict:
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     s = json.loads((run / "summary.json").read_text())
     cfg = yaml.safe_load((run / "config.yaml").read_text())
+    opt = cfg.get("optimisation") if isinstance(cfg.get("optimisation"), dict) else None  # (sections, or flat)
+    seed, budget = (opt["seed"], opt["time_budget_seconds"]) if opt else (cfg.get("seed"), cfg.get("time_budget"))
     first = next((r for r in rows if r.get("pose_mse") and float(r["pose_mse"]) < 0.1), None)
     last = rows[-1]
     first_eval = next((r for r in rows if float(r["train_seconds"]) > 0), last)
     halves = json.loads((run / "fsc_halfmaps.json").read_text()) if (run / "fsc_halfmaps.json").exists() else {}
     ref = json.loads((run / "refinement.json").read_text()) if (run / "refinement.json").exists() else {}
     rounds = [r["images_seen"] // 1000 for r in ref.get("rounds", [])]
-    return {"run": str(run), "seed": cfg.get("seed"),
+    return {"run": str(run), "seed": seed,
             "t_conv": None if first is None else float(first["train_seconds"]),
             "img_conv": None if first is None else int(first["images_seen"]),
             "mse": float(last["pose_mse"]), "medse": float(last["pose_medse"]),
             "fsc05": last.get("resolution_0.5_angstrom") or None,
             "half0143": (halves.get("masked") or {}).get("resolution_0.143"),
             "rounds": rounds, "agreement": s.get("agreement", s.get("stopped_early")),  # (its name before 9da5cd6)
-            "budget": cfg.get("time_budget"), "train_seconds": s["train_seconds"],
+            "budget": budget, "train_seconds": s["train_seconds"],
             "speed": int(first_eval["images_seen"]) / float(first_eval["train_seconds"])}
 
 

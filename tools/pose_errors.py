@@ -1,6 +1,6 @@
 """Where the pose error of a set of poses sits: which particles are off, and by what kind of rotation.
 
-    python benchmarks/pose_errors.py POSES.star GT_POSES.pkl [--datadir DIR] [--bad-deg 20]
+    python tools/pose_errors.py POSES.star GT_POSES.pkl [--datadir DIR] [--bad-deg 20]
 
 POSES: a run's predicted_particles.star or `eqcryo refine`'s output. After the global alignment
 (hand included) that the pose MSE uses, each particle's error is the rotation E = R_gt R_aligned^T

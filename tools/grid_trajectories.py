@@ -1,7 +1,7 @@
 """Every run of an experiment grid at a few training times: one markdown row per model, one cell
 per seed, each cell the held-out pose MSE / MedSE at the evaluations nearest to the given times.
 
-    python benchmarks/grid_trajectories.py EXPERIMENT_DIR DATASET [--times 120 240 360 420 480]
+    python tools/grid_trajectories.py EXPERIMENT_DIR DATASET [--times 120 240 360 420 480]
 
 Reads the grid's ``grid.json`` and each run's ``metrics.csv``; a run without ``summary.json``
 (not finished) is shown as such. A cell ends with the first evaluation below MSE 0.1 (the report's threshold), if any.

@@ -1,6 +1,6 @@
 """Held-out pose MSE against training time for several run folders, in one figure.
 
-    python benchmarks/plot_runs.py RUN [RUN ...] -o FIGURE.png [--label LABEL ...]
+    python tools/plot_runs.py RUN [RUN ...] -o FIGURE.png [--label LABEL ...]
 
 Each line is one run's metrics.csv (the evaluations of `eqcryo train`); the dotted line is the
 convergence threshold (pose MSE 0.1). Labels default to the run folders' paths; runs given the same
