@@ -15,9 +15,9 @@ demo: setup
 test: setup lint
 	$(PY) -m pytest -q --durations=15
 
-# the tests that train nothing for long (marked slow otherwise); about a minute on 2 cores
+# the tests that train nothing for long (the others are marked slow), two worker processes
 test-fast: setup lint
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n 2 -m "not slow"
 
 lint: setup
 	$(PY) -m ruff check src tests benchmarks tools scripts

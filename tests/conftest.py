@@ -13,7 +13,9 @@ from helpers import gaussian_blobs
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("EQCRYO_SHARED_DATA", REPO.parent / "shared" / "data"))
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# two threads; one per worker when pytest-xdist runs the tests in several processes (make test-fast)
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, torch.get_num_threads()) // _WORKERS))
 
 
 @pytest.fixture
