@@ -8,6 +8,7 @@ import hashlib
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -289,9 +290,11 @@ def test_eval_n_larger_than_a_tenth_is_said(work, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(work, tmp_path):
-    """12: SIGINT during training ends after the current step with a checkpoint; exit 130; the
-    message names --resume, and the run resumes."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGUSR1])
+def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(work, tmp_path, sig):
+    """12: SIGINT (Ctrl-C), SIGTERM (a scheduler's time limit) or SIGUSR1 (Slurm's warning) during
+    training ends after the current step with a checkpoint; exit 128 + the signal's number; the
+    message names the signal and --resume, and the run resumes."""
     run = tmp_path / "r"
     p = subprocess.Popen([sys.executable, "-m", "eqcryo.cli.main", "train", str(work / "sim" / "particles.star"),
                           "-o", str(run), "--steps", "100000", "--set", "batch_size=16", "--set", "eval_n=16",
@@ -300,8 +303,10 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(work, tmp_path):
     while not (run / "metrics.csv").exists() and time.time() - t0 < 60:
         time.sleep(0.2)
     time.sleep(1.0)
-    p.send_signal(2)
+    p.send_signal(sig)
     _, err = p.communicate(timeout=60)
-    assert p.returncode == 130, err
+    assert p.returncode == 128 + sig, err
+    assert f"interrupted ({signal.Signals(sig).name})" in err and "Traceback" not in err
     assert f"eqcryo train --resume {run}" in err and (run / "checkpoint.pt").exists()
+    assert not (run / ".lock").exists()  # the lock goes with the process
     assert main(["train", "--resume", str(run), "--steps", "1", "--no-progress"]) == 0

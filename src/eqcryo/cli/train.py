@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 import shutil
@@ -101,14 +102,16 @@ def run(args) -> int:
         cfg, _ = RunDir(args.resume).read_config(steps=args.steps, time_budget=args.time_budget, device=args.device,
                                                  threads=args.threads)
         dist, _ = init_distributed(cfg.compute.device)
-        return _train(lambda: Trainer(cfg, resume=True, command=command, dist=dist), args, None, dist)
+        return _train(lambda: Trainer(cfg, resume=True, command=command, dist=dist), args, None, dist,
+                      RunDir(args.resume))
     if not args.particles or not args.outdir:
         raise InputError("train: give PARTICLES and -o RUN (or --resume RUN)")
     dist, _ = init_distributed(args.device or "cpu")
     rd = RunDir(args.outdir)
     if rd.has_checkpoint():
         raise InputError(f"{args.outdir}: already holds a run; use --resume {args.outdir} or another folder")
-    if rd.path.exists() and (not rd.path.is_dir() or (any(rd.path.iterdir()) and not rd.is_run())):
+    if rd.path.exists() and (not rd.path.is_dir() or (any(f.name != RunDir.LOCK for f in rd.path.iterdir())
+                                                     and not rd.is_run())):
         raise InputError(f"{args.outdir}: exists and is not a run folder (files of yours would be replaced); "
                          f"choose a new or empty folder")
     fresh = not rd.path.exists()
@@ -121,24 +124,30 @@ def run(args) -> int:
                       gt_volume=args.gt_volume,
                       steps=args.steps, time_budget=args.time_budget, seed=args.seed, device=args.device,
                       threads=args.threads, invert_contrast=args.invert_contrast)
-    return _train(lambda: Trainer(cfg, command=command, dist=dist), args, fresh, dist)
+    return _train(lambda: Trainer(cfg, command=command, dist=dist), args, fresh, dist, rd)
 
 
-def _train(make, args, fresh: bool | None, dist) -> int:
-    """Build and run (under torchrun: this rank's part); a new folder that a failure
-    leaves without a checkpoint is removed."""
+def _train(make, args, fresh: bool | None, dist, rd: RunDir) -> int:
+    """Build and run (under torchrun: this rank's part) while holding the run folder's lock (rank 0);
+    a new folder that a failure leaves without a checkpoint is removed."""
+    held = False
     try:
-        trainer = make()
-        summary = trainer.run(progress=not args.no_progress)
+        with rd.locked() if dist.is_main else contextlib.nullcontext():
+            held = True
+            if fresh is not None and rd.has_checkpoint():  # another run got here between our look and the lock
+                held = False
+                raise InputError(f"{rd.path}: already holds a run; use --resume {rd.path} or another folder")
+            trainer = make()
+            summary = trainer.run(progress=not args.no_progress)
         dist.barrier()  # the others wait for rank 0's outputs, then all leave the group together
     except TrainingDiverged as e:
         _clean(args, fresh)
         raise InputError(str(e)) from None
     except TrainingInterrupted as e:
         print(f"eqcryo train: {e}", file=sys.stderr)
-        return 130
+        return 128 + e.signum
     except BaseException:
-        if dist.is_main:
+        if dist.is_main and held:  # (never a folder that another process holds)
             _clean(args, fresh)
         raise
     finally:

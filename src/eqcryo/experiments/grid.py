@@ -148,17 +148,18 @@ def run_one(spec: dict, run: GridRun, out: Path, threads: int | None = None, pro
     if status == "done":
         return status
     ds = _dataset_paths(spec, run.dataset, out)
-    if status == "interrupted":
-        cfg, _ = RunDir(run.path).read_config()
-        cfg.optimisation.time_budget_seconds, cfg.optimisation.steps = spec.get("time_budget"), spec.get("steps")
-        tr = Trainer(cfg, resume=True)
-    else:
-        cfg = make_config(spec.get("recipe") or DEFAULT_RECIPE, _run_sets(spec, run.model), particles=ds["particles"],
-                          out=str(run.path),
-                          gt_poses=ds.get("gt_poses"), gt_volume=ds.get("gt_volume"), ctf=ds.get("ctf"),
-                          seed=run.seed, time_budget=spec.get("time_budget"), steps=spec.get("steps"), threads=threads)
-        tr = Trainer(cfg)
-    tr.run(progress=progress)
+    with RunDir(run.path).locked():  # two workers (or array tasks) never train one cell at once
+        if status == "interrupted":
+            cfg, _ = RunDir(run.path).read_config()
+            cfg.optimisation.time_budget_seconds, cfg.optimisation.steps = spec.get("time_budget"), spec.get("steps")
+            tr = Trainer(cfg, resume=True)
+        else:
+            cfg = make_config(spec.get("recipe") or DEFAULT_RECIPE, _run_sets(spec, run.model),
+                              particles=ds["particles"], out=str(run.path), gt_poses=ds.get("gt_poses"),
+                              gt_volume=ds.get("gt_volume"), ctf=ds.get("ctf"), seed=run.seed,
+                              time_budget=spec.get("time_budget"), steps=spec.get("steps"), threads=threads)
+            tr = Trainer(cfg)
+        tr.run(progress=progress)
     return status
 
 

@@ -16,10 +16,14 @@ uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
+import socket
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +69,28 @@ def agreement_line(threshold: float | None, agreement: dict | None, rows: list[d
             f"strongly preferred orientations or a wrong contrast sign are the usual causes")
 
 
+def _read_lock(path: Path) -> dict | None:
+    """The holder recorded in a lock file; None while it is being written or unreadable."""
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return d if isinstance(d, dict) and isinstance(d.get("pid"), int) else None
+
+
+def _is_stale(holder: dict) -> bool:
+    """A lock of this host whose process no longer exists."""
+    if holder.get("host") != socket.gethostname():
+        return False  # another node's process: cannot be checked from here
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # exists, another user's
+        return False
+    return False
+
+
 class RunDir:
     """Paths and readers/writers of one run folder."""
 
@@ -73,6 +99,7 @@ class RunDir:
     HALF1, HALF2, FSC_HALVES = "half1.mrc", "half2.mrc", "fsc_halfmaps.json"
     MAP, POSES_PKL, POSES_STAR, TENSORBOARD = ("reconstruction.mrc", "predicted_poses.pkl",
                                                "predicted_particles.star", "tensorboard")
+    LOCK = ".lock"  # held by the process that trains in this folder (see :meth:`locked`)
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -83,6 +110,41 @@ class RunDir:
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
+
+    # ------------------------------------------------------------------ lock
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the folder's lock file while a run trains in it: two processes never write one
+        folder. The lock is a file created atomically (O_EXCL: safe on network file systems)
+        naming its holder; a lock whose process is gone (same host, no such pid) is stale and
+        taken over, saying so; one held by a live process or another host is an InputError."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = self / self.LOCK
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        for _ in range(3):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = _read_lock(lock)
+                if holder is not None and _is_stale(holder):
+                    print(f"note: {lock}: removed a stale lock of pid {holder['pid']} (no such process on "
+                          f"{holder['host']})", file=sys.stderr)
+                    lock.unlink(missing_ok=True)
+                    continue
+                who = "another process" if holder is None else \
+                    f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}"
+                raise InputError(f"{self.path}: in use by another eqcryo run ({who}); wait for it to end, or "
+                                 f"delete {lock} if that process is gone") from None
+            with os.fdopen(fd, "w") as fh:
+                json.dump(me, fh)
+            break
+        else:
+            raise InputError(f"{lock}: could not take the lock (another process keeps taking it)")
+        try:
+            yield
+        finally:
+            if _read_lock(lock) == me:  # (never another process's lock)
+                lock.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ config
     def is_run(self) -> bool:

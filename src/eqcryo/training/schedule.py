@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -159,33 +160,42 @@ class Periodic:
 
 
 class Interrupt:
-    """Ctrl-C (SIGINT) as a flag the loop checks between steps, so the run can save a consistent
-    checkpoint and say how to resume; a second Ctrl-C stops at once (the old handler is back)."""
+    """Ctrl-C (SIGINT), SIGTERM (what Slurm and other schedulers send at the time limit) and
+    SIGUSR1 (Slurm's warning signal, ``--signal=USR1@120``) as a flag the loop checks between
+    steps, so the run can save a consistent checkpoint and say how to resume; a second signal of
+    the same kind stops at once (the old handler is back)."""
 
-    def __init__(self):
+    SIGNALS = ("SIGINT", "SIGTERM", "SIGUSR1")
+
+    def __init__(self) -> None:
         self.requested = False
-        self._old = None
+        self.signum = 0  # the signal that asked (0: none)
+        self._old: dict[int, Any] = {}
 
     def install(self) -> Interrupt:
         import signal
         import threading
 
-        if threading.current_thread() is threading.main_thread():  # signals go to the main thread only
-            self._old = signal.getsignal(signal.SIGINT)
+        if threading.current_thread() is not threading.main_thread():  # signals go to the main thread only
+            return self
 
-            def handler(signum, frame):
-                self.requested = True
-                signal.signal(signal.SIGINT, self._old)
+        def handler(signum: int, frame: Any) -> None:
+            self.requested, self.signum = True, signum
+            signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
 
-            signal.signal(signal.SIGINT, handler)
+        for name in self.SIGNALS:
+            sig = getattr(signal, name, None)
+            if sig is not None:
+                self._old[sig] = signal.getsignal(sig)
+                signal.signal(sig, handler)
         return self
 
     def restore(self) -> None:
         import signal
 
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-            self._old = None
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
 
 
 class StopRule:

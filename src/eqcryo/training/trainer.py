@@ -15,6 +15,7 @@ held-out split, seeded order), :mod:`.schedule` (clock, loss band, triggers, sto
 from __future__ import annotations
 
 import math
+import signal
 import sys
 import time
 
@@ -42,7 +43,11 @@ class TrainingDiverged(RuntimeError):
 
 
 class TrainingInterrupted(RuntimeError):
-    """Ctrl-C (SIGINT) during training: a checkpoint was saved after the last whole step."""
+    """Ctrl-C, SIGTERM or SIGUSR1 during training: a checkpoint was saved after the last whole step."""
+
+    def __init__(self, message: str, signum: int = 2):
+        super().__init__(message)
+        self.signum = signum  # the signal that stopped the run (2: SIGINT)
 
 
 class Trainer:
@@ -254,8 +259,9 @@ class Trainer:
                         if stop_now:
                             self.save_checkpoint()
                             raise TrainingInterrupted(
-                                f"interrupted at step {self.step}; a checkpoint was saved: continue with "
-                                f"eqcryo train --resume {self.run_dir.path}")
+                                f"interrupted ({signal.Signals(interrupt.signum).name}) at step {self.step}; a "
+                                f"checkpoint was saved: continue with eqcryo train --resume {self.run_dir.path}",
+                                interrupt.signum)
                         if refine:
                             self.refine(log=bar.write)
                             self.evaluate()
