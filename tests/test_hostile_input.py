@@ -79,3 +79,70 @@ def test_a_lock_of_a_live_process_refuses_and_keeps_the_folder(sim, tmp_path, ca
     err = capsys.readouterr().err
     assert f"in use by another eqcryo run (pid {holder['pid']}" in err and f"delete {run / '.lock'}" in err
     assert sorted(p.name for p in run.iterdir()) == [".lock"]  # nothing written, nothing removed
+
+
+@pytest.fixture(scope="module")
+def trained(sim, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("trained") / "run"
+    assert main(["train", str(sim / "particles.star"), "-o", str(run), "--steps", "2", *TRAIN]) == 0
+    return run
+
+
+def _copy_sim(sim: Path, dest: Path) -> Path:
+    import shutil
+
+    shutil.copytree(sim, dest)
+    return dest
+
+
+def test_resume_refuses_data_replaced_under_the_same_name(sim, trained, tmp_path, capsys):
+    """Same file names, same N and box, other images: refused, naming the images; the run is
+    untouched. The same data moved elsewhere resumes with --data, and the record follows it."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    moved = _copy_sim(sim, tmp_path / "moved")
+    other = tmp_path / "other"
+    simulate(SimulationConfig(n=200, box=32, apix=13.2, seed=9), other, progress=False)
+    # replace the stack behind the same STAR by another data set's (same N, box, names)
+    shutil.copy(other / "particles_000.mrcs", moved / "particles_000.mrcs")
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert main(["train", "--resume", str(run), "--steps", "3", "--data", str(moved / "particles.star"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "not the data" in err and "the images (a sample of 16)" in err and len(err.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    # the real data, moved: resumes and the run's config follows it
+    good = _copy_sim(sim, tmp_path / "good")
+    assert main(["train", "--resume", str(run), "--steps", "3", "--data", str(good / "particles.star"),
+                 "--no-progress"]) == 0
+    assert str(good / "particles.star") in (run / "config.yaml").read_text()
+
+
+def test_resume_refuses_other_ctf_and_other_counts(sim, trained, tmp_path, capsys):
+    import shutil
+
+    import starfile
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    d = _copy_sim(sim, tmp_path / "d")
+    blocks = starfile.read(d / "particles.star", always_dict=True)
+    blocks["particles"]["rlnDefocusU"] = blocks["particles"]["rlnDefocusU"] + 500.0
+    starfile.write(blocks, d / "particles.star")
+    assert main(["train", "--resume", str(run), "--steps", "3", "--data", str(d / "particles.star"),
+                 "--no-progress"]) == 2
+    assert "the CTF parameters" in capsys.readouterr().err
+    blocks["particles"] = blocks["particles"].iloc[:150]
+    starfile.write(blocks, d / "particles.star")
+    assert main(["train", "--resume", str(run), "--steps", "3", "--data", str(d / "particles.star"),
+                 "--no-progress"]) == 2
+    assert "the number of particles (200 then, 150 now)" in capsys.readouterr().err
+
+
+def test_resume_options_that_cannot_change_a_run_are_refused(trained, capsys):
+    assert main(["train", "--resume", str(trained), "--seed", "3", "--steps", "3"]) == 2
+    assert "--seed cannot change a run" in capsys.readouterr().err
+    assert main(["train", "x.star", "-o", "y", "--data", "z.star", "--steps", "1"]) == 2
+    assert "--data: only with --resume" in capsys.readouterr().err

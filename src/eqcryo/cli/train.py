@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shlex
 import shutil
 import sys
@@ -60,6 +61,8 @@ def add_parser(sub):
                                                           "else d4-l2)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in RUN (its config.yaml is the truth; "
                                                    "--steps/--time-budget may extend it)")
+    p.add_argument("--data", metavar="PARTICLES", help="with --resume: the run's particles, moved or copied "
+                                                          "(checked against the run's fingerprint of its data)")
     p.add_argument("--ctf", help="cryoDRGN CTF .pkl (for .mrcs input or to replace the file's CTF)")
     p.add_argument("--no-ctf", action="store_true", default=None,
                    help="images without a CTF (CTF-free or phase-flipped); data without CTF need it")
@@ -95,15 +98,25 @@ def run(args) -> int:
         print(_keys_text())
         return 0
     if args.resume:
-        if args.recipe or args.sets or args.model or args.no_ctf:
-            raise InputError("train --resume: the run's config.yaml decides the recipe; only --steps, "
-                             "--time-budget, --device and --threads may change")
+        fixed = [o for o, v in (("--recipe", args.recipe), ("--set", args.sets), ("--model", args.model),
+                                ("--no-ctf", args.no_ctf), ("--ctf", args.ctf), ("--apix", args.apix),
+                                ("--gt-poses", args.gt_poses), ("--gt-volume", args.gt_volume), ("--seed", args.seed),
+                                ("--invert-contrast", args.invert_contrast), ("-o", args.outdir),
+                                ("PARTICLES", args.particles), ("--datadir without --data",
+                                                                 args.datadir and not args.data)) if v]
+        if fixed:
+            raise InputError(f"train --resume: {', '.join(fixed)} cannot change a run (its config.yaml decides); "
+                             f"only --steps, --time-budget, --device, --threads and --data may be given")
         # --steps / --time-budget may extend a finished run; everything else comes from the run
+        moved = {"particles": os.path.abspath(args.data), "datadir": args.datadir and os.path.abspath(args.datadir)} \
+            if args.data else {}
         cfg, _ = RunDir(args.resume).read_config(steps=args.steps, time_budget=args.time_budget, device=args.device,
-                                                 threads=args.threads)
+                                                 threads=args.threads, **moved)
         dist, _ = init_distributed(cfg.compute.device)
         return _train(lambda: Trainer(cfg, resume=True, command=command, dist=dist), args, None, dist,
                       RunDir(args.resume))
+    if args.data:
+        raise InputError("train --data: only with --resume RUN (a new run takes PARTICLES)")
     if not args.particles or not args.outdir:
         raise InputError("train: give PARTICLES and -o RUN (or --resume RUN)")
     dist, _ = init_distributed(args.device or "cpu")

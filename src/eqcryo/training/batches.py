@@ -16,6 +16,7 @@ import torch
 
 from ..data.dataset import ParticleDataset, Prefetcher, _InMemory
 from ..data.errors import InputError
+from ..data.fingerprint import differences, fingerprint
 from ..data.io import load_particles
 from ..data.particles import ParticleTable
 from ..reconstruction.contrast import orient_contrast
@@ -56,12 +57,23 @@ class TrainingData:
         self.scale = probe.scale
         self.ds = ParticleDataset(t, device or cfg.compute.device, self.scale, box=L, preload=cfg.data.preload)
         self.box, self.apix, self.n = L, self.ds.apix, t.n
+        self.fingerprint = fingerprint(t)
 
     def resolved(self) -> dict:
         """Facts about the data a run records in its config.yaml (a trained model needs only these)."""
         return {"box": self.box, "apix": self.apix, "n_particles": self.n, "n_eval": len(self.eval_ids),
                 "ctf": self.table.ctf is not None,
-                "intensity_scale": self.scale, "contrast": self.contrast}
+                "intensity_scale": self.scale, "contrast": self.contrast, "inputs": self.fingerprint}
+
+    def check_same_data(self, recorded: dict | None, run: str) -> None:
+        """Refuse data whose fingerprint differs from the one ``run`` recorded (``resolved.inputs``),
+        naming what changed; runs written before fingerprints pass."""
+        if not recorded:
+            return
+        changed = differences(recorded, self.fingerprint)
+        if changed:
+            raise InputError(f"{self.table.source}: not the data {run} was trained on: {'; '.join(changed)} "
+                             f"differ; resume only on the same particles (moved data: --data NEW.star)")
 
     def order(self, epoch: int) -> np.ndarray:
         g = torch.Generator().manual_seed(self.seed * 1000003 + epoch)

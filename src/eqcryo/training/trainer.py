@@ -95,7 +95,12 @@ class Trainer:
         self.last_eval: Evaluation | None = None
         self.command = command
         if resume:
+            recorded, resolved = self.run_dir.read_config()
+            self.data.check_same_data(resolved.get("inputs"), str(self.run_dir.path))
             self.load_state(self.run_dir.load_checkpoint(map_location=self.device))
+            moved = (cfg.data.particles, cfg.data.datadir) != (recorded.data.particles, recorded.data.datadir)
+            if moved and self.dist.is_main:  # the same particles, elsewhere (--data): the record follows them
+                self.run_dir.write_config(cfg, resolved)
         if not self.dist.is_main:
             return
         self.run_dir.path.mkdir(parents=True, exist_ok=True)
