@@ -146,3 +146,26 @@ def test_resume_options_that_cannot_change_a_run_are_refused(trained, capsys):
     assert "--seed cannot change a run" in capsys.readouterr().err
     assert main(["train", "x.star", "-o", "y", "--data", "z.star", "--steps", "1"]) == 2
     assert "--data: only with --resume" in capsys.readouterr().err
+
+
+def _star_with_optics_twice(sim: Path, dest: Path) -> Path:
+    text = (sim / "particles.star").read_text()
+    head, sep, rest = text.partition("data_particles")
+    lines = head.rstrip("\n").splitlines()
+    row = next(line for line in reversed(lines) if line.strip() and not line.strip().startswith(("_", "loop_", "data_")))
+    other = row.replace("300.0", "200.0") if "300.0" in row else row + " "
+    dest.write_text("\n".join(lines + [other]) + "\n\n" + sep + rest)
+    return dest
+
+
+@pytest.mark.parametrize("verb", ["info --check", "convert {d}/out.star", "train"])
+def test_an_optics_group_defined_twice_is_refused_with_its_lines(sim, tmp_path, capsys, verb):
+    star = _star_with_optics_twice(sim, tmp_path / "twice.star")
+    argv = {"info --check": ["info", str(star), "--check"],
+            "convert {d}/out.star": ["convert", str(star), "-o", str(tmp_path / "out.star")],
+            "train": ["train", str(star), "-o", str(tmp_path / "run"), "--steps", "1"]}[verb]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "optics group 1 is defined twice (lines" in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

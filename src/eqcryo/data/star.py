@@ -131,6 +131,34 @@ def _blocks(path: Path) -> tuple[pd.DataFrame | None, pd.DataFrame]:
     return optics, parts.reset_index(drop=True)
 
 
+def _data_row_lines(path: Path, block: str) -> list[int]:
+    """1-based line numbers of the data rows of ``data_<block>`` (for messages)."""
+    lines, inside, out = path.read_text(errors="replace").splitlines(), False, []
+    for i, line in enumerate(lines, 1):
+        t = line.strip()
+        if t.startswith("data_"):
+            inside = t == f"data_{block}"
+        elif inside and t and not t.startswith(("loop_", "_", "#")):
+            out.append(i)
+    return out
+
+
+def _refuse_duplicate_optics_groups(path: Path, optics: pd.DataFrame) -> None:
+    """An optics group defined twice is ambiguous (which voltage? which pixel size?): refused."""
+    if "rlnOpticsGroup" not in optics:
+        return
+    groups = numeric(optics["rlnOpticsGroup"].to_numpy(), path, "data_optics rlnOpticsGroup", integer=True)
+    seen: dict[int, int] = {}
+    for row, g in enumerate(groups):
+        if int(g) in seen:
+            lines = _data_row_lines(path, "optics")
+            where = (f"lines {lines[seen[int(g)]]} and {lines[row]}" if len(lines) == len(groups)
+                     else f"rows {seen[int(g)] + 1} and {row + 1} of data_optics")
+            raise InputError(f"{path}: optics group {int(g)} is defined twice ({where}); each group must be "
+                             f"defined once")
+        seen[int(g)] = row
+
+
 def read_star(path: str | os.PathLike, datadir: str | os.PathLike | None = None, box: int | None = None,
               apix: float | None = None, amplitude_contrast: float | None = None) -> ParticleTable:
     """Read a RELION STAR file into a :class:`ParticleTable` (images are not opened yet).
@@ -139,6 +167,8 @@ def read_star(path: str | os.PathLike, datadir: str | os.PathLike | None = None,
     """
     path = Path(path)
     optics, parts = _blocks(path)
+    if optics is not None:
+        _refuse_duplicate_optics_groups(path, optics)
     n = len(parts)
     notes: list[str] = []
     if n == 0:
