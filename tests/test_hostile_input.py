@@ -9,9 +9,12 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
+import yaml
 
 from eqcryo.cli.main import main
 from eqcryo.data.simulate import SimulationConfig, simulate
@@ -169,3 +172,62 @@ def test_an_optics_group_defined_twice_is_refused_with_its_lines(sim, tmp_path, 
     err = capsys.readouterr().err
     assert "optics group 1 is defined twice (lines" in err and len(err.strip().splitlines()) == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def _edited_copy(sim: Path, dest: Path, edit) -> Path:
+    """A copy of the simulation whose stack is ``edit(images)`` (float32 array, changed in place)."""
+    import mrcfile
+
+    d = _copy_sim(sim, dest)
+    with mrcfile.open(d / "particles_000.mrcs", mode="r+") as m:
+        data = np.array(m.data, dtype=np.float32)
+        edit(data)
+        m.set_data(data)
+    return d / "particles.star"
+
+
+def _contrast_and_scale(star: Path, out: Path) -> dict:
+    assert main(["train", str(star), "-o", str(out), "--steps", "1", *TRAIN]) == 0
+    return yaml.safe_load((out / "config.yaml").read_text())["resolved"]
+
+
+@pytest.mark.parametrize("value", [-1e4, -1e30])
+def test_one_hot_pixel_changes_neither_the_contrast_decision_nor_the_scale(sim, tmp_path, capsys, value):
+    def hot(a):
+        a[137, 5, 9] = value
+
+    ref = _contrast_and_scale(sim / "particles.star", tmp_path / "ref")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (mrcfile's header statistics of the crafted stack overflow)
+        star = _edited_copy(sim, tmp_path / "hot", hot)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow on eqcryo's way
+        got = _contrast_and_scale(star, tmp_path / "run")
+    # the same decision, still far from the undecided band |score| <= 3 (clean: ~40)
+    assert got["contrast"]["inverted"] == ref["contrast"]["inverted"] and got["contrast"]["score"] > 10
+    assert got["intensity_scale"] == pytest.approx(ref["intensity_scale"], rel=0.01)
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_pure_noise_keeps_its_sign_and_says_the_decision_is_not_confident(sim, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+
+    def noise(a):
+        a[:] = rng.standard_normal(a.shape).astype(np.float32)
+
+    got = _contrast_and_scale(_edited_copy(sim, tmp_path / "noise", noise), tmp_path / "run")
+    assert not got["contrast"]["inverted"] and not got["contrast"]["confident"]
+    assert "the contrast's sign could not be decided" in capsys.readouterr().err
+    assert "LOW CONFIDENCE" in (tmp_path / "run" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("fill", [0.0, 3.5])
+def test_a_constant_stack_is_refused_before_anything_is_written(sim, tmp_path, capsys, fill):
+    def const(a):
+        a[:] = fill
+
+    star = _edited_copy(sim, tmp_path / "c", const)
+    assert main(["train", str(star), "-o", str(tmp_path / "run"), "--steps", "1", *TRAIN]) == 2
+    err = capsys.readouterr().err
+    assert "the images are constant" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()

@@ -54,19 +54,46 @@ class Batch:
     ctf: torch.Tensor | None
 
 
+#: pixels farther than this many (1%–99% quantile ranges) from the median are outliers (hot or
+#: dead pixels, a corrupt image): ordinary data never reach it
+OUTLIER_RANGES = 20.0
+
+
+def pixel_range(sample: np.ndarray) -> tuple[float, float, float]:
+    """(lo, hi, median) of a sample of images (raw values, float64): pixels outside [lo, hi] are
+    outliers, read as the median (:class:`ParticleDataset`'s ``pixel_range``)."""
+    x = np.asarray(sample, dtype=np.float64)
+    med = float(np.median(x))
+    q1, q99 = np.quantile(x, [0.01, 0.99])
+    bound = OUTLIER_RANGES * max(float(q99 - q1), 1e-30)
+    return med - bound, med + bound, med
+
+
+def without_outliers(x: np.ndarray, rng: tuple[float, float, float] | None) -> np.ndarray:
+    """``x`` with the pixels outside ``rng`` = (lo, hi, fill) set to fill; ``x`` itself when none are."""
+    if rng is None:
+        return x
+    lo, hi, fill = rng
+    bad = (x < lo) | (x > hi)
+    return np.where(bad, np.asarray(fill, dtype=x.dtype), x) if bad.any() else x
+
+
 class ParticleDataset:
     """A particle table's images and CTFs as tensors on ``device``.
 
     ``scale`` multiplies every image (training keeps losses O(1) with it); ``dtype`` is the
     tensors' real dtype. ``box`` and ``apix`` (Å) come from the table unless given.
+    ``pixel_range`` (lo, hi, fill), raw values: pixels outside [lo, hi] read as fill (one hot
+    pixel must not dominate a loss or a decision; see :func:`pixel_range`).
     """
 
     def __init__(self, table: ParticleTable, device: str | torch.device = "cpu", scale: float = 1.0,
                  dtype: torch.dtype = torch.float32, box: int | None = None, apix: float | None = None,
-                 preload: bool | None = False):
+                 preload: bool | None = False, pixel_range: tuple[float, float, float] | None = None):
         if table.images is None:
             raise InputError(f"{table.source}: no images")
         self.table, self.device, self.scale, self.dtype = table, torch.device(device), float(scale), dtype
+        self.pixel_range = pixel_range
         self.box = box if box is not None else table.images.box()
         self.apix = apix if apix is not None else (table.pixel_size() if table.apix is not None else 1.0)
         self.memory: torch.Tensor | None = None  # (n, L, L) on the device when preloaded
@@ -93,7 +120,7 @@ class ParticleDataset:
         """Images (B, L, L) of particles ``ids`` times the scale, on the CPU."""
         if self.table.images is None:
             raise InputError(f"{self.table.source}: no images referenced")
-        x = self.table.images.read(ids)
+        x = without_outliers(self.table.images.read(ids), self.pixel_range)
         if self.scale != 1.0:
             x = x * self.scale
         return torch.from_numpy(np.ascontiguousarray(x)).to(self.dtype)

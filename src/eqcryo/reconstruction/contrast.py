@@ -21,17 +21,27 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from ..data.dataset import ParticleDataset
+from ..data.dataset import OUTLIER_RANGES, ParticleDataset
 from ..physics.lattice import fft2_centered, ifft2_centered, radius_2d
 
-__all__ = ["ContrastCheck", "check_contrast", "decide_inversion", "orient_contrast"]
+__all__ = ["ContrastCheck", "check_contrast", "decide_inversion", "median_for_outliers", "orient_contrast"]
+
+def median_for_outliers(images: torch.Tensor) -> torch.Tensor:
+    """``images`` (B, L, L) float64 with each image's outlier pixels (:func:`pixel_range` of that
+    image) set to its median; images without outliers are returned unchanged."""
+    flat = images.reshape(len(images), -1)
+    q = torch.quantile(flat, torch.tensor([0.01, 0.5, 0.99], dtype=flat.dtype), dim=1)  # (3, B)
+    bound = (OUTLIER_RANGES * (q[2] - q[0]).clamp_min(1e-30))[:, None]
+    bad = (flat - q[1][:, None]).abs() > bound
+    return torch.where(bad, q[1][:, None].expand_as(flat), flat).reshape(images.shape)
 
 
 @dataclass
 class ContrastCheck:
     """``inverted``: the data have the opposite sign to the image model; ``score``: (centre − rim)
     of the phase-flipped average over the rim's standard deviation (> 0: as expected);
-    ``n_images`` used; ``confident``: |score| > 3."""
+    ``n_images`` used; ``confident``: |score| > 3 (otherwise ``auto`` keeps the images as they are,
+    and says so)."""
 
     inverted: bool
     score: float
@@ -51,7 +61,7 @@ def check_contrast(ds: ParticleDataset, n: int = 2000, seed: int = 0, batch: int
     acc = torch.zeros(L, L, dtype=torch.complex128)
     for s in range(0, len(ids), batch):
         b = ds.batch(ids[s:s + batch])
-        F = fft2_centered(b.images.double().cpu())
+        F = fft2_centered(median_for_outliers(b.images.double().cpu()))  # one hot pixel must not decide
         if b.ctf is not None:
             F = F * torch.sign(b.ctf.double().cpu())
         F[:, L // 2, L // 2] = 0  # the images' offsets (normalisation) say nothing about the sign
@@ -72,13 +82,17 @@ def decide_inversion(mode: str, ds: ParticleDataset, seed: int = 0) -> tuple[boo
     if mode == "no":
         return False, {"mode": "no", "inverted": False}
     c = check_contrast(ds, seed=seed)
-    return c.inverted, {"mode": "auto", **c.to_dict()}
+    return c.inverted and c.confident, {"mode": "auto", **c.to_dict(), "inverted": c.inverted and c.confident}
 
 
 def orient_contrast(ds: ParticleDataset, mode: str, seed: int = 0) -> dict:
     """Decide (``mode`` auto|yes|no) and, for inverted data, make ``ds`` read its images times -1
     (the sign goes into its scale), saying so on stderr. Returns the evidence."""
     invert, evidence = decide_inversion(mode, ds, seed)
+    if mode == "auto" and not evidence["confident"]:
+        print(f"warning: {ds.table.source}: the contrast's sign could not be decided from the data (score "
+              f"{evidence['score']:.1f}; |score| > 3 decides); the images are kept as they are: check the map's "
+              f"sign, or give --invert-contrast yes or no", file=sys.stderr)
     if invert:
         ds.scale = -ds.scale
         if mode == "auto":  # (an inverted data set would give a negative map)

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import torch
 
-from ..data.dataset import ParticleDataset, Prefetcher, _InMemory
+from ..data.dataset import ParticleDataset, Prefetcher, _InMemory, pixel_range, without_outliers
 from ..data.errors import InputError
 from ..data.fingerprint import differences, fingerprint
 from ..data.io import load_particles
@@ -49,13 +49,19 @@ class TrainingData:
             raise InputError(f"{cfg.data.particles}: {len(self.train_ids)} training particles < batch size "
                              f"{cfg.optimisation.batch_size}")
         sample = t.images.read(self.train_ids[:min(512, len(self.train_ids))])
-        self.scale = float(1.0 / (sample.std() + 1e-12))
+        self.pixel_range = pixel_range(sample)  # outliers (a hot pixel) read as the median, here and below
+        std = float(without_outliers(sample, self.pixel_range).std())  # (exactly as before when none are)
+        if not std > 0:
+            raise InputError(f"{cfg.data.particles}: the images are constant (every pixel of {len(sample)} sampled "
+                             f"images is the same); is this a particle stack?")
+        self.scale = float(1.0 / (std + 1e-12))
         # the contrast's sign goes into the scale: an inverted data set is read times -1 (decided on a
         # lazy view before the stack is preloaded with its final scale)
-        probe = ParticleDataset(t, "cpu", self.scale, box=L)
+        probe = ParticleDataset(t, "cpu", self.scale, box=L, pixel_range=self.pixel_range)
         self.contrast = orient_contrast(probe, cfg.data.invert_contrast, seed=cfg.optimisation.seed)
         self.scale = probe.scale
-        self.ds = ParticleDataset(t, device or cfg.compute.device, self.scale, box=L, preload=cfg.data.preload)
+        self.ds = ParticleDataset(t, device or cfg.compute.device, self.scale, box=L, preload=cfg.data.preload,
+                                  pixel_range=self.pixel_range)
         self.box, self.apix, self.n = L, self.ds.apix, t.n
         self.fingerprint = fingerprint(t)
 
@@ -63,7 +69,8 @@ class TrainingData:
         """Facts about the data a run records in its config.yaml (a trained model needs only these)."""
         return {"box": self.box, "apix": self.apix, "n_particles": self.n, "n_eval": len(self.eval_ids),
                 "ctf": self.table.ctf is not None,
-                "intensity_scale": self.scale, "contrast": self.contrast, "inputs": self.fingerprint}
+                "intensity_scale": self.scale, "pixel_range": list(self.pixel_range), "contrast": self.contrast,
+                "inputs": self.fingerprint}
 
     def check_same_data(self, recorded: dict | None, run: str) -> None:
         """Refuse data whose fingerprint differs from the one ``run`` recorded (``resolved.inputs``),

@@ -91,6 +91,7 @@ class TrainedModel:
     apix: float
     scale: float
     state: dict
+    pixel_range: tuple[float, float, float] | None = None  # (runs written before it: none)
 
     def dataset(self, table: ParticleTable, source: str = "") -> ParticleDataset:
         """``table`` as this model's input, after checking its box and pixel size."""
@@ -104,7 +105,8 @@ class TrainedModel:
         if table.apix is not None and abs(table.pixel_size() - self.apix) > 1e-3 * self.apix:
             raise InputError(f"{src}: pixel size {table.pixel_size():.4g} Å but the model was trained at "
                              f"{self.apix:.4g} Å")
-        return ParticleDataset(table, self.cfg.compute.device, self.scale, box=self.box, apix=self.apix)
+        return ParticleDataset(table, self.cfg.compute.device, self.scale, box=self.box, apix=self.apix,
+                               pixel_range=self.pixel_range)
 
     def predict(self, table: ParticleTable) -> tuple[torch.Tensor, torch.Tensor]:
         """Poses of every particle of ``table``: (R (n, 3, 3), RELION origins (n, 2) Å)."""
@@ -129,5 +131,6 @@ def load_trained(run: str | os.PathLike | RunDir, checkpoint: str | os.PathLike 
         raise InputError(f"{checkpoint or rd / rd.CHECKPOINT}: does not fit the run's model "
                          f"({cfg.model.name}, {cfg.model.profile}): {str(e).splitlines()[0][:200]}") from None
     model.eval()
+    rng = res.get("pixel_range")
     return TrainedModel(rd, cfg, model, int(res["box"]), float(res.get("apix", 1.0)), float(res["intensity_scale"]),
-                        state)
+                        state, None if rng is None else (float(rng[0]), float(rng[1]), float(rng[2])))
