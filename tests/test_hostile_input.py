@@ -231,3 +231,26 @@ def test_a_constant_stack_is_refused_before_anything_is_written(sim, tmp_path, c
     err = capsys.readouterr().err
     assert "the images are constant" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("which", ["a", "b", "mask"])
+def test_fsc_plot_never_overwrites_an_input(sim, tmp_path, capsys, which):
+    """An MRC named .png given as a map (or mask) and as --plot: refused, the file unchanged."""
+    import shutil
+
+    files = {k: tmp_path / f"{k}.png" for k in ("a", "b", "mask")}
+    for f in files.values():
+        shutil.copy(sim / "gt_volume.mrc", f)
+    before = files[which].read_bytes()
+    assert main(["fsc", str(files["a"]), str(files["b"]), "--mask", str(files["mask"]),
+                 "--plot", str(files[which])]) == 2
+    assert "refusing to overwrite the input file" in capsys.readouterr().err
+    assert files[which].read_bytes() == before
+
+
+def test_fsc_json_prints_float32_values_at_their_precision(sim, capsys):
+    assert main(["fsc", str(sim / "gt_volume.mrc"), str(sim / "gt_volume.mrc"), "--json"]) == 0
+    out = capsys.readouterr().out
+    d = json.loads(out)
+    assert d["resolution_0.5"] == 26.4  # Nyquist of 13.2 Å/px, printed as such
+    assert "26.399999" not in out and "13.199999" not in out

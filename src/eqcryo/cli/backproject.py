@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ from ..data.mrc import write_volume
 from ..physics.fsc import format_resolution, fsc
 from ..reconstruction.backprojection import backproject_halves
 from ..reconstruction.contrast import orient_contrast
-from .common import add_particle_options, positive_float, positive_int, verb_parser
+from .common import add_particle_options, dumps, positive_float, positive_int, verb_parser
 
 
 def add_parser(sub):
@@ -47,7 +46,7 @@ def run(args) -> int:
     out = Path(args.output)
     stem = out.with_suffix("")
     outs = [out] + ([] if args.no_half_maps else [Path(f"{stem}_half1.mrc"), Path(f"{stem}_half2.mrc"),
-                                                    Path(f"{stem}_fsc.json")])
+                                                    Path(f"{stem}_fsc.json"), Path(f"{stem}_fsc.png")])
     ins = [args.particles, args.poses, args.ctf]
     for o in outs:
         refuse_overwriting_inputs(o, ins)
@@ -85,7 +84,7 @@ def run(args) -> int:
         d = r.to_dict()
         d["n_half1"], d["n_half2"] = int((half == 0).sum()), int((half == 1).sum())
         with atomic_path(outs[3]) as tmp:
-            tmp.write_text(json.dumps(d, indent=2) + "\n")
+            tmp.write_text(dumps(d, indent=2) + "\n")
         from ..evaluation.figures import plot_fsc
         plot_fsc(f"{stem}_fsc.png", [("half-maps", r)])
         why = r.diagnosis()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+from typing import Any
 
 
 def positive_int(s: str) -> int:
@@ -41,3 +43,19 @@ def add_particle_options(p: argparse.ArgumentParser, particles_option: bool = Tr
     p.add_argument("--ctf", help="cryoDRGN CTF .pkl replacing/supplying the CTF")
     if particles_option:
         p.add_argument("--particles", help="image stack (.mrcs/.star/.txt) when INPUT is a pose .pkl")
+
+
+def _rounded(x: Any, digits: int) -> Any:
+    if isinstance(x, float):
+        return float(f"{x:.{digits}g}")
+    if isinstance(x, dict):
+        return {k: _rounded(v, digits) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_rounded(v, digits) for v in x]
+    return x
+
+
+def dumps(obj: Any, digits: int = 7, **kw: Any) -> str:
+    """JSON with floats at ``digits`` significant digits: the values are float32 at heart, so
+    13.2, not 13.199999809265137."""
+    return json.dumps(_rounded(obj, digits), **kw)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 from ..data.errors import InputError
 from ..training.batches import TrainingData
 from ..training.evaluator import Evaluator, GroundTruth
 from ..training.inference import load_trained
 from ..training.schedule import LossBand
-from .common import verb_parser
+from .common import dumps, verb_parser
 
 
 def add_parser(sub):
@@ -40,5 +38,5 @@ def run(args) -> int:
                     cfg.refinement.distill_band_shells)
     ev = Evaluator(data, gt, cfg.evaluation.track_mirror)(tm.model, band.radius(int(c.get("images_seen", 0)), refined),
                                                step=c.get("step"), images_seen=c.get("images_seen"))
-    print(json.dumps(ev.row, indent=2, default=float))
+    print(dumps(ev.row, indent=2, default=float))
     return 0

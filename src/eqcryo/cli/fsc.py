@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
+from ..data.atomic import refuse_overwriting_inputs
 from ..data.errors import InputError
 from ..data.mrc import read_volume
 from ..physics.fsc import format_resolution, fsc
 from ..physics.projection import flip_hand
-from .common import positive_float, verb_parser
+from .common import dumps, positive_float, verb_parser
 
 
 def add_parser(sub):
@@ -37,6 +37,7 @@ def add_parser(sub):
 def run(args) -> int:
     if args.plot and Path(args.plot).suffix.lower() not in (".png", ".pdf", ".svg"):
         raise InputError(f"--plot {args.plot}: the plot is written as an image; give a .png, .pdf or .svg path")
+    refuse_overwriting_inputs(args.plot, [args.a, args.b, args.mask])
     a, pa = read_volume(args.a)
     b, pb = read_volume(args.b)
     if a.shape != b.shape:
@@ -72,7 +73,7 @@ def run(args) -> int:
     if best:
         out["corrected"] = {"operation": best, **best_res.to_dict()}
     if args.json:
-        print(json.dumps(out, indent=2))
+        print(dumps(out, indent=2))
         return 0
     for t in (0.5, 0.143):
         print(f"resolution at FSC {t}:{' ' * (6 - len(str(t)))}"
