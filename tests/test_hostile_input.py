@@ -254,3 +254,27 @@ def test_fsc_json_prints_float32_values_at_their_precision(sim, capsys):
     d = json.loads(out)
     assert d["resolution_0.5"] == 26.4  # Nyquist of 13.2 Å/px, printed as such
     assert "26.399999" not in out and "13.199999" not in out
+
+
+def test_a_pose_pickle_of_shared_references_is_refused_under_a_memory_limit(sim, tmp_path):
+    """308 bytes that unpickle to 10^12 floats through shared nested lists: refused in one line,
+    under a 4 GB address-space limit, within 60 s (it used to build 7.5 GB before a MemoryError)."""
+    import pickle
+    import resource
+
+    rot: object = 0.0
+    for _ in range(12):  # 10^12 floats, one list of ten per level
+        rot = [rot] * 10
+    bomb = tmp_path / "bomb.pkl"
+    bomb.write_bytes(pickle.dumps((rot, [[0.0, 0.0]] * 200)))
+    assert bomb.stat().st_size < 1000
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+    t0 = time.time()
+    r = subprocess.run([sys.executable, "-m", "eqcryo.cli.main", "convert", str(bomb), "--box", "32", "-o",
+                        str(tmp_path / "out.star")], capture_output=True, text=True, timeout=60, preexec_fn=limit)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "would expand to more than 1e+09 numbers" in r.stderr and "Traceback" not in r.stderr
+    assert time.time() - t0 < 60 and not (tmp_path / "out.star").exists()

@@ -53,11 +53,38 @@ def _load(path: Path):
         raise InputError(f"{path}: not a readable cryoDRGN pickle ({msg})") from None
 
 
+#: the most numbers a pickle's nested lists may expand to (~8 GB as float64); far beyond any pose
+#: or CTF file (9 + 2 numbers per particle), far below what a few hundred bytes of shared
+#: references can claim (a list of the same list of the same list ... is 10^12 numbers)
+MAX_NUMBERS = 10**9
+
+
+def _count_numbers(x: object, memo: dict[int, int], depth: int = 0) -> int:
+    """How many numbers ``x`` expands to, each shared sub-list counted once per use but walked
+    once (so a crafted pickle is measured in microseconds, not built)."""
+    if isinstance(x, np.ndarray):
+        return int(x.size)
+    if not isinstance(x, (list, tuple)):
+        return 1
+    if depth > 64:
+        return MAX_NUMBERS + 1  # (no pose file nests deeper than 3)
+    key = id(x)
+    if key not in memo:
+        memo[key] = sum(_count_numbers(v, memo, depth + 1) for v in x)
+    return memo[key]
+
+
 def _array(x, path: Path, what: str) -> np.ndarray:
+    n = _count_numbers(x, {})
+    if n > MAX_NUMBERS:
+        raise InputError(f"{path}: {what} would expand to more than {MAX_NUMBERS:.0e} numbers (nested lists "
+                         f"sharing references); not a cryoDRGN pickle")
     try:
         return np.asarray(x, dtype=np.float64)
     except (ValueError, TypeError):
         raise InputError(f"{path}: {what} are not an array of numbers ({type(x).__name__})") from None
+    except MemoryError:
+        raise InputError(f"{path}: {what} do not fit in memory ({n} numbers)") from None
 
 
 def read_pose_pkl(path: str | os.PathLike, box: int) -> tuple[np.ndarray, np.ndarray | None]:
