@@ -278,3 +278,16 @@ def test_a_pose_pickle_of_shared_references_is_refused_under_a_memory_limit(sim,
     assert r.returncode == 2, r.stderr[-2000:]
     assert "would expand to more than 1e+09 numbers" in r.stderr and "Traceback" not in r.stderr
     assert time.time() - t0 < 60 and not (tmp_path / "out.star").exists()
+
+
+@pytest.mark.parametrize("name", ["../../../x", "/tmp/abs", "..", "a/b", ".hidden", "-flag", "a b"])
+def test_an_experiment_data_set_name_cannot_leave_the_experiment_folder(sim, tmp_path, capsys, name):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"seeds": [0], "models": ["d4-l2"], "steps": 1,
+                                    "datasets": {name: {"particles": str(sim / "particles.star")}}}))
+    work = tmp_path / "deep" / "er"
+    work.mkdir(parents=True)
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    assert main(["experiment", str(spec), "-o", str(work / "exp")]) == 2
+    assert "names become folders under the experiment folder" in capsys.readouterr().err
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -49,6 +50,10 @@ class GridRun:
     path: Path
 
 
+#: a data set's name is a folder name under DIR/data and DIR/runs: nothing that leaves DIR
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
+
+
 def load_spec(path: str | os.PathLike) -> dict:
     p = Path(path)
     if not p.exists():
@@ -69,6 +74,10 @@ def load_spec(path: str | os.PathLike) -> dict:
         if not isinstance(spec[key], kind) or not spec[key]:
             raise InputError(f"{p}: {key} must be a non-empty {'list' if kind is list else 'mapping'}, "
                              f"found {spec[key]!r}")
+    for name in spec["datasets"]:
+        if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or name in (".", ".."):
+            raise InputError(f"{p}: data set name {name!r}: names become folders under the experiment folder; "
+                             f"use letters, digits, '.', '_' and '-' (not starting with '.' or '-')")
     if spec.get("recipe"):
         r = spec["recipe"]
         local = p.parent / r
