@@ -291,3 +291,26 @@ def test_an_experiment_data_set_name_cannot_leave_the_experiment_folder(sim, tmp
     assert main(["experiment", str(spec), "-o", str(work / "exp")]) == 2
     assert "names become folders under the experiment folder" in capsys.readouterr().err
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("what", ["stack", "star", "spec"])
+def test_a_fifo_is_refused_not_waited_on(sim, tmp_path, what):
+    """A FIFO (or socket, or device) where a file is expected: one line, rc 2, at once (opening a
+    FIFO for reading would wait for a writer forever)."""
+    import shutil
+
+    d = _copy_sim(sim, tmp_path / "d")
+    if what == "stack":
+        (d / "particles_000.mrcs").unlink()
+        os.mkfifo(d / "particles_000.mrcs")
+        argv = ["info", str(d / "particles.star"), "--check"]
+    elif what == "star":
+        os.mkfifo(tmp_path / "fifo.star")
+        argv = ["info", str(tmp_path / "fifo.star")]
+    else:
+        os.mkfifo(tmp_path / "spec.yaml")
+        argv = ["experiment", str(tmp_path / "spec.yaml"), "-o", str(tmp_path / "exp")]
+    r = subprocess.run([sys.executable, "-m", "eqcryo.cli.main", *argv], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert "not a regular file (a FIFO, socket or device)" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    shutil.rmtree(d)

@@ -34,6 +34,25 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
             tmp.unlink()
 
 
+def require_file(path: str | os.PathLike, missing: str = "file not found") -> None:
+    """Refuse a path that is not a regular file, in one line: missing, a folder, or a FIFO, socket
+    or device (opening a FIFO would wait for a writer forever)."""
+    import stat
+
+    from .errors import InputError
+
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise InputError(f"{path}: {missing}") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot be read ({e.strerror})") from None
+    if stat.S_ISDIR(mode):
+        raise InputError(f"{path}: is a folder, not a file")
+    if not stat.S_ISREG(mode):
+        raise InputError(f"{path}: not a regular file (a FIFO, socket or device); eqcryo reads regular files only")
+
+
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     """True when two paths name the same file (resolving links), whether or not ``b`` exists."""
     pa, pb = Path(a), Path(b)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_path
+from .atomic import atomic_path, require_file
 from .errors import InputError
 from .particles import ParticleTable
 
@@ -43,8 +43,7 @@ class _ArrayUnpickler(pickle.Unpickler):
 
 
 def _load(path: Path):
-    if not path.exists():
-        raise InputError(f"{path}: file not found")
+    require_file(path)
     try:
         with open(path, "rb") as fh:
             return _ArrayUnpickler(fh).load()

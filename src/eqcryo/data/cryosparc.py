@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..physics.rotations import cryosparc_pose_to_matrix
+from .atomic import require_file
 from .errors import InputError
 from .particles import ImageSource, ParticleTable, resolve_image_path
 
@@ -28,8 +29,7 @@ def read_cs(path: str | os.PathLike, datadir: str | os.PathLike | None = None, b
             apix: float | None = None) -> ParticleTable:
     """Read a cryoSPARC ``.cs`` file into a :class:`ParticleTable`."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: file not found")
+    require_file(path)
     try:
         a = np.load(path, allow_pickle=False)
     except Exception as e:

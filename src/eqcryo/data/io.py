@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import require_file
 from .cryodrgn import read_ctf_pkl, read_pose_pkl, write_ctf_pkl, write_pose_pkl
 from .cryosparc import read_cs
 from .errors import InputError
@@ -57,8 +58,7 @@ def load_particles(path: str | os.PathLike, *, poses: str | os.PathLike | None =
     ext = path.suffix.lower()
     if ext not in PARTICLE_EXTENSIONS:
         raise InputError(f"{path}: unknown extension {ext!r}; expected one of {', '.join(PARTICLE_EXTENSIONS)}")
-    if not path.exists():
-        raise InputError(f"{path}: file not found")
+    require_file(path)
     if ext == ".star":
         t = read_star(path, datadir=datadir, box=box, apix=apix)
     elif ext == ".cs":

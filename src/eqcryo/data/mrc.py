@@ -15,7 +15,7 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 
-from .atomic import atomic_path
+from .atomic import atomic_path, require_file
 from .errors import InputError
 
 #: bytes per value of each MRC mode (mrcfile's)
@@ -31,8 +31,7 @@ def _open_mmap(path: Path):
     stamp; mrcfile's strict mode rejects them, so we open permissively and check ourselves that
     the data block is complete.
     """
-    if not path.exists():
-        raise InputError(f"{path}: image file not found")
+    require_file(path, "image file not found")
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -113,8 +112,7 @@ class ImageStack:
 def mrc_header_info(path: str | os.PathLike) -> dict:
     """Shape (z, y, x), voxel size and mode of an MRC file, read from its header only."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: file not found")
+    require_file(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -36,7 +36,7 @@ import torch
 from starfile.writer import StarWriter
 
 from ..physics.rotations import euler_relion_to_matrix, matrix_to_euler_relion
-from .atomic import atomic_path
+from .atomic import atomic_path, require_file
 from .errors import InputError
 from .particles import ImageSource, ParticleTable, resolve_image_path
 
@@ -114,8 +114,7 @@ def parse_image_names(names, star_path: Path, datadir: str | os.PathLike | None)
 
 
 def _blocks(path: Path) -> tuple[pd.DataFrame | None, pd.DataFrame]:
-    if not path.exists():
-        raise InputError(f"{path}: file not found")
+    require_file(path)
     try:
         d = starfile.read(path, always_dict=True)
     except Exception as e:

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import yaml
 
+from ..data.atomic import require_file
 from ..data.errors import InputError
 from ..training.config import DEFAULT_RECIPE, TrainConfig, make_config, to_nested
 from ..training.rundir import RunDir
@@ -56,8 +57,7 @@ _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
 
 def load_spec(path: str | os.PathLike) -> dict:
     p = Path(path)
-    if not p.exists():
-        raise InputError(f"{p}: experiment spec not found")
+    require_file(p, "experiment spec not found")
     try:
         spec = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
