@@ -14,7 +14,7 @@ from ..evaluation.analysis import consistent_subset_sizes, projective_plane_coor
 from ..evaluation.figures import plot_joy, plot_projective_plane, plot_series
 from ..evaluation.metrics import align_poses
 from ..training.rundir import RunDir
-from .common import verb_parser
+from .common import positive_int, verb_parser
 
 
 def add_parser(sub):
@@ -27,7 +27,7 @@ def add_parser(sub):
                     "analysis.json into RUN (or --outdir).",
                     "eqcryo analyze run")
     p.add_argument("run", help="run folder written by eqcryo train (with --gt-poses)")
-    p.add_argument("--n", type=int, default=300, help="images for the joy plot (default 300)")
+    p.add_argument("--n", type=positive_int, default=300, help="images for the joy plot (default 300)")
     p.add_argument("--eps", type=float, default=0.5, help="Frobenius threshold of Eq. 32 (0.5 ≈ 20°)")
     p.add_argument("--outdir", help="where to write (default RUN)")
     p.set_defaults(func=run)

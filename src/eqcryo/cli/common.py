@@ -18,6 +18,17 @@ def positive_int(s: str) -> int:
     return v
 
 
+def nonneg_int(s: str) -> int:
+    """argparse type: an integer >= 0 (seeds)."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
 def positive_float(s: str) -> float:
     """argparse type: a finite number > 0."""
     try:
@@ -26,6 +37,25 @@ def positive_float(s: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
     if not v > 0 or v == float("inf"):
         raise argparse.ArgumentTypeError(f"must be > 0, got {s}")
+    return v
+
+
+def nonneg_float(s: str) -> float:
+    """argparse type: a finite number >= 0."""
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if not (v >= 0 and v != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {s}")
+    return v
+
+
+def fraction(s: str) -> float:
+    """argparse type: a number from 0 to 1."""
+    v = nonneg_float(s)
+    if v > 1:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1, got {s}")
     return v
 
 

@@ -17,7 +17,7 @@ from ..data.io import load_particles, save_metadata
 from ..data.mrc import write_volume
 from ..reconstruction.contrast import orient_contrast
 from ..reconstruction.projection_matching import MatchConfig, projection_matching
-from .common import add_particle_options, positive_float, positive_int, verb_parser
+from .common import add_particle_options, nonneg_int, positive_float, positive_int, verb_parser
 
 
 def add_parser(sub):
@@ -49,7 +49,7 @@ def add_parser(sub):
     p.add_argument("--orbit", type=positive_int, default=1,
                    help="also refine each image's current pose turned in-plane by 360/N degrees, 2x360/N, ... "
                         "(2: the half turn that near two-fold views confuse; default 1: off)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--gt-poses", help="ground-truth pose .pkl: report pose MSE after each iteration")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--invert-contrast", choices=["auto", "yes", "no"], default="auto",

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from ..data.errors import InputError
 from ..data.simulate import RECIPES, SimulationConfig, simulate
 from ..data.structure import DEFAULT_STRUCTURE
-from .common import positive_float, positive_int, verb_parser
+from .common import fraction, nonneg_float, nonneg_int, positive_float, positive_int, verb_parser
 
 _KEYS = ("n", "box", "apix", "snr", "defocus_lognormal")
 
@@ -37,26 +38,28 @@ def add_parser(sub):
     p.add_argument("--n", type=positive_int, help="number of images (default 3000)")
     p.add_argument("--box", type=positive_int, help="box size in px, even (default 64)")
     p.add_argument("--apix", type=positive_float, help="pixel size in Å (default 6.6)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="random seed (default 0)")
     p.add_argument("--resolution", type=positive_float, help="molmap resolution in Å (default 2 × apix)")
     p.add_argument("--map-apix", type=positive_float, help="voxel size (Å) of an input map whose header lacks it")
     p.add_argument("--preferred-view", type=positive_float, metavar="KAPPA",
                    help="preferred orientations: viewing directions from a von Mises-Fisher distribution of this "
                         "concentration about the map's z axis (10: 90%% of views within 40° of it); default uniform")
-    p.add_argument("--trans-std", type=float, default=20.0, help="shift std per axis in Å (default 20, as the paper)")
+    p.add_argument("--trans-std", type=nonneg_float, default=20.0,
+                   help="shift std per axis in Å (default 20, as the paper)")
     noise = p.add_mutually_exclusive_group()
-    noise.add_argument("--snr", type=float, help="signal-to-noise ratio (see above)")
+    noise.add_argument("--snr", type=positive_float, help="signal-to-noise ratio (see above)")
     noise.add_argument("--noiseless", action="store_true", help="no noise (the default without --snr)")
     p.add_argument("--no-ctf", action="store_true", help="do not apply a CTF")
     p.add_argument("--ctf-from", help="sample CTF parameters from a cryoDRGN CTF table (N, 9) .pkl")
-    p.add_argument("--defocus-range", type=float, nargs=2, metavar=("MIN", "MAX"),
+    p.add_argument("--defocus-range", type=positive_float, nargs=2, metavar=("MIN", "MAX"),
                    help="uniform mean defocus range in Å (default 10000 25000)")
-    p.add_argument("--defocus-lognormal", type=float, nargs=2, metavar=("MEDIAN", "SIGMA"),
+    p.add_argument("--defocus-lognormal", type=positive_float, nargs=2, metavar=("MEDIAN", "SIGMA"),
                    help="log-normal mean defocus: median Å and sigma of its log (cryoAI: 20000 0.3)")
-    p.add_argument("--astigmatism-std", type=float, default=200.0, help="|dU - dV| ~ |N(0, std)| Å (default 200)")
+    p.add_argument("--astigmatism-std", type=nonneg_float, default=200.0,
+                   help="|dU - dV| ~ |N(0, std)| Å (default 200)")
     p.add_argument("--voltage", type=positive_float, default=300.0, help="kV (default 300)")
-    p.add_argument("--cs", type=float, default=2.7, help="spherical aberration in mm (default 2.7)")
-    p.add_argument("--amplitude-contrast", type=float, default=0.1, help="(default 0.1)")
+    p.add_argument("--cs", type=nonneg_float, default=2.7, help="spherical aberration in mm (default 2.7)")
+    p.add_argument("--amplitude-contrast", type=fraction, default=0.1, help="(default 0.1)")
     p.add_argument("--chunk", type=positive_int, default=10000, help="images per .mrcs file (default 10000)")
     p.add_argument("--batch-size", type=positive_int, default=128, help="images rendered at once; bounds memory")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -101,7 +104,13 @@ def run(args) -> int:
         cfg.defocus_lognormal = None
     if args.defocus_lognormal:
         cfg.defocus_lognormal = tuple(args.defocus_lognormal)
-    info = simulate(cfg, args.outdir, progress=not args.no_progress)
+    fresh = not out.exists()
+    try:
+        info = simulate(cfg, args.outdir, progress=not args.no_progress)
+    except BaseException:
+        if fresh:  # a refusal (or Ctrl-C) leaves no empty or half-written data set behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     print(json.dumps({"outdir": args.outdir, "n": cfg.n, "box": cfg.box, "apix": cfg.apix, "snr": cfg.snr,
                       "snr_measured": info["snr_measured_mean_ratio"]}))
     return 0

@@ -16,7 +16,7 @@ from ..training.distributed import init_distributed
 from ..training.evaluator import held_out_summary
 from ..training.rundir import RunDir, agreement_line
 from ..training.trainer import Trainer, TrainingDiverged, TrainingInterrupted
-from .common import positive_float, positive_int, verb_parser
+from .common import nonneg_int, positive_float, positive_int, verb_parser
 
 
 def _keys_text() -> str:
@@ -73,7 +73,7 @@ def add_parser(sub):
     p.add_argument("--steps", type=positive_int, help="stop after this many steps")
     p.add_argument("--time-budget", type=positive_float, help="stop after this many seconds of training (wall time, "
                                                      "evaluation excluded)")
-    p.add_argument("--seed", type=int, help="seed of the held-out split, the batch order and the initial "
+    p.add_argument("--seed", type=nonneg_int, help="seed of the held-out split, the batch order and the initial "
                                             "weights (default 0)")
     p.add_argument("--invert-contrast", choices=["auto", "yes", "no"],
                    help="multiply the images by -1: auto decides from the data (a phase-flipped average must be "
