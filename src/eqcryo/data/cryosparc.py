@@ -42,8 +42,18 @@ def read_cs(path: str | os.PathLike, datadir: str | os.PathLike | None = None, b
     if n == 0:
         raise InputError(f"{path}: holds no particles")
 
+    #: the shape of one particle's value of each field eqcryo reads (scalars: ())
+    widths = {"blob/shape": (2,), "alignments3D/pose": (3,), "alignments3D/shift": (2,)}
+
     def finite(k: str, positive: bool = False) -> np.ndarray:
-        v = a[k].astype(np.float64)
+        want = widths.get(k, ())
+        if a[k].shape[1:] != want:
+            raise InputError(f"{path}: field {k} holds {a[k].shape[1:] or 'one number'} per particle; expected "
+                             f"{want or 'one number'}")
+        try:
+            v = a[k].astype(np.float64)
+        except (ValueError, TypeError):
+            raise InputError(f"{path}: field {k} is not numbers ({a[k].dtype})") from None
         bad = ~np.isfinite(v) | ((v <= 0) if positive else False)
         if bad.any():
             i = int(np.nonzero(bad.reshape(n, -1).any(1))[0][0])
