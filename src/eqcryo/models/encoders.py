@@ -89,7 +89,7 @@ def padded_size(L: int) -> int:
 
 def _binned_size(box: int, bin: int) -> int:
     if bin < 1 or box % bin:
-        raise ValueError(f"encoder bin {bin} must be a positive divisor of the box {box}")
+        raise ValueError(f"encoder input bin {bin} (model.encoder_input_bin) must divide the box {box}")
     return box // bin
 
 

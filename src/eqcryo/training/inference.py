@@ -29,7 +29,10 @@ def build_for(cfg: TrainConfig, box: int, device: str | None = None) -> CryoMode
     training), on ``device`` (default ``cfg.compute.device``)."""
     torch.manual_seed(cfg.optimisation.seed)
     m = cfg.model
-    model = build_model(m.name, m.profile, box, m.decoder, m.rotation_param, m.encoder_input_bin, m.hypotheses)
+    try:
+        model = build_model(m.name, m.profile, box, m.decoder, m.rotation_param, m.encoder_input_bin, m.hypotheses)
+    except ValueError as e:  # a model that does not fit the box (e.g. encoder_input_bin 3 of 64 px)
+        raise InputError(f"model {m.name} at {box} px: {e}") from None
     model.encoder.bf16 = cfg.model.encoder_bf16
     return model.to(device or cfg.compute.device)
 
@@ -96,7 +99,6 @@ class TrainedModel:
     def dataset(self, table: ParticleTable, source: str = "") -> ParticleDataset:
         """``table`` as this model's input, after checking its box and pixel size."""
         src = source or table.source
-        table.apply_ctf_rule(self.cfg.data.no_ctf)
         if table.images is None:
             raise InputError(f"{src}: no images")
         L = table.validate_images()
