@@ -16,7 +16,7 @@ from ..data.mrc import write_volume
 from ..physics.fsc import format_resolution, fsc
 from ..reconstruction.backprojection import backproject_halves
 from ..reconstruction.contrast import orient_contrast
-from .common import add_particle_options, dumps, positive_float, positive_int, verb_parser
+from .common import add_particle_options, dumps, nonneg_int, positive_float, positive_int, verb_parser
 
 
 def add_parser(sub):
@@ -33,9 +33,10 @@ def add_parser(sub):
     p.add_argument("-o", "--output", required=True, help="output map (.mrc)")
     add_particle_options(p, particles_option=False)
     p.add_argument("--wiener", type=positive_float, default=0.01, help="relative Wiener regulariser (default 0.01)")
-    p.add_argument("--no-ctf-correction", action="store_true", help="ignore the CTF (data without one)")
+    p.add_argument("--no-ctf", "--no-ctf-correction", dest="no_ctf_correction", action="store_true",
+                   help="images without a CTF (CTF-free or phase-flipped): no CTF correction")
     p.add_argument("--batch-size", type=positive_int, default=256, help="images per batch")
-    p.add_argument("--seed", type=int, default=0, help="seed of the half split (default 0)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the half split (default 0)")
     p.add_argument("--no-half-maps", action="store_true", help="only the full map")
     p.add_argument("--invert-contrast", choices=["auto", "yes", "no"], default="auto",
                    help="multiply the images by -1: auto decides from the data (default auto)")
@@ -57,7 +58,8 @@ def run(args) -> int:
     if t.images is None:
         raise InputError(f"{args.particles}: no images referenced")
     if t.ctf is None and not args.no_ctf_correction:
-        raise InputError(f"{args.particles}: no CTF parameters; give --ctf CTF.pkl or --no-ctf-correction")
+        raise InputError(f"{args.particles}: no CTF parameters; give --ctf CTF.pkl, or --no-ctf for images without "
+                         f"a CTF (CTF-free or phase-flipped)")
     for o in outs:
         refuse_overwriting_inputs(o, ins, tables=(t,))
     L = t.validate_images()

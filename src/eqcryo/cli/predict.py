@@ -23,6 +23,7 @@ def add_parser(sub):
     p.add_argument("particles", help="particles (.star, .cs, .mrcs with --ctf)")
     p.add_argument("-o", "--output", required=True, help="output .star or .pkl")
     p.add_argument("--ctf", help="cryoDRGN CTF .pkl")
+    p.add_argument("--no-ctf", action="store_true", help="particles without a CTF (as for train)")
     p.add_argument("--datadir", help="folder of the image stacks named in the metadata")
     p.add_argument("--checkpoint", help="checkpoint file (default RUN/checkpoint.pt)")
     p.add_argument("--device", help="cpu, cuda, ... (default: the run's)")
@@ -34,6 +35,7 @@ def run(args) -> int:
     tm = load_trained(args.run, args.checkpoint, device=args.device)
     t = load_particles(args.particles, ctf=args.ctf, datadir=args.datadir)
     refuse_overwriting_inputs(args.output, [args.particles, args.ctf], tables=(t,))
+    t.apply_ctf_rule(True if args.no_ctf else tm.cfg.data.no_ctf)  # (the run's rule unless said)
     R, origin = tm.predict(t)
     t.rotations, t.shifts_angstrom, t.euler_degrees = R.numpy(), origin.numpy(), None
     t.box = tm.box
