@@ -114,7 +114,7 @@ def write_report(out: Path, title: str, facts: list[str], metrics: dict[str, np.
     for t, f in figs:
         lines += [f"## {t}", "", f"![{t}]({f})", ""]
     if files:
-        lines += ["Files: " + ", ".join(f"`{f}`" for f in files) + ".", ""]
+        lines += ["Files: " + ", ".join(md_code(f) for f in files) + ".", ""]
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text("\n".join(lines))
     write_html(out / "report.html", title, facts, last, figs, files)
@@ -125,6 +125,16 @@ _STYLE = ("body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto
           "h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.6em}table{border-collapse:collapse}"
           "td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}img{max-width:100%}"
           "code{background:#f4f4f4;padding:0 .2em}li{margin:.2em 0}")
+
+
+def md_code(text: str) -> str:
+    """``text`` as one Markdown code span, whatever it holds: a fence of more backticks than its
+    longest run (CommonMark), so a file name with backticks or ``<img onerror=...>`` stays text."""
+    import re
+
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    pad = " " if longest else ""
+    return f"{'`' * (longest + 1)}{pad}{text}{pad}{'`' * (longest + 1)}"
 
 
 def _inline_md(s: str) -> str:

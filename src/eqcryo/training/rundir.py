@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import json
 import os
+import shutil
 import socket
 import sys
 import time
@@ -201,8 +203,16 @@ class RunDir:
 
     # ------------------------------------------------------------------ checkpoint
     def save_checkpoint(self, state: dict) -> None:
-        with atomic_path(self / self.CHECKPOINT) as tmp:
-            torch.save(state, tmp)
+        path = self / self.CHECKPOINT
+        with atomic_path(path) as tmp:
+            try:
+                torch.save(state, tmp)
+            except RuntimeError as e:  # torch reports a failed write (disk full, quota) as a RuntimeError
+                free = shutil.disk_usage(self.path).free
+                if free < 64 << 20:
+                    raise OSError(errno.ENOSPC, f"no space left on the device ({free >> 20} MiB free); the last "
+                                                f"checkpoint is kept as it was", str(path)) from None
+                raise OSError(errno.EIO, f"could not be written ({str(e).splitlines()[0][:160]})", str(path)) from None
 
     def load_checkpoint(self, path: str | os.PathLike | None = None, map_location="cpu") -> dict:
         """The checkpoint's state, loaded weights-only (tensors and plain containers: a crafted
@@ -213,8 +223,12 @@ class RunDir:
         try:
             return torch.load(p, map_location=map_location, weights_only=True)
         except Exception as e:  # truncated, garbage, or objects a weights-only load refuses
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise InputError(f"{p}: not a readable eqcryo checkpoint ({first[:200]})") from None
+            text = str(e).strip()
+            if "weights_only" in text or "Weights only" in text:  # (never repeat torch's advice to unpickle it)
+                why = "it holds objects other than tensors and plain values, which eqcryo never loads"
+            else:
+                why = text.splitlines()[0][:200] if text else type(e).__name__
+            raise InputError(f"{p}: not a readable eqcryo checkpoint ({why})") from None
 
     # ------------------------------------------------------------------ metrics.csv
     def append_metrics(self, row: dict) -> None:
@@ -366,7 +380,7 @@ class RunDir:
     def write_report(self) -> Path:
         """report.md and its figures, from this folder's files alone."""
         from ..data.mrc import read_volume
-        from ..evaluation.report import write_report
+        from ..evaluation.report import md_code, write_report
         from ..physics.fsc import FSCResult, format_resolution
 
         cfg, res = self.read_config()
@@ -374,12 +388,14 @@ class RunDir:
         vol = read_volume(self / self.MAP)[0] if (self / self.MAP).exists() else None
         from .. import __version__
 
-        facts = [f"command: `{s['command']}`" if s.get("command") else "command: (not recorded)",
+        facts = [f"command: {md_code(s['command'])}" if s.get("command") else "command: (not recorded)",
                  f"eqcryo {__version__}; report written {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
-                 f"particles: `{cfg.data.particles}` ({res.get('n_particles')}, {res.get('box')} px, "
+                 f"particles: {md_code(cfg.data.particles)} ({res.get('n_particles')}, {res.get('box')} px, "
                  f"{res.get('apix')} Å/px); held-out for evaluation: {res.get('n_eval')}",
                  f"recipe: {cfg.output.recipe or '(none: defaults and options)'}; seed {cfg.optimisation.seed}",
                  "contrast: " + _contrast_line(res.get("contrast")),
+                 "CTF: " + ("(not recorded)" if "ctf" not in res else
+                            "from the particles' metadata" if res["ctf"] else "no CTF (--no-ctf)"),
                  f"steps: {s.get('steps')}, training time: {s.get('train_seconds', 0):.0f} s (wall, evaluation "
                  f"excluded), evaluation: {s.get('eval_seconds', 0):.0f} s, images seen: {s.get('images_seen')}",
                  "converged (pose MSE < 0.1): " + (json.dumps(s["converged"]) if s.get("converged") else "no")]
