@@ -314,3 +314,205 @@ def test_a_fifo_is_refused_not_waited_on(sim, tmp_path, what):
     assert r.returncode == 2, r.stderr
     assert "not a regular file (a FIFO, socket or device)" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     shutil.rmtree(d)
+
+
+@pytest.mark.parametrize("field,dtype,message", [
+    ("blob/shape", "<f4", "field blob/shape holds one number per particle; expected (2,)"),
+    ("blob/psize_A", "S8", "field blob/psize_A is not numbers"),
+    ("alignments3D/pose", ("<f4", (2,)), "field alignments3D/pose holds (2,) per particle; expected (3,)"),
+])
+def test_a_cs_file_with_a_field_of_the_wrong_shape_or_type_is_one_line(sim, tmp_path, capsys, field, dtype, message):
+    n = 200
+    fields = {"blob/path": "S64", "blob/idx": "<i8", "blob/shape": ("<f4", (2,)), "blob/psize_A": "<f4",
+              "alignments3D/pose": ("<f4", (3,)), "alignments3D/shift": ("<f4", (2,))}
+    fields[field] = dtype
+    a = np.zeros(n, dtype=[(k, *(v if isinstance(v, tuple) else (v,))) for k, v in fields.items()])
+    a["blob/path"] = str(sim / "particles_000.mrcs").encode()
+    a["blob/idx"] = np.arange(n)
+    if field != "blob/shape":
+        a["blob/shape"] = 32
+    if field != "blob/psize_A":
+        a["blob/psize_A"] = 13.2
+    else:
+        a["blob/psize_A"] = b"abc"
+    with open(tmp_path / "p.cs", "wb") as fh:
+        np.save(fh, a)
+    assert main(["info", str(tmp_path / "p.cs")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_a_checkpoint_with_objects_is_refused_without_torchs_advice_to_unpickle_it(trained, tmp_path, capsys):
+    import shutil
+
+    import torch
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    torch.save({"model": _Payload()}, run / "checkpoint.pt")
+    assert main(["predict", str(run), str(run.parent / "x.star"), "-o", str(tmp_path / "p.star")]) == 2
+    captured = capsys.readouterr()
+    assert "not a readable eqcryo checkpoint (it holds objects other than tensors" in captured.err
+    assert "weights_only" not in captured.err and "this must never run" not in captured.out
+
+
+def test_a_file_name_with_backticks_and_html_stays_text_in_the_report(sim, tmp_path):
+    import re
+    import shutil
+
+    from eqcryo.evaluation.report import md_code
+
+    name = "a`b``<img src=x onerror=alert(1)>.star"
+    d = _copy_sim(sim, tmp_path / "d")
+    shutil.copy(d / "particles.star", d / name)
+    assert main(["train", str(d / name), "-o", str(tmp_path / "run"), "--steps", "1", *TRAIN]) == 0
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert f"particles: {md_code(str(d / name))} (" in report
+    # CommonMark: a code span is closed only by a run of exactly as many backticks as opened it
+    span = md_code("x`y``z")
+    assert span == "``` x`y``z ```" and not re.search(r"(?<!`)```(?!`)", span[3:-3])
+    assert "&lt;img" in (tmp_path / "run" / "report.html").read_text()
+
+
+def test_a_full_disk_at_a_checkpoint_is_one_line_naming_the_checkpoint(sim, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import eqcryo.training.rundir as rundir
+
+    def full(*a, **k):
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . PytorchStreamWriter failed writing file")
+
+    monkeypatch.setattr(rundir.torch, "save", full)
+    monkeypatch.setattr(rundir.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10 << 30, 10 << 30, 0))
+    run = tmp_path / "run"
+    assert main(["train", str(sim / "particles.star"), "-o", str(run), "--steps", "2", *TRAIN]) == 2
+    err = capsys.readouterr().err
+    assert f"{run / 'checkpoint.pt'}: no space left on the device" in err and len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err and not run.exists()  # a new run that never saved leaves nothing
+
+
+def test_a_refused_write_names_the_output_not_a_hidden_temporary_file(sim, tmp_path, monkeypatch, capsys):
+    import tempfile
+
+    def denied(*a, prefix="", dir=None, **k):
+        raise PermissionError(13, "Permission denied", str(Path(dir) / f"{prefix}x1y2"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", denied)
+    out = tmp_path / "out.pkl"
+    assert main(["convert", str(sim / "particles.star"), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{out}: Permission denied" in err and ".out.pkl." not in err
+
+
+def test_one_ctf_rule_for_train_predict_and_backproject(sim, trained, tmp_path, capsys):
+    """A bare .mrcs (no CTF): every verb that models images refuses it without --ctf or --no-ctf,
+    in the same words, and takes it with --no-ctf."""
+    mrcs = sim / "particles_000.mrcs"
+    cases = {"train": ["train", str(mrcs), "-o", str(tmp_path / "run"), "--steps", "1", *TRAIN],
+             "predict": ["predict", str(trained), str(mrcs), "-o", str(tmp_path / "p.pkl")],
+             "backproject": ["backproject", str(mrcs), "--poses", str(sim / "gt_poses.pkl"), "-o",
+                             str(tmp_path / "m.mrc"), "--apix", "13.2"]}
+    for verb, argv in cases.items():
+        assert main(argv) == 2, verb
+        err = capsys.readouterr().err
+        assert "no CTF parameters; give --ctf CTF.pkl, or --no-ctf for images without a CTF" in err, (verb, err)
+        assert main(argv + ["--no-ctf"]) == 0, verb
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["data"]["no_ctf"] is True
+    assert "- CTF: no CTF (--no-ctf)" in (tmp_path / "run" / "report.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def crafted(sim, trained, tmp_path_factory) -> Path:
+    """The second catalogue's hostile files, made once."""
+    import pickle
+    import shutil
+
+    import torch
+
+    d = tmp_path_factory.mktemp("crafted")
+    _star_with_optics_twice(sim, d / "optics_twice.star")
+    os.mkfifo(d / "fifo.star")
+    rot: object = 0.0
+    for _ in range(12):
+        rot = [rot] * 10
+    (d / "bomb.pkl").write_bytes(pickle.dumps((rot, [[0.0, 0.0]] * 200)))
+    (d / "spec.yaml").write_text(yaml.safe_dump({"seeds": [0], "models": ["d4-l2"], "steps": 1, "datasets": {
+        "../../../x": {"particles": str(sim / "particles.star")}}}))
+    a = np.zeros(3, dtype=[("blob/path", "S64"), ("blob/idx", "<i8"), ("blob/shape", "<f4"), ("blob/psize_A", "S8")])
+    with open(d / "scalar_shape.cs", "wb") as fh:
+        np.save(fh, a)
+    shutil.copy(sim / "gt_volume.mrc", d / "map.png")
+    shutil.copytree(trained, d / "evil_run")
+    torch.save({"model": _Payload()}, d / "evil_run" / "checkpoint.pt")
+    c = _copy_sim(sim, d / "const")
+    import mrcfile
+
+    with mrcfile.open(c / "particles_000.mrcs", mode="r+") as m:
+        m.set_data(np.zeros_like(m.data))
+    return d
+
+
+#: the second catalogue as command lines: (argv with {d} crafted files, {s} the simulation, {r} a
+#: trained run, {t} a scratch folder; what the one line must say). docs/bad-input.md lists them.
+HOSTILE = {
+    "optics-group-twice": ("info {d}/optics_twice.star --check", "optics group 1 is defined twice (lines"),
+    "fifo": ("info {d}/fifo.star", "not a regular file (a FIFO, socket or device)"),
+    "pose-pickle-bomb": ("convert {d}/bomb.pkl --box 32 -o {t}/out.star", "would expand to more than 1e+09 numbers"),
+    "experiment-name-escapes": ("experiment {d}/spec.yaml -o {t}/exp", "names become folders under the experiment"),
+    "set-seed-nan": ("train {s}/particles.star -o {t}/run --steps 1 --set seed=.nan",
+                     "optimisation.seed nan: expected a finite number"),
+    "set-view-prior-nan": ("train {s}/particles.star -o {t}/run --steps 1 --set view_prior=.nan",
+                           "optimisation.view_prior nan: expected a finite number"),
+    "set-not-a-key": ("train {s}/particles.star -o {t}/run --steps 1 --set out=elsewhere",
+                      "output.dir is set by the command line"),
+    "simulate-snr-nan": ("simulate -o {t}/sim --n 10 --snr nan", "argument --snr: must be > 0, got nan"),
+    "simulate-trans-std-inf": ("simulate -o {t}/sim --n 10 --trans-std inf", "must be a finite number >= 0"),
+    "negative-seed": ("backproject {s}/particles.star -o {t}/m.mrc --seed -1", "argument --seed: must be >= 0"),
+    "analyze-n-0": ("analyze {r} --n 0", "argument --n: must be > 0"),
+    "encoder-bin-3": ("train {s}/particles.star -o {t}/run --steps 1 --set encoder_bin=3",
+                      "encoder input bin 3 (model.encoder_input_bin) must divide the box 32"),
+    "cs-scalar-shape": ("info {d}/scalar_shape.cs", "field blob/shape holds one number per particle"),
+    "mrcs-without-ctf-train": ("train {s}/particles_000.mrcs -o {t}/run --steps 1", "no CTF parameters; give --ctf"),
+    "mrcs-without-ctf-predict": ("predict {r} {s}/particles_000.mrcs -o {t}/p.pkl", "no CTF parameters; give --ctf"),
+    "constant-stack": ("train {d}/const/particles.star -o {t}/run --steps 1", "the images are constant"),
+    "fsc-plot-over-input": ("fsc {d}/map.png {s}/gt_volume.mrc --plot {d}/map.png", "refusing to overwrite the input"),
+    "resume-with-seed": ("train --resume {r} --seed 3 --steps 3", "--seed cannot change a run"),
+    "data-without-resume": ("train {s}/particles.star -o {t}/run --data {s}/particles.star --steps 1",
+                            "--data: only with --resume"),
+    "checkpoint-with-objects": ("predict {d}/evil_run {s}/particles.star -o {t}/p.star",
+                                "it holds objects other than tensors"),
+}
+
+
+def test_the_second_catalogue_is_one_line_exit_2_and_never_a_traceback(sim, trained, crafted, tmp_path):
+    """Every case above in one process, as a user's shell would see it: exit code 2, one line on
+    stderr with the expected words, no "Traceback" in any output, nothing left in the scratch folder."""
+    cases = {k: argv.format(d=crafted, s=sim, r=trained, t=tmp_path).split() for k, (argv, _) in HOSTILE.items()}
+    runner = (
+        "import contextlib, io, json, sys, traceback\n"
+        "from eqcryo.cli.main import main\n"
+        "out = {}\n"
+        "for name, argv in json.loads(sys.argv[1]).items():\n"
+        "    o, e = io.StringIO(), io.StringIO()\n"
+        "    with contextlib.redirect_stdout(o), contextlib.redirect_stderr(e):\n"
+        "        try:\n"
+        "            rc = main(argv)\n"
+        "        except BaseException:\n"
+        "            rc = -1\n"
+        "            e.write(traceback.format_exc())\n"
+        "    out[name] = [rc, o.getvalue(), e.getvalue()]\n"
+        "print(json.dumps(out))\n")
+    r = subprocess.run([sys.executable, "-c", runner, json.dumps(cases)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = json.loads(r.stdout.strip().splitlines()[-1])
+    for name, (rc, out, err) in results.items():
+        assert "Traceback" not in out + err, (name, err)
+        assert rc == 2, (name, rc, err)
+        lines = [x for x in err.strip().splitlines() if not x.startswith(("note:", "warning:"))]
+        assert len(lines) == 1 and HOSTILE[name][1] in lines[0], (name, err)
+    assert list(tmp_path.iterdir()) == []  # no refusal left a folder or file behind

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 from .. import __version__
 from ..data.errors import InputError
@@ -37,9 +38,16 @@ Run `eqcryo VERB --help` for the inputs, outputs, units and an example of each v
 Units: Å for lengths and shifts, degrees for angles, kV, mm (Cs); poses follow RELION."""
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with a bad option reported in one line (the usage is one --help away), as every
+    other refusal is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="eqcryo", description=DESCRIPTION,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog="eqcryo", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"eqcryo {__version__}")
     sub = p.add_subparsers(dest="verb", metavar="VERB", required=True)
     for mod in VERBS.values():
