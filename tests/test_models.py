@@ -104,7 +104,7 @@ def test_encoder_is_exactly_equivariant(group, box, bin):
 
 
 def test_encoder_bin_must_divide_the_box():
-    with pytest.raises(ValueError, match="divisor"):
+    with pytest.raises(ValueError, match="must divide the box"):
         EquivariantEncoder(50, "D4", bin=3)
 
 

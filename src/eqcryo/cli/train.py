@@ -11,7 +11,15 @@ import sys
 
 from ..data.errors import InputError
 from ..models.presets import PRESETS
-from ..training.config import DEFAULT_RECIPE, describe_keys, list_recipes, make_config, parse_sets
+from ..training.config import (
+    DEFAULT_RECIPE,
+    check_device,
+    describe_keys,
+    list_recipes,
+    make_config,
+    parse_sets,
+    resolve_device,
+)
 from ..training.distributed import init_distributed
 from ..training.evaluator import held_out_summary
 from ..training.rundir import RunDir, agreement_line
@@ -78,7 +86,7 @@ def add_parser(sub):
     p.add_argument("--invert-contrast", choices=["auto", "yes", "no"],
                    help="multiply the images by -1: auto decides from the data (a phase-flipped average must be "
                         "a positive blob; decision and score in config.yaml and the report); default auto")
-    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default cpu)")
+    p.add_argument("--device", help="auto (default: CUDA when PyTorch sees a GPU, else CPU), cpu, cuda, cuda:1, ...")
     p.add_argument("--threads", type=positive_int, help="CPU threads for PyTorch (default: PyTorch's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -112,14 +120,15 @@ def run(args) -> int:
             if args.data else {}
         cfg, _ = RunDir(args.resume).read_config(steps=args.steps, time_budget=args.time_budget, device=args.device,
                                                  threads=args.threads, **moved)
-        dist, _ = init_distributed(cfg.compute.device)
+        dist, _ = init_distributed(resolve_device(cfg.compute.device))
         return _train(lambda: Trainer(cfg, resume=True, command=command, dist=dist), args, None, dist,
                       RunDir(args.resume))
     if args.data:
         raise InputError("train --data: only with --resume RUN (a new run takes PARTICLES)")
     if not args.particles or not args.outdir:
         raise InputError("train: give PARTICLES and -o RUN (or --resume RUN)")
-    dist, _ = init_distributed(args.device or "cpu")
+    check_device(args.device or "auto")
+    dist, _ = init_distributed(resolve_device(args.device or "auto"))
     rd = RunDir(args.outdir)
     if rd.has_checkpoint():
         raise InputError(f"{args.outdir}: already holds a run; use --resume {args.outdir} or another folder")
@@ -167,7 +176,7 @@ def _train(make, args, fresh: bool | None, dist, rd: RunDir) -> int:
         dist.shutdown()
     if not dist.is_main:
         return 0
-    print(json.dumps(summary))
+    print(json.dumps({k: v for k, v in summary.items() if k != "provenance"}))  # (in config.yaml and the report)
     if trainer.last_eval is not None:
         print(f"last evaluation: {trainer.last_eval.row['train_seconds']:.0f} s of training, "
               f"{trainer.last_eval.row['images_seen']} images; {held_out_summary(trainer.last_eval)}")

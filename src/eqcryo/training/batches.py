@@ -20,7 +20,7 @@ from ..data.fingerprint import differences, fingerprint
 from ..data.io import load_particles
 from ..data.particles import ParticleTable
 from ..reconstruction.contrast import orient_contrast
-from .config import EvaluationConfig, TrainConfig
+from .config import EvaluationConfig, TrainConfig, resolve_device
 
 __all__ = ["TrainingData"]
 
@@ -60,8 +60,8 @@ class TrainingData:
         probe = ParticleDataset(t, "cpu", self.scale, box=L, pixel_range=self.pixel_range)
         self.contrast = orient_contrast(probe, cfg.data.invert_contrast, seed=cfg.optimisation.seed)
         self.scale = probe.scale
-        self.ds = ParticleDataset(t, device or cfg.compute.device, self.scale, box=L, preload=cfg.data.preload,
-                                  pixel_range=self.pixel_range)
+        self.ds = ParticleDataset(t, device or resolve_device(cfg.compute.device), self.scale, box=L,
+                                  preload=cfg.data.preload, pixel_range=self.pixel_range)
         self.box, self.apix, self.n = L, self.ds.apix, t.n
         self.fingerprint = fingerprint(t)
 

@@ -32,24 +32,35 @@ from ..models.presets import PRESETS, PROFILES
 DEFAULT_RECIPE = "default"
 
 __all__ = ["DEFAULT_RECIPE", "FLAT_KEYS", "SECTIONS", "TrainConfig", "check_device", "describe_keys",
-           "list_recipes", "load_recipe", "make_config", "parse_sets"]
+           "list_recipes", "load_recipe", "make_config", "parse_sets", "resolve_device"]
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when PyTorch sees a CUDA GPU, else ``cpu``; any other device as given."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def check_device(device: str) -> None:
     """Refuse a device this machine does not have, in one line rather than deep in torch."""
     import torch
 
+    if device == "auto":
+        return
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise InputError(f"device {device!r}: expected cpu, cuda or cuda:N") from None
+        raise InputError(f"device {device!r}: expected auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise InputError(f"device {device!r}: this machine has no CUDA GPU that PyTorch can use; use --device cpu")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise InputError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
     elif dev.type != "cpu":
-        raise InputError(f"device {device!r}: expected cpu, cuda or cuda:N")
+        raise InputError(f"device {device!r}: expected auto, cpu, cuda or cuda:N")
 
 
 # ----------------------------------------------------------------------------- typed options
@@ -234,7 +245,7 @@ class ComputeConfig(Section):
     """Where the arithmetic runs."""
 
     NAME: ClassVar[str] = "compute"
-    device: str = opt("cpu", "text", "cpu, cuda or cuda:N")
+    device: str = opt("auto", "text", "auto (CUDA when PyTorch sees a GPU, else CPU), cpu, cuda or cuda:N")
     threads: int | None = opt(None, "posint", "CPU threads for PyTorch (None: PyTorch's)")
 
 

@@ -18,7 +18,7 @@ from ..data.particles import ParticleTable
 from ..models.autoencoder import CryoModel
 from ..models.presets import build_model
 from ..physics.group import displacement_to_origin
-from .config import TrainConfig, check_device
+from .config import TrainConfig, check_device, resolve_device
 from .rundir import RunDir
 
 __all__ = ["infer", "predicted_table", "half_map_fsc", "TrainedModel", "load_trained", "build_for"]
@@ -34,7 +34,7 @@ def build_for(cfg: TrainConfig, box: int, device: str | None = None) -> CryoMode
     except ValueError as e:  # a model that does not fit the box (e.g. encoder_input_bin 3 of 64 px)
         raise InputError(f"model {m.name} at {box} px: {e}") from None
     model.encoder.bf16 = cfg.model.encoder_bf16
-    return model.to(device or cfg.compute.device)
+    return model.to(device or resolve_device(cfg.compute.device))
 
 
 @torch.no_grad()
@@ -107,7 +107,7 @@ class TrainedModel:
         if table.apix is not None and abs(table.pixel_size() - self.apix) > 1e-3 * self.apix:
             raise InputError(f"{src}: pixel size {table.pixel_size():.4g} Å but the model was trained at "
                              f"{self.apix:.4g} Å")
-        return ParticleDataset(table, self.cfg.compute.device, self.scale, box=self.box, apix=self.apix,
+        return ParticleDataset(table, resolve_device(self.cfg.compute.device), self.scale, box=self.box, apix=self.apix,
                                pixel_range=self.pixel_range)
 
     def predict(self, table: ParticleTable) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,7 +125,7 @@ def load_trained(run: str | os.PathLike | RunDir, checkpoint: str | os.PathLike 
     check_device(cfg.compute.device)
     if "box" not in res or "intensity_scale" not in res:
         raise InputError(f"{rd / rd.CONFIG}: lacks the resolved box/intensity scale; was the run started?")
-    state = rd.load_checkpoint(checkpoint, map_location=cfg.compute.device)
+    state = rd.load_checkpoint(checkpoint, map_location=resolve_device(cfg.compute.device))
     model = build_for(cfg, int(res["box"]))
     try:
         model.load_state_dict(state["model"])

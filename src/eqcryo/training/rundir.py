@@ -71,6 +71,15 @@ def agreement_line(threshold: float | None, agreement: dict | None, rows: list[d
             f"strongly preferred orientations or a wrong contrast sign are the usual causes")
 
 
+def _provenance_line(p: dict | None) -> str:
+    if not p:
+        return "(not recorded)"
+    n = p.get("world_size", 1)
+    return (f"{n} process{'es' if n > 1 else ''} × {p.get('threads')} threads, {p.get('device')} "
+            f"({p.get('device_name')}), host {p.get('host')}; eqcryo {p.get('eqcryo')} (commit {p.get('git_commit')}), "
+            f"torch {p.get('torch')}, Python {p.get('python')}")
+
+
 def _read_lock(path: Path) -> dict | None:
     """The holder recorded in a lock file; None while it is being written or unreadable."""
     try:
@@ -147,6 +156,13 @@ class RunDir:
         finally:
             if _read_lock(lock) == me:  # (never another process's lock)
                 lock.unlink(missing_ok=True)
+
+    def in_use(self) -> bool:
+        """Whether a live process holds this folder's lock (a stale lock does not count)."""
+        holder = _read_lock(self / self.LOCK)
+        if holder is None:
+            return (self / self.LOCK).exists()  # (being written)
+        return not _is_stale(holder)
 
     # ------------------------------------------------------------------ config
     def is_run(self) -> bool:
@@ -393,6 +409,7 @@ class RunDir:
                  f"particles: {md_code(cfg.data.particles)} ({res.get('n_particles')}, {res.get('box')} px, "
                  f"{res.get('apix')} Å/px); held-out for evaluation: {res.get('n_eval')}",
                  f"recipe: {cfg.output.recipe or '(none: defaults and options)'}; seed {cfg.optimisation.seed}",
+                 "ran on: " + _provenance_line(res.get("provenance")),
                  "contrast: " + _contrast_line(res.get("contrast")),
                  "CTF: " + ("(not recorded)" if "ctf" not in res else
                             "from the particles' metadata" if res["ctf"] else "no CTF (--no-ctf)"),

@@ -27,10 +27,11 @@ from ..evaluation.analysis import view_prior_penalty
 from ..physics.group import in_plane_turn, turn_images
 from ..physics.rotations import random_rotations
 from .batches import TrainingData
-from .config import TrainConfig
+from .config import TrainConfig, resolve_device
 from .distributed import Distributed, sync_batch_norm
 from .evaluator import Evaluation, Evaluator, GroundTruth
 from .inference import build_for, half_map_fsc, predicted_table
+from .provenance import provenance
 from .refinement import Refinement
 from .rundir import RunDir
 from .schedule import Clock, Interrupt, LossBand, Periodic, RefinementTrigger, StopRule
@@ -60,14 +61,16 @@ class Trainer:
         ``torchrun``'s (:mod:`.distributed`; rank 0 alone writes the run folder)."""
         self.cfg = cfg.validate()
         opt, ref, ev = cfg.optimisation, cfg.refinement, cfg.evaluation
-        self.dist = dist or Distributed(device=cfg.compute.device)
-        self.device = self.dist.device if self.dist.active else cfg.compute.device  # (cuda:LOCAL_RANK under torchrun)
+        self.dist = dist or Distributed(device=resolve_device(cfg.compute.device))
+        # cuda:LOCAL_RANK under torchrun; "auto": CUDA when there is a GPU
+        self.device = self.dist.device if self.dist.active else resolve_device(cfg.compute.device)
         if opt.batch_size % self.dist.world:
             raise InputError(f"optimisation.batch_size {opt.batch_size} is not a multiple of the {self.dist.world} "
                              f"processes")
         self.run_dir = RunDir(cfg.output.dir)
         if cfg.compute.threads:
             torch.set_num_threads(cfg.compute.threads)
+        self.provenance = provenance(str(self.device), self.dist.world, command)
         self.data = TrainingData(cfg, device=self.device)
         self.gt = GroundTruth.load(cfg, self.data.n, self.data.box, self.data.apix)
         self.evaluator = Evaluator(self.data, self.gt, ev.track_mirror)
@@ -103,12 +106,18 @@ class Trainer:
                 self.run_dir.write_config(cfg, resolved)
         if not self.dist.is_main:
             return
+        # the training log's first line (after the data's notes): where this runs. Not before the
+        # checks above, so that a refusal stays one line
+        print(f"eqcryo {self.provenance['eqcryo']}: device {self.device} ({self.provenance['device_name']}), "
+              f"{self.dist.world} process{'es' if self.dist.world > 1 else ''}, {self.provenance['threads']} "
+              f"thread{'s' if self.provenance['threads'] > 1 else ''} each", file=sys.stderr)
         self.run_dir.path.mkdir(parents=True, exist_ok=True)
         self.run_dir.remove_stale_temporaries()
         if resume:
             self.run_dir.truncate_logs(self.step)
         else:
-            self.run_dir.write_config(cfg, {**self.data.resolved(), "loss": self.model.loss_name,
+            self.run_dir.write_config(cfg, {**self.data.resolved(), "provenance": self.provenance,
+                                            "loss": self.model.loss_name,
                                             "decoder": type(self.model.decoder).__name__})
             self.run_dir.clear_logs()
 
@@ -306,7 +315,7 @@ class Trainer:
         summary = {"steps": self.step, "train_seconds": self.clock.train_seconds,
                    "eval_seconds": self.clock.eval_seconds, "images_seen": self.images_seen,
                    "converged": self.converged, "agreement": self.stop.finished, "wall_seconds": wall_seconds,
-                   "command": self.command}
+                   "command": self.command, "provenance": self.provenance}
         self.run_dir.write_results(self.model.decoder.volume().float().cpu().numpy(), self.data.apix, pred,
                                    {k: v for k, v in summary.items() if v is not None},
                                    None if self.last_eval is None else self.last_eval.fsc, halves)
