@@ -9,7 +9,7 @@ from pathlib import Path
 from ..data.errors import InputError
 from ..experiments.grid import load_spec, run_grid
 from ..experiments.report import write_report
-from .common import verb_parser
+from .common import nonneg_int, positive_int, verb_parser
 
 
 def add_parser(sub):
@@ -29,7 +29,17 @@ def add_parser(sub):
     p.add_argument("dir", nargs="?", help="with 'report': the experiment folder")
     p.add_argument("-o", "--outdir", help="experiment folder (for a SPEC)")
     p.add_argument("--spec", help="with 'report': the spec (for SNR labels)")
-    p.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
+    p.add_argument("--jobs", type=positive_int, default=1, help="runs at once (default 1)")
+    p.add_argument("--launcher", choices=["local", "slurm"],
+                   help="run each cell as a job through submitit: local processes (at most --jobs at once; "
+                        "waited for), or a Slurm job array (submitted; check with --status). Default: the cells "
+                        "in this process, one after another (or --jobs local processes)")
+    p.add_argument("--status", action="store_true", help="with an experiment folder: print the cells' table")
+    p.add_argument("--slurm-partition", help="Slurm partition")
+    p.add_argument("--slurm-gpus-per-job", type=nonneg_int, default=0, help="GPUs per cell (default 0)")
+    p.add_argument("--slurm-time", type=positive_int, default=60, metavar="MINUTES",
+                   help="time limit per cell in minutes (default 60); the run saves a checkpoint at the "
+                        "limit's warning signal and the next submission resumes it")
     p.add_argument("--only", type=int, help="run only this grid index")
     p.add_argument("--threads", type=int, help="(internal) threads per run")
     p.add_argument("--no-progress", action="store_true")
@@ -46,16 +56,29 @@ def run(args) -> int:
         print(write_report(args.dir, spec))
         _figures(Path(args.dir))
         return 0
+    if args.status:
+        return _status(Path(args.target))
     if not args.outdir:
         raise InputError("experiment: give the output folder with -o DIR")
+    if args.launcher or args.jobs > 1:
+        from ..experiments.launch import SlurmOptions, launch
+
+        rows = launch(args.target, args.outdir, args.launcher or "local", jobs=args.jobs,
+                      slurm=SlurmOptions(args.slurm_partition, args.slurm_gpus_per_job, args.slurm_time))
+        _print_table(rows)
+        failed = [r for r in rows if r["state"] == "failed"]
+        if args.launcher == "slurm":
+            print(f"submitted; follow with: eqcryo experiment {args.outdir} --status (logs in "
+                  f"{Path(args.outdir) / 'logs'})")
+        return 1 if failed and args.launcher != "slurm" else 0
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
     from ..training.trainer import TrainingInterrupted
 
     try:
-        status = run_grid(args.target, args.outdir, jobs=args.jobs, only=args.only,
-                          progress=not args.no_progress, threads=args.threads)
+        status = run_grid(args.target, args.outdir, only=args.only, progress=not args.no_progress,
+                          threads=args.threads)
     except TrainingInterrupted as e:  # Ctrl-C: the running cell saved a checkpoint
         print(f"eqcryo experiment: {e}; or rerun this command: finished cells are skipped and "
               f"this one resumes", file=sys.stderr)
@@ -93,3 +116,26 @@ def _figures(d: Path) -> None:
         if curves:
             from ..evaluation.figures import plot_fsc
             plot_fsc(d / f"fsc_best_{ds}.png", curves)
+
+
+def _print_table(rows: list[dict]) -> None:
+    print("| cell | data set | model | seed | state | attempts | training s | pose MSE |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        t = "" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}"
+        m = "" if r["pose_mse"] is None else f"{r['pose_mse']:.3f}"
+        print(f"| {r['index']} | {r['dataset']} | {r['model']} | {r['seed']} | {r['state']} | {r['attempts']} | "
+              f"{t} | {m} |")
+
+
+def _status(d: Path) -> int:
+    """The cells of the experiment in folder ``d`` (its grid.json and the spec it was run with)."""
+    from ..experiments.launch import cell_table
+
+    if not (d / "grid.json").exists():
+        raise InputError(f"{d}: no grid.json; is it an experiment folder (eqcryo experiment SPEC -o {d})?")
+    record = d / "experiment.json"
+    if not record.exists():
+        raise InputError(f"{record}: not found; the experiment was run before --status existed")
+    _print_table(cell_table(d, load_spec(json.loads(record.read_text())["spec"])))
+    return 0

@@ -17,8 +17,8 @@ Spec (YAML)::
 Each run is an ordinary ``eqcryo train`` folder ``DIR/runs/<dataset>__<model>__seed<k>``.
 Finished runs (``summary.json`` with the budget reached, or the run ended by its agreement rule,
 ``stop_match_mse``) are skipped, interrupted ones (a checkpoint) resumed, the rest started;
-``--only INDEX`` runs one grid cell (for a cluster scheduler's array job); ``--jobs N`` runs N
-processes at once with the threads split.
+``--only INDEX`` runs one grid cell (for a hand-written array job); several cells at once, as
+local processes or a Slurm job array: :mod:`.launch`.
 """
 
 from __future__ import annotations
@@ -26,9 +26,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,32 +169,27 @@ def run_one(spec: dict, run: GridRun, out: Path, threads: int | None = None, pro
     return status
 
 
-def run_grid(spec_path: str, out: str, jobs: int = 1, only: int | None = None, progress: bool = True,
+def write_grid_record(out: Path, spec_path: str, runs: list[GridRun]) -> None:
+    """DIR/grid.json (the cells) and DIR/experiment.json (the spec they came from, for --status)."""
+    (out / "grid.json").write_text(json.dumps([{"index": r.index, "dataset": r.dataset, "model": r.model,
+                                                "seed": r.seed, "path": str(r.path)} for r in runs], indent=2))
+    (out / "experiment.json").write_text(json.dumps({"spec": str(Path(spec_path).resolve())}, indent=2))
+
+
+def run_grid(spec_path: str, out: str, only: int | None = None, progress: bool = True,
              threads: int | None = None) -> list[str]:
-    """Run the grid (or its cell ``only``); ``threads`` per run is recorded in each run's config."""
+    """Run the grid's unfinished cells (or its cell ``only``) in this process, one after another;
+    ``threads`` per run is recorded in each run's config. Several at once, or on a cluster: the
+    launchers of :mod:`.launch`."""
     spec = load_spec(spec_path)
     out_p = Path(out)
     out_p.mkdir(parents=True, exist_ok=True)
     runs = grid_runs(spec, out_p)
-    (out_p / "grid.json").write_text(json.dumps([{"index": r.index, "dataset": r.dataset, "model": r.model,
-                                                  "seed": r.seed, "path": str(r.path)} for r in runs], indent=2))
+    write_grid_record(out_p, spec_path, runs)
     if only is not None:
         if not 0 <= only < len(runs):
             raise InputError(f"--only {only}: the grid has {len(runs)} runs (0..{len(runs) - 1})")
         return [run_one(spec, runs[only], out_p, threads=threads, progress=progress)]
-    # datasets first (simulation is not thread-safe to race on)
     for ds in spec["datasets"]:
         _dataset_paths(spec, ds, out_p)
-    todo = [r for r in runs if run_status(r, spec) != "done"]
-    if jobs <= 1:
-        return [run_one(spec, r, out_p, threads=threads, progress=progress) for r in todo]
-    threads = max(1, (os.cpu_count() or 2) // jobs)
-
-    def sub(r: GridRun) -> str:
-        cmd = [sys.executable, "-m", "eqcryo.cli.main", "experiment", spec_path, "-o", out, "--only", str(r.index),
-               "--threads", str(threads), "--no-progress"]
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        return "ok" if res.returncode == 0 else f"failed: {res.stderr.strip().splitlines()[-1:]}"
-
-    with ThreadPoolExecutor(jobs) as ex:
-        return list(ex.map(sub, todo))
+    return [run_one(spec, r, out_p, threads=threads, progress=progress) for r in runs if run_status(r, spec) != "done"]
