@@ -102,11 +102,11 @@ def state(key, value):
     tmp = p.with_suffix(".tmp"); tmp.write_text(json.dumps(d)); os.replace(tmp, p)
 for task in range(lo, hi + 1):
     state(f"{{job}}_{{task}}", "PENDING")
-fail = int(job) == 4200 and os.environ.get("FAKE_SLURM_FAIL_FIRST")
+first = int(job) == 4200 and os.environ.get("FAKE_SLURM_FIRST_STATE")  # the first array ends so, unrun
 for task in range(lo, hi + 1):
     key = f"{{job}}_{{task}}"
-    if fail:
-        state(key, "FAILED"); continue
+    if first:
+        state(key, first); continue
     t0 = time.time()
     while not (pathlib.Path(folder) / f"{{key}}_submitted.pkl").exists() and time.time() - t0 < 60:
         time.sleep(0.2)
@@ -193,15 +193,19 @@ def test_a_grid_on_slurm_is_one_job_array_and_its_results_are_collected(fake_slu
 
 
 @pytest.mark.slow
-def test_a_failed_slurm_cell_is_retried_once_then_reported(fake_slurm, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("FAKE_SLURM_FAIL_FIRST", "1")
+@pytest.mark.parametrize("first,state,attempts", [("FAILED", "failed", 2), ("TIMEOUT", "stopped", 1)])
+def test_a_failed_slurm_cell_is_retried_and_a_timed_out_one_resumed(fake_slurm, tmp_path, monkeypatch, first, state,
+                                                                     attempts):
+    """A failed array is submitted once more (its cells count 2 attempts); one stopped by the time
+    limit is resubmitted as the same attempt."""
+    monkeypatch.setenv("FAKE_SLURM_FIRST_STATE", first)
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump(GRID))
     exp = tmp_path / "exp"
     args = ["experiment", str(spec), "-o", str(exp), "--launcher", "slurm", "--jobs", "2"]
     assert main(args) == 0
-    assert [r["state"] for r in _wait_for(exp, {"failed"}, 60)] == ["failed", "failed"]
-    assert main(args) == 0  # the retry: a second array, which completes
+    assert [r["state"] for r in _wait_for(exp, {state}, 60)] == [state, state]
+    assert main(args) == 0  # a second array, which completes
     assert len(list(fake_slurm.glob("sbatch_*.sh"))) == 2
     rows = _wait_for(exp, {"done", "failed"})
-    assert [(r["state"], r["attempts"]) for r in rows] == [("done", 2), ("done", 2)], rows
+    assert [(r["state"], r["attempts"]) for r in rows] == [("done", attempts), ("done", attempts)], rows

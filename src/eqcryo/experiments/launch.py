@@ -32,9 +32,11 @@ LAUNCHERS = ("local", "slurm")
 JOBS, LOGS = "jobs.json", "logs"
 #: attempts per cell: the first, and one retry
 MAX_ATTEMPTS = 2
-#: Slurm states after which a cell's job will not write anything more
-_ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
-          "DEADLINE"}
+#: Slurm states of a job that ended without finishing its cell: a failure (retried once)
+_FAILED = {"COMPLETED", "FAILED", "CANCELLED", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"}
+#: ... and states of a job stopped from outside: the run saved a checkpoint at SIGTERM, so the cell
+#: is pending again (resumed by the next launch) and not counted as a failure
+_STOPPED = {"TIMEOUT", "PREEMPTED"}
 
 
 @dataclass
@@ -77,7 +79,8 @@ def _slurm_state(out: Path, job_id: str) -> str:
 
 
 def cell_state(run: GridRun, spec: dict[str, Any], out: Path, record: dict[str, Any] | None) -> str:
-    """pending, running, done or failed (from the run folder first, then the cell's last job)."""
+    """pending, running, stopped (by the time limit: resumes), done or failed (from the run folder
+    first, then the cell's last job)."""
     if run_status(run, spec) == "done":
         return "done"
     if RunDir(run.path).in_use():
@@ -86,7 +89,9 @@ def cell_state(run: GridRun, spec: dict[str, Any], out: Path, record: dict[str, 
         return "pending"
     if record.get("launcher") == "slurm" and record.get("job_id"):
         state = _slurm_state(out, record["job_id"]).split()[0]
-        if state in _ENDED:
+        if state in _STOPPED:
+            return "stopped"
+        if state in _FAILED:  # (COMPLETED without a finished run folder: the cell raised)
             return "failed"
         return "running" if state in ("RUNNING", "COMPLETING") else "pending"
     return "failed" if record.get("error") else "pending"
@@ -135,8 +140,11 @@ def launch(spec_path: str, out: str | os.PathLike, launcher: str, jobs: int = 1,
         state = cell_state(r, spec, out, rec)
         if state == "failed" and (rec or {}).get("attempts", 0) >= MAX_ATTEMPTS:
             continue  # reported, not retried again
-        if state in ("pending", "failed") and not (rec and rec.get("launcher") == "slurm" and state == "pending"
-                                                   and rec.get("job_id")):
+        if state == "stopped" and rec is not None:
+            rec["attempts"] = max(0, rec.get("attempts", 1) - 1)  # (a time limit is not a failed attempt)
+            todo.append(r)
+        elif state in ("pending", "failed") and not (rec and rec.get("launcher") == "slurm" and state == "pending"
+                                                     and rec.get("job_id")):
             todo.append(r)
     spec_abs, out_abs = str(Path(spec_path).resolve()), str(out.resolve())
     if launcher == "slurm":
