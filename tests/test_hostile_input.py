@@ -517,3 +517,16 @@ def test_the_second_catalogue_is_one_line_exit_2_and_never_a_traceback(sim, trai
         lines = [x for x in err.strip().splitlines() if not x.startswith(("note:", "warning:"))]
         assert len(lines) == 1 and HOSTILE[name][1] in lines[0], (name, err)
     assert list(tmp_path.iterdir()) == []  # no refusal left a folder or file behind
+
+
+def test_a_30px_stack_without_ctf_trains_end_to_end(tmp_path, capsys):
+    """cryoDRGN's toy set has this shape (30 px, a bare .mrcs, no CTF): the default recipe bins the
+    encoder's input by 2, which would give it an odd 15 px image; it uses 30 px instead, and says so."""
+    simulate(SimulationConfig(n=120, box=30, apix=15.0, seed=2, ctf=False), tmp_path / "toy", progress=False)
+    run = tmp_path / "run"
+    assert main(["train", str(tmp_path / "toy" / "particles_000.mrcs"), "-o", str(run), "--no-ctf", "--apix", "15",
+                 "--steps", "3", "--set", "batch_size=16", "--set", "eval_n=12", "--no-progress"]) == 0
+    assert "would give the encoder an odd 15 px image; using 1" in capsys.readouterr().err
+    assert (run / "reconstruction.mrc").exists() and (run / "predicted_particles.star").exists()
+    assert main(["predict", str(run), str(tmp_path / "toy" / "particles_000.mrcs"), "-o", str(tmp_path / "p.star")]) == 0
+    assert (tmp_path / "p.star").exists()  # (the run's rule: no CTF, so none is asked of new particles)

@@ -7,6 +7,7 @@ may have moved or gone (``eqcryo predict`` on new data works anywhere the run fo
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,8 +30,13 @@ def build_for(cfg: TrainConfig, box: int, device: str | None = None) -> CryoMode
     training), on ``device`` (default ``cfg.compute.device``)."""
     torch.manual_seed(cfg.optimisation.seed)
     m = cfg.model
+    bin = m.encoder_input_bin or 1
+    if bin > 1 and box % bin == 0 and (box // bin) % 2:  # e.g. 30 px binned by 2: the encoders need even sides
+        print(f"note: model.encoder_input_bin {bin} would give the encoder an odd {box // bin} px image; using 1 "
+              f"(the whole {box} px)", file=sys.stderr)
+        bin = 1
     try:
-        model = build_model(m.name, m.profile, box, m.decoder, m.rotation_param, m.encoder_input_bin, m.hypotheses)
+        model = build_model(m.name, m.profile, box, m.decoder, m.rotation_param, bin, m.hypotheses)
     except ValueError as e:  # a model that does not fit the box (e.g. encoder_input_bin 3 of 64 px)
         raise InputError(f"model {m.name} at {box} px: {e}") from None
     model.encoder.bf16 = cfg.model.encoder_bf16
