@@ -63,6 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help (0) or a bad option (2, argparse has printed why)
         return int(e.code or 0) if not isinstance(e.code, str) else 2
     args.argv = argv  # the command line as given (recorded by verbs that write a report)
+    rc = _run(args)
+    from ..training.distributed import exit_distributed
+
+    exit_distributed(rc)  # under torchrun: leave without the gloo teardown that can deadlock
+    return rc
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
     except InputError as e:

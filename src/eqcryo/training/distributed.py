@@ -33,7 +33,7 @@ import torch.nn as nn
 
 from ..data.errors import InputError
 
-__all__ = ["Distributed", "init_distributed", "GlobalBatchNorm", "sync_batch_norm"]
+__all__ = ["Distributed", "exit_distributed", "init_distributed", "GlobalBatchNorm", "sync_batch_norm"]
 
 
 @dataclass
@@ -71,8 +71,23 @@ class Distributed:
             dist.barrier()
 
     def shutdown(self) -> None:
+        """Wait until every rank is done. The process group is not destroyed: destroying gloo's
+        (explicitly, or when DDP's reducer is freed at exit) can deadlock against a gloo worker
+        thread waiting for the GIL; the process leaves through ``os._exit`` instead
+        (:func:`exit_distributed`), and the operating system closes its connections."""
         if self.active and dist.is_initialized():
-            dist.destroy_process_group()
+            dist.barrier()
+
+
+def exit_distributed(rc: int) -> None:
+    """Under torchrun: flush the output and end this process at once, without the teardown that
+    can deadlock (:meth:`Distributed.shutdown`). A no-op for a single process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and dist.is_initialized():
+        import sys
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
 
 
 def init_distributed(device: str) -> tuple[Distributed, str]:
