@@ -234,3 +234,21 @@ def test_plot_series_groups_lines_that_share_a_label(tmp_path, monkeypatch):
     assert colours[0] == colours[1] != colours[2]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["d4", "c4"]
     assert ax.get_title() == "grid" and (tmp_path / "f.png").stat().st_size > 0
+
+
+def test_a_budget_in_images_sets_each_runs_steps_from_its_batch_size(tmp_path, capsys):
+    """images: 40 with batch 16 -> 3 steps (rounded up), 48 images; rerunning runs nothing."""
+    spec = {"images": 40, "seeds": [0], "models": ["d4-l2"],
+            "train": {"batch_size": 16, "eval_n": 16, "eval_every": 1e9},
+            "datasets": {"tiny": {"simulate": {"n": 80, "box": 32, "apix": 13.2, "seed": 1}}}}
+    p = tmp_path / "grid.yaml"
+    p.write_text(yaml.safe_dump(spec))
+    assert main(["experiment", str(p), "-o", str(tmp_path / "exp"), "--no-progress"]) == 0
+    s = json.loads((tmp_path / "exp" / "runs" / "tiny__d4-l2__seed0" / "summary.json").read_text())
+    assert s["steps"] == 3 and s["images_seen"] == 48
+    capsys.readouterr()
+    assert main(["experiment", str(p), "-o", str(tmp_path / "exp"), "--no-progress"]) == 0
+    assert '"runs": 0' in capsys.readouterr().out  # done: nothing ran again
+    p.write_text(yaml.safe_dump({**spec, "steps": 3}))
+    assert main(["experiment", str(p), "-o", str(tmp_path / "exp2")]) == 2
+    assert "give images or steps, not both" in capsys.readouterr().err

@@ -2,7 +2,9 @@
 
 Spec (YAML)::
 
-    time_budget: 600              # seconds of training per run
+    time_budget: 600              # seconds of training per run, and/or
+    images: 600000                # images per run (steps = images / batch size): a budget that does
+                                  # not depend on the machine's speed
     seeds: [0, 1, 2]
     models: [standard, c4-l2, c4-mirror, d4-l2]
     recipe: cpu-amortized         # a training recipe (eqcryo train --list-recipes), optional
@@ -64,8 +66,13 @@ def load_spec(path: str | os.PathLike) -> dict:
     for key in ("datasets", "models", "seeds"):
         if key not in spec:
             raise InputError(f"{p}: missing required key {key!r}")
-    if spec.get("time_budget") is None and spec.get("steps") is None:
-        raise InputError(f"{p}: give time_budget (seconds per run) or steps")
+    if spec.get("time_budget") is None and spec.get("steps") is None and spec.get("images") is None:
+        raise InputError(f"{p}: give time_budget (seconds per run), images or steps")
+    if spec.get("images") is not None and spec.get("steps") is not None:
+        raise InputError(f"{p}: give images or steps, not both")
+    img = spec.get("images")
+    if img is not None and (isinstance(img, bool) or not isinstance(img, int) or img < 1):
+        raise InputError(f"{p}: images {img!r}: expected a whole number >= 1")
     TrainConfig.from_dict(spec.get("train") or {}, f"{p}: train")  # unknown options named with the file
     for key, kind in (("seeds", list), ("models", list), ("datasets", dict)):
         if not isinstance(spec[key], kind) or not spec[key]:
@@ -83,10 +90,18 @@ def load_spec(path: str | os.PathLike) -> dict:
         raise InputError(f"{p}: seeds must be whole numbers >= 0, found {spec['seeds']!r}")
     # every run's options are checked now, not after the first runs (and before grid.json exists)
     for m in spec["models"]:
-        make_config(spec.get("recipe") or DEFAULT_RECIPE, _run_sets(spec, m), time_budget=spec.get("time_budget"),
-                    steps=spec.get("steps"))
+        cfg = make_config(spec.get("recipe") or DEFAULT_RECIPE, _run_sets(spec, m),
+                          time_budget=spec.get("time_budget"), steps=spec.get("steps") or 1)
+        spec.setdefault("_steps", {})[m] = _steps(spec, cfg.optimisation.batch_size)
     spec["_base"] = str(p.parent.resolve())
     return spec
+
+
+def _steps(spec: dict, batch_size: int) -> int | None:
+    """The steps of a run: ``steps``, or ``images`` over the run's batch size (rounded up)."""
+    if spec.get("images") is not None:
+        return -(-int(spec["images"]) // batch_size)
+    return spec.get("steps")
 
 
 def _run_sets(spec: dict, model: str) -> dict[str, dict]:
@@ -114,7 +129,8 @@ def run_status(run: GridRun, spec: dict) -> str:
     if d is not None:
         if d.get("agreement"):  # it ended by its own no-ground-truth rule: a larger budget would not run it on
             return "done"
-        if (spec.get("steps") is not None and d["steps"] >= spec["steps"]) or \
+        steps = (spec.get("_steps") or {}).get(run.model, spec.get("steps"))
+        if (steps is not None and d["steps"] >= steps) or \
                 (spec.get("time_budget") is not None and d["train_seconds"] >= spec["time_budget"]):
             return "done"
     return "interrupted" if rd.has_checkpoint() else "new"
@@ -157,13 +173,14 @@ def run_one(spec: dict, run: GridRun, out: Path, threads: int | None = None, pro
     with RunDir(run.path).locked():  # two workers (or array tasks) never train one cell at once
         if status == "interrupted":
             cfg, _ = RunDir(run.path).read_config()
-            cfg.optimisation.time_budget_seconds, cfg.optimisation.steps = spec.get("time_budget"), spec.get("steps")
+            cfg.optimisation.time_budget_seconds = spec.get("time_budget")
+            cfg.optimisation.steps = spec["_steps"][run.model]
             tr = Trainer(cfg, resume=True)
         else:
             cfg = make_config(spec.get("recipe") or DEFAULT_RECIPE, _run_sets(spec, run.model),
                               particles=ds["particles"], out=str(run.path), gt_poses=ds.get("gt_poses"),
                               gt_volume=ds.get("gt_volume"), ctf=ds.get("ctf"), seed=run.seed,
-                              time_budget=spec.get("time_budget"), steps=spec.get("steps"), threads=threads)
+                              time_budget=spec.get("time_budget"), steps=spec["_steps"][run.model], threads=threads)
             tr = Trainer(cfg)
         tr.run(progress=progress)
     return status
