@@ -252,3 +252,38 @@ def test_a_budget_in_images_sets_each_runs_steps_from_its_batch_size(tmp_path, c
     p.write_text(yaml.safe_dump({**spec, "steps": 3}))
     assert main(["experiment", str(p), "-o", str(tmp_path / "exp2")]) == 2
     assert "give images or steps, not both" in capsys.readouterr().err
+
+
+def test_convergence_figures_show_each_models_seeds_as_a_median_and_a_range(tmp_path, capsys):
+    import csv
+
+    import numpy as np
+
+    from eqcryo.evaluation.figures import convergence_band
+
+    # three seeds on different evaluation points: the band is the pointwise min/max, the line the median
+    x1, x2, x3 = np.array([0, 100, 200]), np.array([0, 50, 150, 250]), np.array([10, 200])
+    band = convergence_band([(x1, [4, 2, 1]), (x2, [5, 4, 3, 2]), (x3, [6.0, 0.5])])
+    grid, med, lo, hi = band
+    assert grid[0] == 10 and grid[-1] == 200  # the latest start to the earliest end
+    i = np.argmin(abs(grid - 100))
+    vals = [np.interp(grid[i], x1, [4, 2, 1]), np.interp(grid[i], x2, [5, 4, 3, 2]), np.interp(grid[i], x3, [6, .5])]
+    assert (med[i], lo[i], hi[i]) == pytest.approx((np.median(vals), min(vals), max(vals)))
+    assert convergence_band([([0.0], [1.0])]) is None
+    # from an experiment folder: one figure per data set and x axis
+    d = tmp_path / "exp"
+    grid_json = []
+    for k, (model, seed) in enumerate([("d4-l2", 0), ("d4-l2", 1), ("standard", 0)]):
+        run = d / "runs" / f"ds__{model}__seed{seed}"
+        run.mkdir(parents=True)
+        with open(run / "metrics.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["step", "train_seconds", "images_seen", "pose_mse"])
+            for s in range(4):
+                w.writerow([s, 10.0 * s, 320 * s, 5.0 / (1 + s + seed)])
+        grid_json.append({"index": k, "dataset": "ds", "model": model, "seed": seed, "path": f"elsewhere/{run.name}"})
+    (d / "grid.json").write_text(json.dumps(grid_json))
+    assert main(["experiment", str(d), "--figures"]) == 0
+    out = capsys.readouterr().out
+    for name in ("convergence_ds_images.png", "convergence_ds_seconds.png"):
+        assert f"wrote {d / name}" in out and (d / name).read_bytes()[:4] == b"\x89PNG"

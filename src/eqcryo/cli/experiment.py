@@ -35,6 +35,9 @@ def add_parser(sub):
                         "waited for), or a Slurm job array (submitted; check with --status). Default: the cells "
                         "in this process, one after another (or --jobs local processes)")
     p.add_argument("--status", action="store_true", help="with an experiment folder: print the cells' table")
+    p.add_argument("--figures", action="store_true",
+                   help="with an experiment folder: convergence curves (pose MSE against images and against "
+                        "seconds, median and range of the seeds) per data set, as DIR/convergence_*.png")
     p.add_argument("--slurm-partition", help="Slurm partition")
     p.add_argument("--slurm-gpus-per-job", type=nonneg_int, default=0, help="GPUs per cell (default 0)")
     p.add_argument("--slurm-time", type=positive_int, default=60, metavar="MINUTES",
@@ -58,6 +61,10 @@ def run(args) -> int:
         return 0
     if args.status:
         return _status(Path(args.target))
+    if args.figures:
+        for f in convergence_figures(Path(args.target)):
+            print(f"wrote {f}")
+        return 0
     if not args.outdir:
         raise InputError("experiment: give the output folder with -o DIR")
     if args.launcher or args.jobs > 1:
@@ -85,6 +92,33 @@ def run(args) -> int:
         return 130
     print(json.dumps({"runs": len(status), "status": status}))
     return 0
+
+
+def convergence_figures(d: Path) -> list[Path]:
+    """DIR/convergence_<data set>_{images,seconds}.png: every model's seeds as a median and a band."""
+    from ..evaluation.figures import plot_convergence
+    from ..training.rundir import RunDir
+
+    if not (d / "grid.json").exists():
+        raise InputError(f"{d}: no grid.json; is it an experiment folder?")
+    grid = json.loads((d / "grid.json").read_text())
+    written = []
+    for ds in dict.fromkeys(g["dataset"] for g in grid):
+        for xkey, label, name in (("images_seen", "images seen", "images"),
+                                  ("train_seconds", "training time (s, wall)", "seconds")):
+            curves: dict[str, list] = {}
+            for g in grid:
+                run = d / "runs" / Path(g["path"]).name  # (grid.json's paths are as the launch was given)
+                mm = RunDir(run).read_metrics() if g["dataset"] == ds else {}
+                if "pose_mse" in mm:
+                    curves.setdefault(g["model"], []).append((mm[xkey], mm["pose_mse"]))
+            if curves:
+                out = d / f"convergence_{ds}_{name}.png"
+                plot_convergence(out, curves, label)
+                written.append(out)
+    if not written:
+        raise InputError(f"{d}: no run has evaluations with ground truth (pose_mse) yet")
+    return written
 
 
 def _figures(d: Path) -> None:

@@ -93,3 +93,45 @@ def plot_series(path, series, ylabel: str, logy: bool = True, hline: float | Non
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
+
+
+def convergence_band(seeds: list) -> tuple | None:
+    """(x (200,), median, low, high) of several seeds' (x, mse) curves on a common x: from the
+    latest start to the earliest end of the seeds (no extrapolation); NaN evaluations dropped.
+    None when no seed has two evaluations."""
+    import numpy as np
+
+    clean = []
+    for x, y in seeds:
+        x, y = np.asarray(x, float), np.asarray(y, float)
+        ok = np.isfinite(x) & np.isfinite(y)
+        if ok.sum() > 1:
+            clean.append((x[ok], y[ok]))
+    if not clean:
+        return None
+    grid = np.linspace(max(x[0] for x, _ in clean), min(x[-1] for x, _ in clean), 200)
+    ys = np.stack([np.interp(grid, x, y) for x, y in clean])
+    return grid, np.median(ys, 0), ys.min(0), ys.max(0)
+
+
+def plot_convergence(path, curves: dict, xlabel: str, threshold: float = 0.1) -> None:
+    """Held-out pose MSE against ``xlabel`` (images or seconds) per model: the median over its seeds
+    as a line, the range of the seeds as a band (:func:`convergence_band`). ``curves``: model ->
+    [(x (n,), mse (n,)), ...], one pair per seed."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for k, (model, seeds) in enumerate(curves.items()):
+        band = convergence_band(seeds)
+        if band is None:
+            continue
+        grid, med, lo, hi = band
+        ax.fill_between(grid, lo, hi, color=f"C{k}", alpha=0.2, lw=0)
+        ax.plot(grid, med, color=f"C{k}", label=f"{model} (median of {len(seeds)} seeds, range shaded)")
+    ax.axhline(threshold, color="grey", lw=0.8, ls="--")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("held-out pose MSE")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
