@@ -228,6 +228,7 @@ def test_disk_full_is_one_line(work, tmp_path, capsys, monkeypatch):
     assert err.endswith("No space left on device") and str(tmp_path / "m.mrc") in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_run_folder_works_from_another_directory(work, tmp_path, monkeypatch, capsys):
     """5: config.yaml stores absolute paths (and the spelling given); evaluate, resume, predict and
     analyze work from another folder."""

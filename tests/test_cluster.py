@@ -25,6 +25,7 @@ def sim(tmp_path_factory) -> Path:
     return d / "sim"
 
 
+@pytest.mark.slow
 def test_a_run_records_where_it_ran_and_says_its_device_first(sim, tmp_path):
     r = subprocess.run([sys.executable, "-m", "eqcryo.cli.main", "train", str(sim / "particles.star"), "-o",
                         str(tmp_path / "run"), "--steps", "2", *TRAIN], capture_output=True, text=True, timeout=300)

@@ -176,6 +176,7 @@ def test_grid_skips_finished_and_resumes_interrupted_runs(spec_file, tmp_path, c
         assert (runs[0].path / f).exists(), f
 
 
+@pytest.mark.slow
 def test_grid_counts_a_run_ended_by_its_agreement_rule_as_done(spec_file, tmp_path):
     """The default recipe ends a run early once encoder and search agree (stop_match_mse); with
     a larger budget such a run must not be resumed and trained past its own end."""
@@ -236,6 +237,7 @@ def test_plot_series_groups_lines_that_share_a_label(tmp_path, monkeypatch):
     assert ax.get_title() == "grid" and (tmp_path / "f.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_a_budget_in_images_sets_each_runs_steps_from_its_batch_size(tmp_path, capsys):
     """images: 40 with batch 16 -> 3 steps (rounded up), 48 images; rerunning runs nothing."""
     spec = {"images": 40, "seeds": [0], "models": ["d4-l2"],

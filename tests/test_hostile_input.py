@@ -98,6 +98,7 @@ def _copy_sim(sim: Path, dest: Path) -> Path:
     return dest
 
 
+@pytest.mark.slow
 def test_resume_refuses_data_replaced_under_the_same_name(sim, trained, tmp_path, capsys):
     """Same file names, same N and box, other images: refused, naming the images; the run is
     untouched. The same data moved elsewhere resumes with --data, and the record follows it."""
@@ -123,6 +124,7 @@ def test_resume_refuses_data_replaced_under_the_same_name(sim, trained, tmp_path
     assert str(good / "particles.star") in (run / "config.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_ctf_and_other_counts(sim, trained, tmp_path, capsys):
     import shutil
 
@@ -191,6 +193,7 @@ def _contrast_and_scale(star: Path, out: Path) -> dict:
     return yaml.safe_load((out / "config.yaml").read_text())["resolved"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("value", [-1e4, -1e30])
 def test_one_hot_pixel_changes_neither_the_contrast_decision_nor_the_scale(sim, tmp_path, capsys, value):
     def hot(a):
@@ -256,6 +259,7 @@ def test_fsc_json_prints_float32_values_at_their_precision(sim, capsys):
     assert "26.399999" not in out and "13.199999" not in out
 
 
+@pytest.mark.slow
 def test_a_pose_pickle_of_shared_references_is_refused_under_a_memory_limit(sim, tmp_path):
     """308 bytes that unpickle to 10^12 floats through shared nested lists: refused in one line,
     under a 4 GB address-space limit, within 60 s (it used to build 7.5 GB before a MemoryError)."""
@@ -293,6 +297,7 @@ def test_an_experiment_data_set_name_cannot_leave_the_experiment_folder(sim, tmp
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("what", ["stack", "star", "spec"])
 def test_a_fifo_is_refused_not_waited_on(sim, tmp_path, what):
     """A FIFO (or socket, or device) where a file is expected: one line, rc 2, at once (opening a
@@ -490,6 +495,7 @@ HOSTILE = {
 }
 
 
+@pytest.mark.slow
 def test_the_second_catalogue_is_one_line_exit_2_and_never_a_traceback(sim, trained, crafted, tmp_path):
     """Every case above in one process, as a user's shell would see it: exit code 2, one line on
     stderr with the expected words, no "Traceback" in any output, nothing left in the scratch folder."""
@@ -519,6 +525,7 @@ def test_the_second_catalogue_is_one_line_exit_2_and_never_a_traceback(sim, trai
     assert list(tmp_path.iterdir()) == []  # no refusal left a folder or file behind
 
 
+@pytest.mark.slow
 def test_a_30px_stack_without_ctf_trains_end_to_end(tmp_path, capsys):
     """cryoDRGN's toy set has this shape (30 px, a bare .mrcs, no CTF): the default recipe bins the
     encoder's input by 2, which would give it an odd 15 px image; it uses 30 px instead, and says so."""

@@ -57,6 +57,7 @@ def test_resume_equals_uninterrupted(tiny, tmp_path, fast):
         torch.testing.assert_close(a, b, atol=0, rtol=0, msg=k)
 
 
+@pytest.mark.slow
 def test_progress_bar_redirected_to_a_file_does_not_redraw_every_step(tiny, tmp_path, capsys):
     """Under pytest stderr is not a terminal, as in `eqcryo train ... 2> log`: the bar may draw
     when it opens and closes, not once per step (it used to, through set_postfix's refresh)."""
@@ -88,6 +89,7 @@ def test_resume_drops_evaluations_logged_after_the_checkpoint(tiny, tmp_path):
     assert [int(r["step"]) for r in rows] == [0, 4, 6] and float(rows[-1]["loss"]) != 123.0
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny, tmp_path):
     tr = Trainer(_cfg(tiny, tmp_path / "r", steps=3))
     tr.run(progress=False)
@@ -401,6 +403,7 @@ def test_model_with_true_map_and_poses_reproduces_the_data(tiny):
     assert ((x - clean).std() / clean.std()).item() > 0.3  # and the data really are noisy
 
 
+@pytest.mark.slow
 def test_predict_needs_only_the_run_folder(tmp_path, capsys):
     """`eqcryo predict RUN new.star` reads the model from RUN alone: the training particles may
     have moved away (it used to re-read and re-validate them)."""

@@ -31,7 +31,7 @@ def run(args) -> int:
         raise InputError(f"{args.run}: no ground truth; give --gt-poses (and --gt-volume) to evaluate")
     cfg.data.preload = False  # only the held-out particles are read: no need to load the whole stack
     data = TrainingData(cfg)
-    gt = GroundTruth.load(cfg, data.n, data.box, data.apix)
+    gt = GroundTruth.load(cfg, data.n, data.box, data.apix, data.input_box, data.input_apix)
     c = tm.state.get("counters", {})
     refined = (tm.state.get("refinement") or {}).get("target_R") is not None
     band = LossBand(data.box, cfg.optimisation.lowpass_start_shells, cfg.optimisation.lowpass_images,

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..physics.ctf import ctf_2d
+from ..physics.lattice import fourier_crop_2d
 from .errors import InputError
 from .particles import ParticleTable
 
@@ -85,17 +86,27 @@ class ParticleDataset:
     tensors' real dtype. ``box`` and ``apix`` (Å) come from the table unless given.
     ``pixel_range`` (lo, hi, fill), raw values: pixels outside [lo, hi] read as fill (one hot
     pixel must not dominate a loss or a decision; see :func:`pixel_range`).
+    ``work_box``: read the images Fourier-cropped to this box (the working box of a run on a large
+    stack); ``box``/``apix`` are then the working box and pixel size, ``input_box``/``input_apix``
+    the stack's. Only the cropped images are ever held in memory.
     """
 
     def __init__(self, table: ParticleTable, device: str | torch.device = "cpu", scale: float = 1.0,
                  dtype: torch.dtype = torch.float32, box: int | None = None, apix: float | None = None,
-                 preload: bool | None = False, pixel_range: tuple[float, float, float] | None = None):
+                 preload: bool | None = False, pixel_range: tuple[float, float, float] | None = None,
+                 work_box: int | None = None):
         if table.images is None:
             raise InputError(f"{table.source}: no images")
         self.table, self.device, self.scale, self.dtype = table, torch.device(device), float(scale), dtype
         self.pixel_range = pixel_range
-        self.box = box if box is not None else table.images.box()
-        self.apix = apix if apix is not None else (table.pixel_size() if table.apix is not None else 1.0)
+        self.input_box = box if box is not None else table.images.box()
+        self.input_apix = apix if apix is not None else (table.pixel_size() if table.apix is not None else 1.0)
+        self.box, self.apix = self.input_box, self.input_apix
+        if work_box is not None and work_box != self.input_box:
+            if work_box > self.input_box or work_box % 2:
+                raise InputError(f"{table.source}: working box {work_box} px: expected an even box no larger than "
+                                 f"the stack's {self.input_box} px")
+            self.box, self.apix = work_box, self.input_apix * self.input_box / work_box
         self.memory: torch.Tensor | None = None  # (n, L, L) on the device when preloaded
         need = table.n * self.box * self.box * torch.finfo(dtype).bits // 8
         if preload or (preload is None and need <= free_memory_bytes(self.device) // 4):
@@ -123,7 +134,10 @@ class ParticleDataset:
         x = without_outliers(self.table.images.read(ids), self.pixel_range)
         if self.scale != 1.0:
             x = x * self.scale
-        return torch.from_numpy(np.ascontiguousarray(x)).to(self.dtype)
+        t = torch.from_numpy(np.ascontiguousarray(x))
+        if self.box != self.input_box:  # the working box: the stack's low frequencies, its physical size
+            t = fourier_crop_2d(t, self.box)
+        return t.to(self.dtype)
 
     def ctf(self, ids: np.ndarray) -> torch.Tensor | None:
         """CTF images (B, L, L) of particles ``ids`` on the device; None when the data have no CTF."""

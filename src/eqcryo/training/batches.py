@@ -19,10 +19,25 @@ from ..data.errors import InputError
 from ..data.fingerprint import differences, fingerprint
 from ..data.io import load_particles
 from ..data.particles import ParticleTable
+from ..physics.lattice import fourier_crop_2d
 from ..reconstruction.contrast import orient_contrast
 from .config import EvaluationConfig, TrainConfig, resolve_device
 
 __all__ = ["TrainingData"]
+
+
+#: the working box a large stack is trained at unless data.working_box says otherwise: Nyquist at
+#: twice the pixel size of a 64 px box, what ab initio resolves on the CPU recipes' budgets
+AUTO_WORKING_BOX = 64
+
+
+def working_box(L: int, chosen: int | None) -> int:
+    """The box a stack of box ``L`` is trained at: ``chosen``, or L up to 64 px, else 64."""
+    if chosen is not None:
+        if chosen > L:
+            raise InputError(f"data.working_box {chosen}: larger than the stack's {L} px box")
+        return chosen
+    return L if L <= AUTO_WORKING_BOX else AUTO_WORKING_BOX
 
 
 class TrainingData:
@@ -48,26 +63,35 @@ class TrainingData:
         if len(self.train_ids) < cfg.optimisation.batch_size:
             raise InputError(f"{cfg.data.particles}: {len(self.train_ids)} training particles < batch size "
                              f"{cfg.optimisation.batch_size}")
+        W = working_box(L, cfg.data.working_box)
         sample = t.images.read(self.train_ids[:min(512, len(self.train_ids))])
         self.pixel_range = pixel_range(sample)  # outliers (a hot pixel) read as the median, here and below
-        std = float(without_outliers(sample, self.pixel_range).std())  # (exactly as before when none are)
+        clean = without_outliers(sample, self.pixel_range)
+        if W != L:  # the scale of the images as trained on: at the working box
+            clean = fourier_crop_2d(torch.from_numpy(np.ascontiguousarray(clean)), W).numpy()
+        std = float(clean.std())  # (exactly as before when no pixel is an outlier and W = L)
         if not std > 0:
             raise InputError(f"{cfg.data.particles}: the images are constant (every pixel of {len(sample)} sampled "
                              f"images is the same); is this a particle stack?")
         self.scale = float(1.0 / (std + 1e-12))
         # the contrast's sign goes into the scale: an inverted data set is read times -1 (decided on a
         # lazy view before the stack is preloaded with its final scale)
-        probe = ParticleDataset(t, "cpu", self.scale, box=L, pixel_range=self.pixel_range)
+        probe = ParticleDataset(t, "cpu", self.scale, box=L, pixel_range=self.pixel_range, work_box=W)
         self.contrast = orient_contrast(probe, cfg.data.invert_contrast, seed=cfg.optimisation.seed)
         self.scale = probe.scale
         self.ds = ParticleDataset(t, device or resolve_device(cfg.compute.device), self.scale, box=L,
-                                  preload=cfg.data.preload, pixel_range=self.pixel_range)
-        self.box, self.apix, self.n = L, self.ds.apix, t.n
+                                  preload=cfg.data.preload, pixel_range=self.pixel_range, work_box=W)
+        self.box, self.apix, self.n = W, self.ds.apix, t.n
+        self.input_box, self.input_apix = L, self.ds.input_apix
+        if W != L:
+            print(f"note: working box {W} px at {self.apix:.4g} Å/px (the stack: {L} px at {self.input_apix:.4g} "
+                  f"Å/px; Nyquist {2 * self.apix:.3g} Å); data.working_box sets it", file=sys.stderr)
         self.fingerprint = fingerprint(t)
 
     def resolved(self) -> dict:
         """Facts about the data a run records in its config.yaml (a trained model needs only these)."""
-        return {"box": self.box, "apix": self.apix, "n_particles": self.n, "n_eval": len(self.eval_ids),
+        return {"box": self.box, "apix": self.apix, "input_box": self.input_box, "input_apix": self.input_apix,
+                "n_particles": self.n, "n_eval": len(self.eval_ids),
                 "ctf": self.table.ctf is not None,
                 "intensity_scale": self.scale, "pixel_range": list(self.pixel_range), "contrast": self.contrast,
                 "inputs": self.fingerprint}

@@ -153,6 +153,8 @@ class DataConfig(Section):
     invert_contrast: str = opt("auto", "choice", "multiply the images by -1: auto decides from the data",
                                choices=("auto", "yes", "no"))
     preload: bool | None = opt(None, "any", "hold the stack in memory (true), read lazily (false), or by size (null)")
+    working_box: int | None = opt(None, "posint", "train on the images Fourier-cropped to this even box (None: the "
+                                                  "stack's box up to 64 px, else 64)")
 
 
 @dataclass
@@ -327,6 +329,9 @@ class TrainConfig:
         if m.hypotheses != 1 and PRESETS[m.name][0] is None:
             raise InputError(f"model.hypotheses {m.hypotheses}: several pose hypotheses need an equivariant encoder "
                              f"(c4-l2, c4-mirror, d4-l2), not {m.name!r}")
+        wb = self.data.working_box
+        if wb is not None and (wb % 2 or wb < 24):
+            raise InputError(f"data.working_box {wb}: expected an even box of at least 24 px")
         if self.data.no_ctf not in (True, False, None):  # (None: a run written before the rule)
             raise InputError(f"data.no_ctf {self.data.no_ctf!r}: expected true or false")
         if self.data.no_ctf and self.data.ctf:

@@ -37,8 +37,12 @@ class GroundTruth:
     volume: torch.Tensor | None = None
 
     @classmethod
-    def load(cls, cfg: TrainConfig, n: int, box: int, apix: float) -> GroundTruth:
+    def load(cls, cfg: TrainConfig, n: int, box: int, apix: float, input_box: int | None = None,
+             input_apix: float | None = None) -> GroundTruth:
+        """The ground truth at the run's (working) ``box`` and ``apix``: poses' origins follow the box
+        (they are fractions of it), a map at the stack's ``input_box`` is Fourier-cropped."""
         from ..data.cryodrgn import read_pose_pkl
+        from ..physics.lattice import fourier_crop_3d
 
         gt = cls()
         if cfg.evaluation.gt_volume and not cfg.evaluation.gt_poses:
@@ -53,6 +57,11 @@ class GroundTruth:
             gt.origin = None if tr is None else torch.from_numpy(tr * apix)
         if cfg.evaluation.gt_volume:
             v, v_apix = read_volume(cfg.evaluation.gt_volume)
+            if input_box is not None and input_apix is not None and v.shape[0] == input_box != box:
+                if v_apix and abs(v_apix - input_apix) > 1e-3 * input_apix:
+                    raise InputError(f"{cfg.evaluation.gt_volume}: voxel size {v_apix:.4g} Å differs from the "
+                                     f"particles' pixel size {input_apix:.4g} Å")
+                v, v_apix = fourier_crop_3d(torch.from_numpy(v).double(), box).numpy(), apix
             if v.shape[0] != box:
                 raise InputError(f"{cfg.evaluation.gt_volume}: box {v.shape[0]} differs from the particles' {box}")
             if v_apix and abs(v_apix - apix) > 1e-3 * apix:

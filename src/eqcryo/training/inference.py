@@ -66,7 +66,8 @@ def predicted_table(model: CryoModel, ds: ParticleDataset) -> ParticleTable:
     R, origin, _ = infer(model, ds, np.arange(t.n))
     pred = t.subset(np.arange(t.n))
     pred.rotations, pred.shifts_angstrom, pred.euler_degrees = R.numpy(), origin.numpy(), None
-    pred.box, pred.apix, pred.source_format = ds.box, np.full(t.n, ds.apix), "pred"
+    # the stack's box and pixel size (shifts are in Å): the metadata still describes the stack
+    pred.box, pred.apix, pred.source_format = ds.input_box, np.full(t.n, ds.input_apix), "pred"
     return pred
 
 
@@ -101,20 +102,24 @@ class TrainedModel:
     scale: float
     state: dict
     pixel_range: tuple[float, float, float] | None = None  # (runs written before it: none)
+    input_box: int | None = None  # the stack's box and pixel size (None: the working box's, as before)
+    input_apix: float | None = None
 
     def dataset(self, table: ParticleTable, source: str = "") -> ParticleDataset:
-        """``table`` as this model's input, after checking its box and pixel size."""
+        """``table`` as this model's input (read at the run's working box), after checking that its
+        box and pixel size are the training stack's."""
         src = source or table.source
         if table.images is None:
             raise InputError(f"{src}: no images")
         L = table.validate_images()
-        if L != self.box:
-            raise InputError(f"{src}: box {L} px but the model was trained at {self.box} px")
-        if table.apix is not None and abs(table.pixel_size() - self.apix) > 1e-3 * self.apix:
-            raise InputError(f"{src}: pixel size {table.pixel_size():.4g} Å but the model was trained at "
-                             f"{self.apix:.4g} Å")
-        return ParticleDataset(table, resolve_device(self.cfg.compute.device), self.scale, box=self.box, apix=self.apix,
-                               pixel_range=self.pixel_range)
+        box, apix = self.input_box or self.box, self.input_apix or self.apix
+        if L != box:
+            raise InputError(f"{src}: box {L} px but the model was trained on {box} px images")
+        if table.apix is not None and abs(table.pixel_size() - apix) > 1e-3 * apix:
+            raise InputError(f"{src}: pixel size {table.pixel_size():.4g} Å but the model was trained on "
+                             f"{apix:.4g} Å/px images")
+        return ParticleDataset(table, resolve_device(self.cfg.compute.device), self.scale, box=box, apix=apix,
+                               pixel_range=self.pixel_range, work_box=self.box)
 
     def predict(self, table: ParticleTable) -> tuple[torch.Tensor, torch.Tensor]:
         """Poses of every particle of ``table``: (R (n, 3, 3), RELION origins (n, 2) Å)."""
@@ -141,4 +146,5 @@ def load_trained(run: str | os.PathLike | RunDir, checkpoint: str | os.PathLike 
     model.eval()
     rng = res.get("pixel_range")
     return TrainedModel(rd, cfg, model, int(res["box"]), float(res.get("apix", 1.0)), float(res["intensity_scale"]),
-                        state, None if rng is None else (float(rng[0]), float(rng[1]), float(rng[2])))
+                        state, None if rng is None else (float(rng[0]), float(rng[1]), float(rng[2])),
+                        res.get("input_box"), res.get("input_apix"))

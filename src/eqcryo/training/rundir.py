@@ -406,8 +406,12 @@ class RunDir:
 
         facts = [f"command: {md_code(s['command'])}" if s.get("command") else "command: (not recorded)",
                  f"eqcryo {__version__}; report written {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
-                 f"particles: {md_code(cfg.data.particles)} ({res.get('n_particles')}, {res.get('box')} px, "
-                 f"{res.get('apix')} Å/px); held-out for evaluation: {res.get('n_eval')}",
+                 f"particles: {md_code(cfg.data.particles)} ({res.get('n_particles')}, "
+                 f"{res.get('input_box', res.get('box'))} px, {res.get('input_apix', res.get('apix')):.4g} Å/px); "
+                 f"held-out for evaluation: {res.get('n_eval')}",
+                 f"working box: {res.get('box')} px at {res.get('apix'):.4g} Å/px (the images Fourier-cropped; "
+                 f"data.working_box)" if res.get("input_box", res.get("box")) != res.get("box") else
+                 "working box: the stack's own",
                  f"recipe: {cfg.output.recipe or '(none: defaults and options)'}; seed {cfg.optimisation.seed}",
                  "ran on: " + _provenance_line(res.get("provenance")),
                  "contrast: " + _contrast_line(res.get("contrast")),

@@ -72,7 +72,8 @@ class Trainer:
             torch.set_num_threads(cfg.compute.threads)
         self.provenance = provenance(str(self.device), self.dist.world, command)
         self.data = TrainingData(cfg, device=self.device)
-        self.gt = GroundTruth.load(cfg, self.data.n, self.data.box, self.data.apix)
+        self.gt = GroundTruth.load(cfg, self.data.n, self.data.box, self.data.apix, self.data.input_box,
+                                   self.data.input_apix)
         self.evaluator = Evaluator(self.data, self.gt, ev.track_mirror)
         self.model = build_for(cfg, self.data.box, self.device)
         self.net: torch.nn.Module = self.model  # what the step calls: the model, or its DistributedDataParallel wrapper
