@@ -26,8 +26,10 @@ def sim96(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_a_96px_stack_trains_at_64px_and_its_outputs_describe_both(sim96, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", str(sim96 / "particles.star"), "-o", str(run), "--steps", "2", "--gt-poses",
-                 str(sim96 / "gt_poses.pkl"), "--gt-volume", str(sim96 / "gt_volume.mrc"), *TRAIN]) == 0
+    # a projection-matching round after 32 images: the search reads the working box too
+    assert main(["train", str(sim96 / "particles.star"), "-o", str(run), "--steps", "3", "--gt-poses",
+                 str(sim96 / "gt_poses.pkl"), "--gt-volume", str(sim96 / "gt_volume.mrc"),
+                 "--set", "refinement.start_images=32", "--set", "refinement.iters=1", *TRAIN]) == 0
     assert "note: working box 64 px at 6.6 Å/px (the stack: 96 px at 4.4 Å/px" in capsys.readouterr().err
     res = yaml.safe_load((run / "config.yaml").read_text())["resolved"]
     assert (res["box"], res["input_box"]) == (64, 96)
@@ -37,6 +39,7 @@ def test_a_96px_stack_trains_at_64px_and_its_outputs_describe_both(sim96, tmp_pa
     optics = starfile.read(run / "predicted_particles.star", always_dict=True)["optics"]
     assert int(optics["rlnImageSize"][0]) == 96 and float(optics["rlnImagePixelSize"][0]) == pytest.approx(4.4)
     assert "working box: 64 px at 6.6 Å/px" in (run / "report.md").read_text()
+    assert (run / "refinement.json").exists()
     # the stack itself, for new particles: read at the working box by predict
     assert main(["predict", str(run), str(sim96 / "particles.star"), "-o", str(tmp_path / "p.star")]) == 0
 

@@ -127,12 +127,13 @@ class ParticleDataset:
     def n(self) -> int:
         return self.table.n
 
-    def read_images(self, ids: np.ndarray) -> torch.Tensor:
-        """Images (B, L, L) of particles ``ids`` times the scale, on the CPU."""
+    def read_images(self, ids: np.ndarray, scaled: bool = True) -> torch.Tensor:
+        """Images (B, L, L) of particles ``ids`` at the working box, times the scale (``scaled``;
+        otherwise in the stack's own units), on the CPU."""
         if self.table.images is None:
             raise InputError(f"{self.table.source}: no images referenced")
         x = without_outliers(self.table.images.read(ids), self.pixel_range)
-        if self.scale != 1.0:
+        if scaled and self.scale != 1.0:
             x = x * self.scale
         t = torch.from_numpy(np.ascontiguousarray(x))
         if self.box != self.input_box:  # the working box: the stack's low frequencies, its physical size

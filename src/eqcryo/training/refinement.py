@@ -59,7 +59,7 @@ class Refinement:
 
         def reader(b):  # projection matching runs on the CPU, in the data's own units
             ctf = data.ds.ctf(b)
-            return torch.from_numpy(data.table.images.read(b)), None if ctf is None else ctf.cpu()
+            return data.ds.read_images(b, scaled=False).to(torch.float32), None if ctf is None else ctf.cpu()
 
         history = []
         prev = [R.double()]
