@@ -537,3 +537,18 @@ def test_a_30px_stack_without_ctf_trains_end_to_end(tmp_path, capsys):
     assert (run / "reconstruction.mrc").exists() and (run / "predicted_particles.star").exists()
     assert main(["predict", str(run), str(tmp_path / "toy" / "particles_000.mrcs"), "-o", str(tmp_path / "p.star")]) == 0
     assert (tmp_path / "p.star").exists()  # (the run's rule: no CTF, so none is asked of new particles)
+
+
+@pytest.mark.parametrize("apix,box,message", [(0.1, 32, "pixel size 0.1 Å is outside 0.3–20 Å"),
+                                              (25.0, 32, "pixel size 25 Å is outside 0.3–20 Å"),
+                                              (13.2, 20, "box 20 px; eqcryo trains on boxes of at least 24 px")])
+def test_an_absurd_pixel_size_or_a_tiny_box_is_refused_before_anything_is_written(tmp_path, capsys, apix, box,
+                                                                                   message):
+    simulate(SimulationConfig(n=60, box=box, apix=13.2 * 32 / box, seed=1, ctf=False), tmp_path / "s",
+             progress=False)  # (the molecule fits the box)
+    run = tmp_path / "run"
+    assert main(["train", str(tmp_path / "s" / "particles_000.mrcs"), "-o", str(run), "--no-ctf", "--apix", str(apix),
+                 "--steps", "1", "--set", "batch_size=16"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not run.exists()

@@ -26,6 +26,11 @@ from .config import EvaluationConfig, TrainConfig, resolve_device
 __all__ = ["TrainingData"]
 
 
+#: the smallest box the encoders take (their pooling needs at least 24 px)
+MIN_BOX = 24
+#: pixel sizes (Å) of real cryo-EM data; outside it a pixel size is a unit mistake
+APIX_RANGE = (0.3, 20.0)
+
 #: the working box a large stack is trained at unless data.working_box says otherwise: Nyquist at
 #: twice the pixel size of a 64 px box, what ab initio resolves on the CPU recipes' budgets
 AUTO_WORKING_BOX = 64
@@ -51,6 +56,13 @@ class TrainingData:
         L = t.validate_images()
         if L % 2:
             raise InputError(f"{cfg.data.particles}: box {L} is odd; eqcryo trains on even boxes (crop or pad by one)")
+        if L < MIN_BOX:
+            raise InputError(f"{cfg.data.particles}: box {L} px; eqcryo trains on boxes of at least {MIN_BOX} px")
+        if t.apix is not None:
+            px = t.pixel_size()
+            if not APIX_RANGE[0] <= px <= APIX_RANGE[1]:
+                raise InputError(f"{cfg.data.particles}: pixel size {px:g} Å is outside {APIX_RANGE[0]:g}–"
+                                 f"{APIX_RANGE[1]:g} Å; is it in nm or in px? give the right one with --apix")
         t.apply_ctf_rule(cfg.data.no_ctf)
         self.table, self.seed = t, cfg.optimisation.seed
         g = torch.Generator().manual_seed(cfg.optimisation.seed)
