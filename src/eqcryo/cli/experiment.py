@@ -42,7 +42,7 @@ def add_parser(sub):
     p.add_argument("--slurm-gpus-per-job", type=nonneg_int, default=0, help="GPUs per cell (default 0)")
     p.add_argument("--slurm-time", type=positive_int, default=60, metavar="MINUTES",
                    help="time limit per cell in minutes (default 60); the run saves a checkpoint at the "
-                        "limit's warning signal and the next submission resumes it")
+                        "limit's SIGTERM and the next submission resumes it")
     p.add_argument("--only", type=int, help="run only this grid index")
     p.add_argument("--threads", type=int, help="(internal) threads per run")
     p.add_argument("--no-progress", action="store_true")
@@ -104,14 +104,15 @@ def convergence_figures(d: Path) -> list[Path]:
     grid = json.loads((d / "grid.json").read_text())
     written = []
     for ds in dict.fromkeys(g["dataset"] for g in grid):
+        # (grid.json's paths are as the launch was given: the runs are found under DIR/runs)
+        runs = [(g["model"], RunDir(d / "runs" / Path(g["path"]).name).read_metrics()) for g in grid
+                if g["dataset"] == ds]
         for xkey, label, name in (("images_seen", "images seen", "images"),
                                   ("train_seconds", "training time (s, wall)", "seconds")):
             curves: dict[str, list] = {}
-            for g in grid:
-                run = d / "runs" / Path(g["path"]).name  # (grid.json's paths are as the launch was given)
-                mm = RunDir(run).read_metrics() if g["dataset"] == ds else {}
+            for model, mm in runs:
                 if "pose_mse" in mm:
-                    curves.setdefault(g["model"], []).append((mm[xkey], mm["pose_mse"]))
+                    curves.setdefault(model, []).append((mm[xkey], mm["pose_mse"]))
             if curves:
                 out = d / f"convergence_{ds}_{name}.png"
                 plot_convergence(out, curves, label)

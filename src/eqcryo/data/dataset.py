@@ -132,7 +132,12 @@ class ParticleDataset:
         otherwise in the stack's own units), on the CPU."""
         if self.table.images is None:
             raise InputError(f"{self.table.source}: no images referenced")
-        x = without_outliers(self.table.images.read(ids), self.pixel_range)
+        return self.prepare(self.table.images.read(ids), scaled)
+
+    def prepare(self, raw: np.ndarray, scaled: bool = True) -> torch.Tensor:
+        """Images (B, L_in, L_in) as read from the stack -> as this dataset reads them (B, L, L):
+        outliers read as the median, times the scale (``scaled``), at the working box."""
+        x = without_outliers(raw, self.pixel_range)
         if scaled and self.scale != 1.0:
             x = x * self.scale
         t = torch.from_numpy(np.ascontiguousarray(x))

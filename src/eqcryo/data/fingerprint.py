@@ -1,7 +1,7 @@
 """What a run trained on, in a few hundred bytes: enough to notice that the data changed.
 
-A run records the fingerprint of its particles in ``config.yaml``; ``train --resume`` (and
-``evaluate``) compare it with the data found now and refuse a mismatch, naming what changed.
+A run records the fingerprint of its particles in ``config.yaml``; ``train --resume`` compares it
+with the data found now and refuses a mismatch, naming what changed.
 Only content counts (the number of particles, the box, the pixel sizes, the CTF parameters, a
 sample of images), not file names or times: data moved or copied on purpose still match.
 """

@@ -79,7 +79,7 @@ def load_spec(path: str | os.PathLike) -> dict:
             raise InputError(f"{p}: {key} must be a non-empty {'list' if kind is list else 'mapping'}, "
                              f"found {spec[key]!r}")
     for name in spec["datasets"]:
-        if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or name in (".", ".."):
+        if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):  # (so never "." or "..")
             raise InputError(f"{p}: data set name {name!r}: names become folders under the experiment folder; "
                              f"use letters, digits, '.', '_' and '-' (not starting with '.' or '-')")
     if spec.get("recipe"):

@@ -140,11 +140,10 @@ def launch(spec_path: str, out: str | os.PathLike, launcher: str, jobs: int = 1,
         state = cell_state(r, spec, out, rec)
         if state == "failed" and (rec or {}).get("attempts", 0) >= MAX_ATTEMPTS:
             continue  # reported, not retried again
+        queued = state == "pending" and rec is not None and rec.get("launcher") == "slurm" and rec.get("job_id")
         if state == "stopped" and rec is not None:
             rec["attempts"] = max(0, rec.get("attempts", 1) - 1)  # (a time limit is not a failed attempt)
-            todo.append(r)
-        elif state in ("pending", "failed") and not (rec and rec.get("launcher") == "slurm" and state == "pending"
-                                                     and rec.get("job_id")):
+        if state in ("pending", "failed", "stopped") and not queued:
             todo.append(r)
     spec_abs, out_abs = str(Path(spec_path).resolve()), str(out.resolve())
     if launcher == "slurm":

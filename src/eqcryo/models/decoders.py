@@ -13,6 +13,7 @@ lattice (rows ``(kx, ky, 0) @ R``, :mod:`eqcryo.physics.lattice`) and export a r
 
 from __future__ import annotations
 
+import abc
 import math
 from typing import Any, ClassVar
 
@@ -33,7 +34,7 @@ from ..physics.projection import (
 __all__ = ["Decoder", "Siren", "FourierNet", "VoxelDecoder"]
 
 
-class Decoder(nn.Module):
+class Decoder(nn.Module, abc.ABC):
     """What the image model and training need of a decoder (both below implement it).
 
     ``accepts_volume``: whether :meth:`set_volume` can replace the map (a voxel grid can; a
@@ -43,21 +44,21 @@ class Decoder(nn.Module):
     box: int
     accepts_volume: ClassVar[bool] = False
 
+    @abc.abstractmethod
     def slice(self, R: torch.Tensor) -> torch.Tensor:
         """Complex central slices (B, L, L) at rotations R (B, 3, 3)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def slice_at(self, R: torch.Tensor, pts: torch.Tensor, radius: float | None = None) -> torch.Tensor:
         """Complex values (B, M) at plane points pts (M, 3) (integer frequency units) rotated by R."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def volume(self) -> torch.Tensor:
         """The real-space map (L, L, L), detached."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def set_volume(self, vol: torch.Tensor) -> None:
         """Replace the map by ``vol`` (L, L, L) (only when ``accepts_volume``)."""
-        raise NotImplementedError
 
 
 class SineLayer(nn.Module):

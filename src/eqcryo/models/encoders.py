@@ -18,6 +18,7 @@ with the D4 action exactly, and it cuts the encoder's cost by about bin².
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Sequence
 
@@ -102,7 +103,7 @@ def _pad_to(x: torch.Tensor, n: int) -> torch.Tensor:
     return F.pad(x, (p, p, p, p)) if p else x
 
 
-class PoseEncoder(nn.Module):
+class PoseEncoder(nn.Module, abc.ABC):
     """What the image model needs of an encoder: ``encoder(images (B, L, L)) -> (R (B, 3, 3),
     d (B, 2) px)``, and :meth:`pose_hypotheses` for K poses per image."""
 
@@ -112,8 +113,9 @@ class PoseEncoder(nn.Module):
     bf16: bool  # the trunk in bfloat16 (ModelConfig.encoder_bf16)
     n_hypotheses: int = 1
 
+    @abc.abstractmethod
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
+        """images (B, L, L) -> (R (B, 3, 3), d (B, 2) px)."""
 
     def pose_hypotheses(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """images (B, L, L) -> (R (B, K, 3, 3), d (B, 2) px); K = 1 unless overridden."""

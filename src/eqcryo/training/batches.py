@@ -14,12 +14,11 @@ import sys
 import numpy as np
 import torch
 
-from ..data.dataset import ParticleDataset, Prefetcher, _InMemory, pixel_range, without_outliers
+from ..data.dataset import ParticleDataset, Prefetcher, _InMemory, pixel_range
 from ..data.errors import InputError
 from ..data.fingerprint import differences, fingerprint
 from ..data.io import load_particles
 from ..data.particles import ParticleTable
-from ..physics.lattice import fourier_crop_2d
 from ..reconstruction.contrast import orient_contrast
 from .config import EvaluationConfig, TrainConfig, resolve_device
 
@@ -78,17 +77,14 @@ class TrainingData:
         W = working_box(L, cfg.data.working_box)
         sample = t.images.read(self.train_ids[:min(512, len(self.train_ids))])
         self.pixel_range = pixel_range(sample)  # outliers (a hot pixel) read as the median, here and below
-        clean = without_outliers(sample, self.pixel_range)
-        if W != L:  # the scale of the images as trained on: at the working box
-            clean = fourier_crop_2d(torch.from_numpy(np.ascontiguousarray(clean)), W).numpy()
-        std = float(clean.std())  # (exactly as before when no pixel is an outlier and W = L)
+        # a lazy view (before the stack is preloaded with its final scale): the scale is measured on
+        # the images as trained on (at the working box), and the contrast's sign goes into it
+        probe = ParticleDataset(t, "cpu", 1.0, box=L, pixel_range=self.pixel_range, work_box=W)
+        std = float(probe.prepare(sample, scaled=False).numpy().std())  # (as before when W = L, no outliers)
         if not std > 0:
             raise InputError(f"{cfg.data.particles}: the images are constant (every pixel of {len(sample)} sampled "
                              f"images is the same); is this a particle stack?")
-        self.scale = float(1.0 / (std + 1e-12))
-        # the contrast's sign goes into the scale: an inverted data set is read times -1 (decided on a
-        # lazy view before the stack is preloaded with its final scale)
-        probe = ParticleDataset(t, "cpu", self.scale, box=L, pixel_range=self.pixel_range, work_box=W)
+        probe.scale = self.scale = float(1.0 / (std + 1e-12))
         self.contrast = orient_contrast(probe, cfg.data.invert_contrast, seed=cfg.optimisation.seed)
         self.scale = probe.scale
         self.ds = ParticleDataset(t, device or resolve_device(cfg.compute.device), self.scale, box=L,

@@ -70,7 +70,6 @@ class Trainer:
         self.run_dir = RunDir(cfg.output.dir)
         if cfg.compute.threads:
             torch.set_num_threads(cfg.compute.threads)
-        self.provenance = provenance(str(self.device), self.dist.world, command)
         self.data = TrainingData(cfg, device=self.device)
         self.gt = GroundTruth.load(cfg, self.data.n, self.data.box, self.data.apix, self.data.input_box,
                                    self.data.input_apix)
@@ -109,6 +108,7 @@ class Trainer:
             return
         # the training log's first line (after the data's notes): where this runs. Not before the
         # checks above, so that a refusal stays one line
+        self.provenance = provenance(str(self.device), self.dist.world, command)  # (rank 0 writes it)
         print(f"eqcryo {self.provenance['eqcryo']}: device {self.device} ({self.provenance['device_name']}), "
               f"{self.dist.world} process{'es' if self.dist.world > 1 else ''}, {self.provenance['threads']} "
               f"thread{'s' if self.provenance['threads'] > 1 else ''} each", file=sys.stderr)
