@@ -113,3 +113,15 @@ def test_a_run_folder_with_the_flat_config_layout_evaluates_predicts_and_resumes
     assert summary["steps"] == 4
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["model"] == "d4-l2" and cfg["encoder_bin"] == 2  # resume leaves the run's own record as it was
+
+
+@pytest.mark.slow
+def test_model_shortcut_keeps_other_options_of_the_model_section(tiny, tmp_path):
+    """`--model c4-l2` beside `--set model.profile=cpu-wide`: both hold (the shortcut writes into the
+    model section instead of replacing it)."""
+    run = tmp_path / "run"
+    assert main(["train", str(tiny / "sim" / "particles.star"), "-o", str(run), "--steps", "1", "--model", "c4-l2",
+                 "--set", "model.profile=cpu-wide", "--set", "batch_size=16", "--set", "eval_n=12",
+                 "--no-progress"]) == 0
+    m = yaml.safe_load((run / "config.yaml").read_text())["model"]
+    assert (m["name"], m["profile"]) == ("c4-l2", "cpu-wide")

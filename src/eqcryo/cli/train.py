@@ -139,8 +139,8 @@ def run(args) -> int:
     fresh = not rd.path.exists()
     dist.barrier()  # every rank has looked at the folder before rank 0 makes it
     sets = parse_sets(args.sets)
-    if args.model:
-        sets["model"] = args.model
+    if args.model:  # (into the section: a `--set model.profile=...` beside it is kept)
+        sets.setdefault("model", {})["name"] = args.model
     cfg = make_config(args.recipe or DEFAULT_RECIPE, sets, particles=args.particles, out=args.outdir, ctf=args.ctf,
                       datadir=args.datadir, apix=args.apix, data__no_ctf=args.no_ctf, gt_poses=args.gt_poses,
                       gt_volume=args.gt_volume,
