@@ -3,7 +3,7 @@ profile), their FLOP rate against the device's peak, and a paper-scale convergen
 d4-l2 against c4-mirror. Self-contained: run it from the repository root on a GPU machine.
 
     python benchmarks/gpu_check.py [--device cuda] [--tf32] [--peak-tflops 495] [--probe-steps 3000]
-        [--probe-n 16000] [--budget 420] [--out gpu_check.md]
+        [--probe-n 16000] [--budget 420] [--eval-seconds 60] [--out gpu_check.md]
 
 - Needs PyTorch with CUDA plus eqcryo's field packages (mrcfile, starfile, gemmi, roma, ...). It
   says which are missing and how to bring them (wheels: see the device README) before starting.
@@ -80,11 +80,13 @@ def step_rate(model: str, box: int, batch: int, device: str, seconds: float) -> 
     return {"img_s": n * batch / dt, "gflop_img": fc.get_total_flops() / batch / 1e9}
 
 
-def probe(model: str, data: Path, out: Path, device: str, steps: int, budget: float) -> list[dict]:
+def probe(model: str, data: Path, box: int, out: Path, device: str, steps: int, budget: float,
+          eval_seconds: float) -> list[dict]:
+    # the paper trains at the stack's own box: no working box below it
     cmd = [sys.executable, "-m", "eqcryo.cli.main", "train", str(data / "particles.star"), "-o", str(out),
            "--recipe", "paper", "--model", model, "--steps", str(steps), "--time-budget", str(budget),
-           "--device", device, "--gt-poses", str(data / "gt_poses.pkl"), "--set", "eval_every=60",
-           "--set", "eval_n=256", "--no-progress"]
+           "--device", device, "--gt-poses", str(data / "gt_poses.pkl"), "--set", f"data.working_box={box}",
+           "--set", f"evaluation.every_seconds={eval_seconds:g}", "--set", "evaluation.n_images=256", "--no-progress"]
     subprocess.run(cmd, check=True)
     import csv
     return [{k: r[k] for k in ("step", "train_seconds", "images_seen", "pose_mse")}
@@ -102,6 +104,7 @@ def main() -> int:
     ap.add_argument("--probe-n", type=int, default=16000)
     ap.add_argument("--probe-steps", type=int, default=3000)
     ap.add_argument("--budget", type=float, default=420.0, help="seconds per probe run")
+    ap.add_argument("--eval-seconds", type=float, default=60.0, help="seconds of training between evaluations")
     ap.add_argument("--out", default="gpu_check.md")
     a = ap.parse_args()
     miss = missing_packages()
@@ -117,31 +120,41 @@ def main() -> int:
     if a.tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    out = Path(a.out)
+    out.write_text("")
+
+    def emit(*new: str) -> None:
+        # appended as it goes: a run stopped by a time limit still leaves every finished row
+        with out.open("a") as f:
+            f.write("\n".join(new) + "\n")
+        print("\n".join(new), flush=True)
+
     name = torch.cuda.get_device_name(0) if a.device.startswith("cuda") else "cpu"
-    lines = [f"# GPU check: {name}, {time.strftime('%Y-%m-%d')}, torch {torch.__version__}, TF32 {a.tf32}", "",
-             "| model | box | images/s | GFLOP/img (counted) | TFLOP/s | fraction of peak |", "|---|---|---|---|---|---|"]
-    print("\n".join(lines), flush=True)
+    emit(f"# GPU check: {name}, {time.strftime('%Y-%m-%d')}, torch {torch.__version__}, TF32 for matrix products "
+         f"{torch.backends.cuda.matmul.allow_tf32}, for cuDNN convolutions {torch.backends.cudnn.allow_tf32}", "",
+         "| model | box | images/s | GFLOP/img (counted) | TFLOP/s | fraction of peak |", "|---|---|---|---|---|---|")
     for box in a.boxes:
         for model in ("standard", "c4-l2", "c4-mirror", "d4-l2"):
             r = step_rate(model, box, a.batch, a.device, a.seconds)
             tf = r["img_s"] * r["gflop_img"] / 1e3
-            row = f"| {model} | {box} | {r['img_s']:.0f} | {r['gflop_img']:.2f} | {tf:.1f} | {tf / a.peak_tflops:.1%} |"
-            lines.append(row)
-            print(row, flush=True)
+            emit(f"| {model} | {box} | {r['img_s']:.0f} | {r['gflop_img']:.2f} | {tf:.1f} | {tf / a.peak_tflops:.1%} |")
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         box = max(a.boxes)
         subprocess.run([sys.executable, "-m", "eqcryo.cli.main", "simulate", "builtin:5nrl", "-o", str(data), "--n",
                         str(a.probe_n), "--box", str(box), "--apix", str(3.3 * 128 / box), "--seed", "7",
-                        "--no-progress"], check=True)
+                        "--no-progress"], check=True, stdout=subprocess.DEVNULL)
         for model in ("d4-l2", "c4-mirror"):
-            rows = probe(model, data, Path(tmp) / model, a.device, a.probe_steps, a.budget)
+            t0 = time.perf_counter()
+            rows = probe(model, data, box, Path(tmp) / model, a.device, a.probe_steps, a.budget, a.eval_seconds)
             conv = next((r for r in rows if r["pose_mse"] and float(r["pose_mse"]) < 0.1), None)
-            lines += ["", f"probe {model}: " + json.dumps(rows), f"probe {model}: " +
-                      (f"converged at step {conv['step']}, {float(conv['train_seconds']):.0f} s" if conv
-                       else "not converged")]
-            print("\n".join(lines[-2:]), flush=True)
-    Path(a.out).write_text("\n".join(lines) + "\n")
+            last = rows[-1]
+            rate = float(last["images_seen"]) / max(float(last["train_seconds"]), 1e-9)
+            emit("", f"probe {model}: " + json.dumps(rows), f"probe {model}: " +
+                 (f"converged at step {conv['step']}, {float(conv['images_seen']):.0f} images, "
+                  f"{float(conv['train_seconds']):.0f} s" if conv else "not converged") +
+                 f"; {rate:.0f} images/s over {float(last['images_seen']):.0f} images; the command took "
+                 f"{time.perf_counter() - t0:.0f} s")
     print(f"wrote {a.out}")
     return 0
 

@@ -122,7 +122,7 @@ def rotation_head_conditioning(six: torch.Tensor) -> dict:
     sin = torch.linalg.cross(v1, v2).norm(dim=-1) / (v1.norm(dim=-1) * v2.norm(dim=-1)).clamp_min(1e-300)
     sv = torch.linalg.svdvals(torch.stack([v1, v2, torch.linalg.cross(v1, v2)], -1))
     cond = sv[:, -1] / sv[:, 0].clamp_min(1e-300)
-    q = torch.tensor([0.5, 0.05], dtype=torch.float64)
+    q = torch.tensor([0.5, 0.05], dtype=torch.float64, device=x.device)
     s_q, c_q = torch.quantile(sin, q), torch.quantile(cond, q)
     return {"head_sin_median": s_q[0].item(), "head_sin_p05": s_q[1].item(),
             "head_sigma_ratio_median": c_q[0].item(), "head_sigma_ratio_p05": c_q[1].item()}

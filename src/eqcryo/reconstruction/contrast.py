@@ -30,7 +30,7 @@ def median_for_outliers(images: torch.Tensor) -> torch.Tensor:
     """``images`` (B, L, L) float64 with each image's outlier pixels (:func:`pixel_range` of that
     image) set to its median; images without outliers are returned unchanged."""
     flat = images.reshape(len(images), -1)
-    q = torch.quantile(flat, torch.tensor([0.01, 0.5, 0.99], dtype=flat.dtype), dim=1)  # (3, B)
+    q = torch.quantile(flat, torch.tensor([0.01, 0.5, 0.99], dtype=flat.dtype, device=flat.device), dim=1)  # (3, B)
     bound = (OUTLIER_RANGES * (q[2] - q[0]).clamp_min(1e-30))[:, None]
     bad = (flat - q[1][:, None]).abs() > bound
     return torch.where(bad, q[1][:, None].expand_as(flat), flat).reshape(images.shape)
