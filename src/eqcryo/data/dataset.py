@@ -127,6 +127,12 @@ class ParticleDataset:
     def n(self) -> int:
         return self.table.n
 
+    def at_box(self, box: int) -> ParticleDataset:
+        """The same particles (scale, outlier rule, contrast) read Fourier-cropped to ``box``
+        (≤ the stack's box), lazily, on the CPU."""
+        return ParticleDataset(self.table, "cpu", self.scale, self.dtype, self.input_box, self.input_apix,
+                               preload=False, pixel_range=self.pixel_range, work_box=box)
+
     def read_images(self, ids: np.ndarray, scaled: bool = True) -> torch.Tensor:
         """Images (B, L, L) of particles ``ids`` at the working box, times the scale (``scaled``;
         otherwise in the stack's own units), on the CPU."""

@@ -90,6 +90,12 @@ class Backprojector:
                         acc.index_add_(0, idx, v * w)
         self.count += B
 
+    def absorb(self, other: Backprojector) -> Backprojector:
+        """Add ``other``'s images into this accumulator, in place (no third copy of the lattice)."""
+        self._acc += other._acc
+        self.count += other.count
+        return self
+
     def merged(self, other: Backprojector) -> Backprojector:
         """A new accumulator holding both halves (for the full map)."""
         out = Backprojector(self.L, self.pad, self.dtype)

@@ -44,7 +44,7 @@ from ..physics.projection import FourierVolume, prepare_fourier_volume, shift_ph
 from ..physics.rotations import axis_angle_to_matrix, random_rotations, rotation_z
 from .backprojection import Backprojector
 
-__all__ = ["MatchConfig", "BandData", "search_poses", "reconstruct", "projection_matching"]
+__all__ = ["MatchConfig", "BandData", "search_poses", "accumulate", "reconstruct", "projection_matching"]
 
 #: ``read(ids) -> (images (k, L, L), ctf (k, L, L) or None)``, in the data's own intensity units.
 Reader = Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor | None]]
@@ -55,7 +55,7 @@ class MatchConfig:
     """Settings of :func:`projection_matching`. Units in names; radius in Fourier shells."""
 
     radius: float = 16.0
-    n_rotations: int = 8192  # about 12° between neighbours
+    n_rotations: int = 8192  # about 12° between neighbours; 0: no global search (a local refinement)
     shift_step_px: float = 2.0  # global-search shift offsets {-s, 0, s}²; 0: only the current origin
     refine_rounds: int = 6
     refine_step_deg: float = 6.0  # local refinement's first rotation step (about each axis)
@@ -171,12 +171,15 @@ def search_poses(fv: FourierVolume, band: BandData, R: torch.Tensor, origin_px: 
     band_radius = float(band.pts[:, :2].norm(dim=-1).max())  # the farthest point the slices read
     fv = band_block(FourierVolume(fv.data.to(torch.complex64), fv.L, fv.pad), band_radius)
     pts = band.pts
-    grid = random_rotations(cfg.n_rotations, generator)
-    S_grid = _slices(fv, pts, grid)  # (K, M)
-    B = torch.cat([S_grid.real, S_grid.imag], 1)  # (K, 2M): scores as one matrix product
-    S2 = S_grid.real ** 2 + S_grid.imag ** 2
     s = cfg.shift_step_px
     offsets = [(0.0, 0.0)] if s == 0 else [(a, b) for a in (-s, 0.0, s) for b in (-s, 0.0, s)]
+    if cfg.n_rotations > 0:
+        grid = random_rotations(cfg.n_rotations, generator)
+        S_grid = _slices(fv, pts, grid)  # (K, M)
+        B = torch.cat([S_grid.real, S_grid.imag], 1)  # (K, 2M): scores as one matrix product
+        S2 = S_grid.real ** 2 + S_grid.imag ** 2
+    else:  # a local search: the incumbent (and its turns) alone go on to the pattern search
+        offsets = []
     k = max(1, min(cfg.keep, cfg.n_rotations))
     # the incumbent's in-plane turns by 360°·j/orbit, j = 1 … orbit - 1 (left factors: rotations in the
     # image frame, as the local refinement's): (t, 3, 3), t = orbit - 1
@@ -270,16 +273,23 @@ def search_poses(fv: FourierVolume, band: BandData, R: torch.Tensor, origin_px: 
     return R_f[pick], o_f[pick], best_f[pick]
 
 
-def reconstruct(reader: Reader, ids: np.ndarray, R: torch.Tensor, origin_px: torch.Tensor, L: int,
-                wiener: float = 0.01, batch: int = 512) -> torch.Tensor:
-    """Wiener-filtered backprojection (L, L, L) float64 of particles ``ids`` at poses R (n, 3, 3),
-    origins (n, 2) px. Accumulated in float32: ~3× faster than float64 and within ~4e-7 of it
-    (relative to the map's maximum, 4000 images at 64 px), far below what the search resolves."""
+def accumulate(reader: Reader, ids: np.ndarray, R: torch.Tensor, origin_px: torch.Tensor, L: int,
+               batch: int = 512) -> Backprojector:
+    """Particles ``ids`` at poses R (n, 3, 3), origins (n, 2) px, backprojected (float32
+    accumulators: ~3× faster than float64 and within ~4e-7 of it relative to the map's maximum,
+    4000 images at 64 px, far below what a search resolves)."""
     bp = Backprojector(L, dtype=torch.float32)
     for s in range(0, len(ids), batch):
         x, c = reader(ids[s:s + batch])
         bp.add(x, R[s:s + batch], origin_px[s:s + batch], c)
-    return bp.reconstruct(wiener).double()
+    return bp
+
+
+def reconstruct(reader: Reader, ids: np.ndarray, R: torch.Tensor, origin_px: torch.Tensor, L: int,
+                wiener: float = 0.01, batch: int = 512) -> torch.Tensor:
+    """Wiener-filtered backprojection (L, L, L) float64 of particles ``ids`` at poses R (n, 3, 3),
+    origins (n, 2) px (:func:`accumulate`)."""
+    return accumulate(reader, ids, R, origin_px, L, batch).reconstruct(wiener).double()
 
 
 def projection_matching(reader: Reader, ids: np.ndarray, L: int, R: torch.Tensor, origin_px: torch.Tensor,

@@ -215,6 +215,10 @@ class RefinementConfig(Section):
                                   choices=("winner", "all-once-settled"))
     distill_augment: bool = opt(False, "bool", "turn each distillation image and its target in-plane at random")
     distill_simulate: float = opt(0.0, "fraction", "fraction of each distillation batch simulated from the map")
+    finish: str = opt("auto", "choice", "the gold-standard finish at the stack's box (poses refined per half-set): "
+                      "auto (when the stack is larger than the working box), yes or no", choices=("auto", "yes", "no"))
+    finish_max_iters: int = opt(8, "posint", "the finish's iterations at most")
+    finish_budget_fraction: float = opt(0.25, "fraction", "share of the time budget kept for the finish")
 
 
 @dataclass

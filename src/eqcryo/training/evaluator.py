@@ -35,6 +35,7 @@ class GroundTruth:
     R: torch.Tensor | None = None
     origin: torch.Tensor | None = None
     volume: torch.Tensor | None = None
+    input_volume: torch.Tensor | None = None  # the map at the stack's box (for the finish's map)
 
     @classmethod
     def load(cls, cfg: TrainConfig, n: int, box: int, apix: float, input_box: int | None = None,
@@ -61,7 +62,8 @@ class GroundTruth:
                 if v_apix and abs(v_apix - input_apix) > 1e-3 * input_apix:
                     raise InputError(f"{cfg.evaluation.gt_volume}: voxel size {v_apix:.4g} Å differs from the "
                                      f"particles' pixel size {input_apix:.4g} Å")
-                v, v_apix = fourier_crop_3d(torch.from_numpy(v).double(), box).numpy(), apix
+                gt.input_volume = torch.from_numpy(v).double()
+                v, v_apix = fourier_crop_3d(gt.input_volume, box).numpy(), apix
             if v.shape[0] != box:
                 raise InputError(f"{cfg.evaluation.gt_volume}: box {v.shape[0]} differs from the particles' {box}")
             if v_apix and abs(v_apix - apix) > 1e-3 * apix:
@@ -118,6 +120,21 @@ class Evaluator:
                 row["resolution_0.143_angstrom"] = ev.fsc.resolution(0.143)
         return ev
 
+    def full_box(self, volume: torch.Tensor, R: torch.Tensor, origin_angstrom: torch.Tensor) -> tuple[object, dict]:
+        """The finish's map (the stack's box) and the poses of every particle (R (n, 3, 3),
+        origins (n, 2) Å) against the truth, when it is known: (FSC against the true map or
+        None, {finish_pose_mse, finish_pose_medse, finish_resolution_0.5_angstrom})."""
+        if self.gt.R is None:
+            return None, {}
+        d_gt = None if self.gt.origin is None else -self.gt.origin
+        m, al = pose_metrics(R, self.gt.R, -origin_angstrom, d_gt)
+        out = {"finish_pose_mse": m["pose_mse"], "finish_pose_medse": m["pose_medse"]}
+        truth = self.gt.input_volume if self.gt.input_volume is not None else self.gt.volume
+        if truth is None or truth.shape != volume.shape:
+            return None, out
+        curve, _ = fsc_to_ground_truth(volume, truth, al, self.data.input_apix)
+        out["finish_resolution_0.5_angstrom"] = curve.resolution(0.5)
+        return curve, out
 
     @torch.no_grad()
     def match_check(self, vol: torch.Tensor, R: torch.Tensor, origin: torch.Tensor,

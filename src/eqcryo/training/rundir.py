@@ -107,7 +107,7 @@ class RunDir:
 
     CONFIG, CHECKPOINT, METRICS, EVAL_POSES = "config.yaml", "checkpoint.pt", "metrics.csv", "eval_poses.npz"
     SUMMARY, FSC, REFINEMENT, REPORT = "summary.json", "fsc.json", "refinement.json", "report.md"
-    HALF1, HALF2, FSC_HALVES = "half1.mrc", "half2.mrc", "fsc_halfmaps.json"
+    HALF1, HALF2, FSC_HALVES, MASK = "half1.mrc", "half2.mrc", "fsc_halfmaps.json", "mask.mrc"
     MAP, POSES_PKL, POSES_STAR, TENSORBOARD = ("reconstruction.mrc", "predicted_poses.pkl",
                                                "predicted_particles.star", "tensorboard")
     LOCK = ".lock"  # held by the process that trains in this folder (see :meth:`locked`)
@@ -208,7 +208,8 @@ class RunDir:
         """Delete temporary files that a killed write left (atomic_path's ``.NAME.xxxx``), for this
         folder's own files only; returns their names."""
         own = (self.CONFIG, self.CHECKPOINT, self.METRICS, self.EVAL_POSES, self.SUMMARY, self.FSC,
-               self.REFINEMENT, self.REPORT, self.MAP, self.POSES_PKL, self.POSES_STAR)
+               self.REFINEMENT, self.REPORT, self.MAP, self.POSES_PKL, self.POSES_STAR, self.HALF1, self.HALF2,
+               self.FSC_HALVES, self.MASK)
         gone = []
         if self.path.is_dir():
             for f in self.path.iterdir():
@@ -371,10 +372,11 @@ class RunDir:
                          for p, i in zip(src.paths, src.indices)], dtype=object)
 
     def write_results(self, volume: np.ndarray, apix: float, predicted, summary: dict, fsc=None,
-                      halves: tuple | None = None) -> None:
+                      halves: tuple | None = None, mask=None) -> None:
         """The end of a run: the map (L, L, L) at ``apix`` Å, the predicted poses of every particle
         (a ParticleTable) as .pkl and .star, fsc.json (FSCResult or None), the half-maps and their
-        FSC (``halves``: (half 1, half 2, record) or None), summary.json, the report."""
+        FSC (``halves``: (half 1, half 2, record) or None), the FSC's mask (or None), summary.json,
+        the report."""
         from ..data.cryodrgn import write_pose_pkl
         from ..data.mrc import write_volume
         from ..data.star import write_star
@@ -389,6 +391,8 @@ class RunDir:
             write_volume(self / self.HALF1, halves[0].float().numpy(), apix)
             write_volume(self / self.HALF2, halves[1].float().numpy(), apix)
             self.write_json(self.FSC_HALVES, halves[2])
+        if mask is not None:
+            write_volume(self / self.MASK, mask.float().numpy(), apix)
         self.write_summary(summary)
         self.write_report()
 
@@ -422,8 +426,42 @@ class RunDir:
                  "converged (pose MSE < 0.1): " + (json.dumps(s["converged"]) if s.get("converged") else "no")]
         facts.append(agreement_line(cfg.evaluation.stop_match_mse, s.get("agreement"), self.metric_rows()))
         curves = []
+        if s.get("stages"):
+            facts.append("stages (wall seconds from the start): " + "; ".join(
+                f"{st['stage']} {st['start_seconds']:.0f}–{st['end_seconds']:.0f} s ({st['box']} px)"
+                for st in s["stages"]))
         halves = self.read_json(self.FSC_HALVES)
-        if halves:
+        if halves and "corrected" in halves:  # the gold-standard finish
+            c, m, u = halves["corrected"], halves["masked"], halves["unmasked"]
+            facts.append(f"**resolution without ground truth: {format_resolution(c.get('resolution_0.143'), 1)}** "
+                         f"(FSC 0.143 of two half-maps at {c['box']} px, {halves['n_half1']} + {halves['n_half2']} "
+                         f"particles, "
+                         + (f"poses refined independently per half at up to {halves['refined_up_to_box']} px"
+                            if halves.get("refined_up_to_box") else "poses as ab initio left them (no time to refine)")
+                         + "; masked by mask.mrc and corrected by "
+                         f"phase randomisation beyond {format_resolution(halves.get('randomise_from_angstrom'), 1)}); "
+                         f"masked {format_resolution(m.get('resolution_0.143'), 1)}, unmasked "
+                         f"{format_resolution(u.get('resolution_0.143'), 1)}")
+            rand = halves["phase_randomised"]
+            hi = max(rand["fsc"][halves["randomise_from_shell"] + 3:] or [0.0])
+            if hi > 0.2:
+                facts.append(f"warning: the mask alone correlates the half-maps (phase-randomised FSC up to {hi:.2f}); "
+                             f"the corrected curve accounts for it, but a looser mask would be safer")
+            agreed = bool(s.get("agreement"))
+            r143 = c.get("resolution_0.143")
+            nyq_work = 2 * float(res.get("apix") or 1.0)  # the working box's Nyquist, Å
+            if agreed and (r143 is None or r143 > 2 * nyq_work):
+                facts.append(f"**warning: the two verdicts disagree**: the encoder agreed with the search in its map, "
+                             f"but the half-maps reach only {format_resolution(r143, 1)} (the working box resolves "
+                             f"{nyq_work:.1f} Å): the map may be wrong; check it before trusting the poses")
+            elif not agreed and r143 is not None and r143 <= 1.5 * nyq_work:
+                facts.append(f"note: the half-maps reach {r143:.1f} Å although the no-ground-truth agreement was not "
+                             f"reached: the map is probably right; the agreement rule is conservative at low SNR")
+            for name, key in (("half-maps, corrected (read the resolution here)", "corrected"),
+                              ("half-maps, masked", "masked"), ("half-maps, unmasked", "unmasked"),
+                              ("half-maps, masked, phases randomised", "phase_randomised")):
+                curves.append((name, FSCResult.from_dict(halves[key])))
+        elif halves:
             m, u = halves["masked"], halves["unmasked"]
             facts.append(f"**resolution without ground truth** (FSC 0.143 of two half-maps, {halves['n_half1']} + "
                          f"{halves['n_half2']} particles at the final poses): "
@@ -437,8 +475,8 @@ class RunDir:
             facts.append(f"against the ground truth (FSC 0.5, after alignment): "
                          f"{format_resolution(gt.resolution(0.5), 1)}")
             curves.append(("reconstruction vs ground truth", gt))
-        files = [self.MAP, self.HALF1, self.HALF2, self.FSC_HALVES, self.POSES_STAR, self.POSES_PKL, self.METRICS,
-                 self.CONFIG, self.CHECKPOINT, self.TENSORBOARD + "/"]
+        files = [self.MAP, self.HALF1, self.HALF2, self.FSC_HALVES, self.MASK, self.POSES_STAR, self.POSES_PKL,
+                 self.METRICS, self.CONFIG, self.CHECKPOINT, self.TENSORBOARD + "/"]
         rot = None
         if (self / self.POSES_PKL).exists():
             from ..data.cryodrgn import read_pose_pkl

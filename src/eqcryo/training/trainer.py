@@ -18,7 +18,10 @@ import math
 import signal
 import sys
 import time
+from typing import Any
 
+import numpy as np
+import pandas as pd
 import torch
 from tqdm import tqdm
 
@@ -26,11 +29,12 @@ from ..data.errors import InputError
 from ..evaluation.analysis import view_prior_penalty
 from ..physics.group import in_plane_turn, turn_images
 from ..physics.rotations import random_rotations
+from ..reconstruction.gold_standard import FinishConfig, FinishResult, gold_standard_finish
 from .batches import TrainingData
 from .config import TrainConfig, resolve_device
 from .distributed import Distributed, sync_batch_norm
 from .evaluator import Evaluation, Evaluator, GroundTruth
-from .inference import build_for, half_map_fsc, predicted_table
+from .inference import build_for, half_map_fsc, infer, predicted_table
 from .provenance import provenance
 from .refinement import Refinement
 from .rundir import RunDir
@@ -92,7 +96,12 @@ class Trainer:
         self.refinement = Refinement(ref.iters, ref.radius_shells, ref.distill_weight, opt.seed, ref.keep, ref.orbit,
                                      all_hypotheses_once_settled=ref.distill_hypotheses != "winner")
         self.eval_timer = Periodic(ev.every_seconds)
-        self.stop = StopRule(opt.steps, opt.time_budget_seconds, ev.stop_match_mse)
+        self.finishing = ref.finish == "yes" or (ref.finish == "auto" and self.data.input_box > self.data.box)
+        budget = opt.time_budget_seconds
+        if budget is not None and self.finishing:  # the finish's share of the budget is kept for it
+            budget = budget * (1 - ref.finish_budget_fraction)
+        self.stop = StopRule(opt.steps, budget, ev.stop_match_mse)
+        self.stages: list[dict] = []  # [{stage, box, images, start_seconds, end_seconds}] of this process's run
         self.step, self.images_seen, self.epoch, self.pos = 0, 0, 0, 0
         self.converged: dict | None = None
         self.last_eval: Evaluation | None = None
@@ -242,11 +251,25 @@ class Trainer:
         if self.dist.active:
             self.refinement.broadcast(self.dist, self.model, self.data.n)
 
+    def stage(self, name: str, box: int, images: int, wall0: float, start: float | None = None) -> None:
+        """Log a stage's start (``start`` None) or its end, one line each, and record it."""
+        now = time.perf_counter() - wall0
+        if start is None:
+            if self.dist.is_main:
+                print(f"stage {name}: start at {now:.0f} s (box {box} px, {images} images)", file=sys.stderr)
+            return
+        self.stages.append({"stage": name, "box": box, "images": images, "start_seconds": round(start, 1),
+                            "end_seconds": round(now, 1)})
+        if self.dist.is_main:
+            print(f"stage {name}: end at {now:.0f} s ({now - start:.0f} s)", file=sys.stderr)
+
     def run(self, progress: bool = True) -> dict:
         c = self.cfg
         self.model.train()
+        self.clock_base = self.clock.train_seconds  # (a resumed run: the training time before this process)
         self.clock.start()
         wall0 = time.perf_counter()
+        self.stage("ab initio", self.data.box, self.data.n, wall0)
         if self.step == 0 and self.dist.is_main and not (self.run_dir / RunDir.METRICS).exists():
             self.evaluate()
         # redirected to a log file, a bar redrawn 10 times a second would fill it: every 30 s there
@@ -304,20 +327,74 @@ class Trainer:
         if self.dist.is_main and (not rows or int(rows[-1]["step"]) != self.step):  # (a resumed finished run
             self.evaluate()                                                           # has logged this step)
         self.save_checkpoint()
-        return self.finish(wall_seconds=time.perf_counter() - wall0)
+        self.stage("ab initio", self.data.box, self.data.n, wall0, start=0.0)
+        gold = None
+        if self.finishing and self.dist.is_main:
+            t = time.perf_counter() - wall0
+            self.stage("gold-standard finish", self.data.input_box, self.data.n, wall0)
+            gold = self.gold_standard(wall0)
+            self.stage("gold-standard finish", self.data.input_box, self.data.n, wall0, start=t)
+        return self.finish(wall_seconds=time.perf_counter() - wall0, gold=gold, wall0=wall0)
+
+    def gold_standard(self, wall0: float) -> FinishResult:
+        """The finish (:mod:`eqcryo.reconstruction.gold_standard`) from the encoder's poses of every
+        particle, within what the time budget leaves."""
+        ds, c = self.data.ds, self.cfg
+        sign = -1.0 if ds.scale < 0 else 1.0  # the contrast's orientation (the scale's sign), not its size
+
+        def read_at(box: int):
+            dsb = ds.at_box(box)
+
+            def reader(ids):
+                ctf = dsb.ctf(ids)
+                return dsb.read_images(ids, scaled=False).float() * sign, None if ctf is None else ctf.cpu()
+            return reader
+
+        R, origin, _ = infer(self.model, ds, np.arange(ds.n))
+        ref = self.refinement
+        if ref.target_R is not None and ref.target_origin_px is not None:
+            # the last projection-matching round's poses are sharper than the encoder's distillation of them
+            ids = torch.from_numpy(self.data.train_ids)
+            R[ids], origin[ids] = ref.target_R[ids].double(), ref.target_origin_px[ids].double() * ds.apix
+        budget = c.optimisation.time_budget_seconds
+        deadline = None if budget is None else wall0 + budget - self.clock_base
+        fc = FinishConfig(max_iters=c.refinement.finish_max_iters, seed=c.optimisation.seed)
+        return gold_standard_finish(read_at, ds.n, ds.input_box, ds.input_apix, R, origin, ds.box, 2 * ds.apix, fc,
+                                    deadline, log=lambda m: print(m, file=sys.stderr))
 
     # ------------------------------------------------------------------ outputs
-    def finish(self, wall_seconds: float | None = None) -> dict:
-        """Write the map, predicted poses for every particle, the summary and the report (rank 0)."""
+    def finish(self, wall_seconds: float | None = None, gold: FinishResult | None = None,
+               wall0: float | None = None) -> dict:
+        """Write the map, predicted poses for every particle, the summary and the report (rank 0):
+        from the gold-standard finish when it ran (the stack's box), else from the model (the
+        working box; half-maps from one set of poses)."""
         if not self.dist.is_main:
             return {"steps": self.step, "images_seen": self.images_seen, "rank": self.dist.rank}
+        t = None if wall0 is None else time.perf_counter() - wall0
+        if wall0 is not None:
+            self.stage("outputs", self.data.input_box, self.data.n, wall0)
         pred = predicted_table(self.model, self.data.ds)
-        halves = half_map_fsc(self.data.ds, pred, self.cfg.optimisation.seed)
-        summary = {"steps": self.step, "train_seconds": self.clock.train_seconds,
-                   "eval_seconds": self.clock.eval_seconds, "images_seen": self.images_seen,
-                   "converged": self.converged, "agreement": self.stop.finished, "wall_seconds": wall_seconds,
-                   "command": self.command, "provenance": self.provenance}
-        self.run_dir.write_results(self.model.decoder.volume().float().cpu().numpy(), self.data.apix, pred,
-                                   {k: v for k, v in summary.items() if v is not None},
-                                   None if self.last_eval is None else self.last_eval.fsc, halves)
+        summary: dict[str, Any] = {"steps": self.step, "train_seconds": self.clock.train_seconds,
+                                   "eval_seconds": self.clock.eval_seconds, "images_seen": self.images_seen,
+                                   "converged": self.converged, "agreement": self.stop.finished}
+        if gold is None:
+            halves = half_map_fsc(self.data.ds, pred, self.cfg.optimisation.seed)
+            volume, apix, fsc_gt = self.model.decoder.volume().float().cpu().numpy(), self.data.apix, \
+                None if self.last_eval is None else self.last_eval.fsc
+            mask = None
+        else:
+            pred.rotations, pred.shifts_angstrom = gold.R.numpy(), gold.origin_angstrom.numpy()
+            subset = pd.DataFrame({"rlnRandomSubset": gold.half + 1})
+            pred.extra = subset if pred.extra is None else \
+                pd.concat([pred.extra.drop(columns=["rlnRandomSubset"], errors="ignore"), subset], axis=1)
+            halves = (gold.half_maps[0], gold.half_maps[1], gold.record())
+            volume, apix, mask = gold.full_map.float().numpy(), self.data.input_apix, gold.mask
+            fsc_gt, finish_eval = self.evaluator.full_box(gold.full_map, gold.R, gold.origin_angstrom)
+            summary.update(resolution_angstrom=gold.fsc.resolution, **finish_eval)
+        if wall0 is not None and t is not None:
+            self.stage("outputs", self.data.input_box, self.data.n, wall0, start=t)
+        summary.update(stages=self.stages, wall_seconds=wall_seconds if wall0 is None else time.perf_counter() - wall0,
+                       command=self.command, provenance=self.provenance)
+        self.run_dir.write_results(volume, apix, pred, {k: v for k, v in summary.items() if v is not None},
+                                   fsc_gt, halves, mask=mask)
         return summary
