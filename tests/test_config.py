@@ -125,3 +125,12 @@ def test_model_shortcut_keeps_other_options_of_the_model_section(tiny, tmp_path)
                  "--no-progress"]) == 0
     m = yaml.safe_load((run / "config.yaml").read_text())["model"]
     assert (m["name"], m["profile"]) == ("c4-l2", "cpu-wide")
+
+
+def test_a_bare_yes_or_no_is_read_as_the_choice_not_as_a_boolean():
+    # YAML reads `no` as false: --set refinement.finish=no must still mean "no"
+    cfg = make_config("default", parse_sets(["refinement.finish=no", "data.invert_contrast=yes"]),
+                      particles="x.star", out="o", steps=1)
+    assert (cfg.refinement.finish, cfg.data.invert_contrast) == ("no", "yes")
+    with pytest.raises(InputError, match="model.name True"):
+        make_config("default", parse_sets(["model.name=yes"]), particles="x.star", out="o", steps=1)

@@ -115,6 +115,8 @@ class ParticleDataset:
     def _preload(self, chunk: int = 4096) -> None:
         """Read every image once (scaled, as :meth:`read_images` would) into device memory."""
         n, L = self.table.n, self.box
+        if self.box != self.input_box:  # cropping transforms each chunk at the stack's box: ~2^24 pixels at once
+            chunk = min(chunk, max(64, 2 ** 24 // self.input_box ** 2))
         mem = torch.empty(n, L, L, dtype=self.dtype, device=self.device)
         if n > 20000:
             print(f"reading {n} images into {self.device} memory ...", file=sys.stderr)

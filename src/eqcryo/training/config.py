@@ -88,6 +88,8 @@ def _check(section: str, name: str, kind: str, choices: tuple, value: Any, nulla
             raise InputError(f"{key} {value!r}: expected true or false")
         return value
     if kind == "choice":
+        if isinstance(value, bool) and {"yes", "no"} <= set(choices):  # YAML reads a bare yes/no as a boolean
+            value = "yes" if value else "no"
         if value not in choices:
             raise InputError(f"{key} {value!r}: expected one of {', '.join(map(str, choices))}")
         return value
