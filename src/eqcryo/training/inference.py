@@ -22,7 +22,7 @@ from ..physics.group import displacement_to_origin
 from .config import TrainConfig, check_device, resolve_device
 from .rundir import RunDir
 
-__all__ = ["infer", "predicted_table", "half_map_fsc", "TrainedModel", "load_trained", "build_for"]
+__all__ = ["infer", "predicted_table", "posed_table", "half_map_fsc", "TrainedModel", "load_trained", "build_for"]
 
 
 def build_for(cfg: TrainConfig, box: int, device: str | None = None) -> CryoModel:
@@ -62,10 +62,15 @@ def infer(model: CryoModel, ds: ParticleDataset, ids: np.ndarray, batch: int = 1
 
 def predicted_table(model: CryoModel, ds: ParticleDataset) -> ParticleTable:
     """``ds``'s particle table with the model's poses for every particle (box and pixel size set)."""
+    R, origin, _ = infer(model, ds, np.arange(ds.n))
+    return posed_table(ds, R, origin)
+
+
+def posed_table(ds: ParticleDataset, R: torch.Tensor, origin_angstrom: torch.Tensor) -> ParticleTable:
+    """``ds``'s particle table with poses R (n, 3, 3) and RELION origins (n, 2) Å for every particle."""
     t = ds.table
-    R, origin, _ = infer(model, ds, np.arange(t.n))
     pred = t.subset(np.arange(t.n))
-    pred.rotations, pred.shifts_angstrom, pred.euler_degrees = R.numpy(), origin.numpy(), None
+    pred.rotations, pred.shifts_angstrom, pred.euler_degrees = R.numpy(), origin_angstrom.numpy(), None
     # the stack's box and pixel size (shifts are in Å): the metadata still describes the stack
     pred.box, pred.apix, pred.source_format = ds.input_box, np.full(t.n, ds.input_apix), "pred"
     return pred

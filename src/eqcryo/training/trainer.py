@@ -34,7 +34,7 @@ from .batches import TrainingData
 from .config import TrainConfig, resolve_device
 from .distributed import Distributed, sync_batch_norm
 from .evaluator import Evaluation, Evaluator, GroundTruth
-from .inference import build_for, half_map_fsc, infer, predicted_table
+from .inference import build_for, half_map_fsc, infer, posed_table, predicted_table
 from .provenance import provenance
 from .refinement import Refinement
 from .rundir import RunDir
@@ -334,7 +334,7 @@ class Trainer:
             self.stage("gold-standard finish", self.data.input_box, self.data.n, wall0)
             gold = self.gold_standard(wall0)
             self.stage("gold-standard finish", self.data.input_box, self.data.n, wall0, start=t)
-        return self.finish(wall_seconds=time.perf_counter() - wall0, gold=gold, wall0=wall0)
+        return self.finish(wall0, gold)
 
     def gold_standard(self, wall0: float) -> FinishResult:
         """The finish (:mod:`eqcryo.reconstruction.gold_standard`) from the encoder's poses of every
@@ -363,27 +363,25 @@ class Trainer:
                                     deadline, log=lambda m: print(m, file=sys.stderr))
 
     # ------------------------------------------------------------------ outputs
-    def finish(self, wall_seconds: float | None = None, gold: FinishResult | None = None,
-               wall0: float | None = None) -> dict:
-        """Write the map, predicted poses for every particle, the summary and the report (rank 0):
-        from the gold-standard finish when it ran (the stack's box), else from the model (the
-        working box; half-maps from one set of poses)."""
+    def finish(self, wall0: float, gold: FinishResult | None = None) -> dict:
+        """Write the map, poses for every particle, the summary and the report (rank 0): from the
+        gold-standard finish when it ran (the stack's box), else from the model (the working box;
+        half-maps from one set of poses). ``wall0``: ``time.perf_counter()`` at the run's start."""
         if not self.dist.is_main:
             return {"steps": self.step, "images_seen": self.images_seen, "rank": self.dist.rank}
-        t = None if wall0 is None else time.perf_counter() - wall0
-        if wall0 is not None:
-            self.stage("outputs", self.data.input_box, self.data.n, wall0)
-        pred = predicted_table(self.model, self.data.ds)
+        t = time.perf_counter() - wall0
+        self.stage("outputs", self.data.input_box, self.data.n, wall0)
         summary: dict[str, Any] = {"steps": self.step, "train_seconds": self.clock.train_seconds,
                                    "eval_seconds": self.clock.eval_seconds, "images_seen": self.images_seen,
                                    "converged": self.converged, "agreement": self.stop.finished}
+        mask = None
         if gold is None:
+            pred = predicted_table(self.model, self.data.ds)
             halves = half_map_fsc(self.data.ds, pred, self.cfg.optimisation.seed)
-            volume, apix, fsc_gt = self.model.decoder.volume().float().cpu().numpy(), self.data.apix, \
-                None if self.last_eval is None else self.last_eval.fsc
-            mask = None
+            volume, apix = self.model.decoder.volume().float().cpu().numpy(), self.data.apix
+            fsc_gt = None if self.last_eval is None else self.last_eval.fsc
         else:
-            pred.rotations, pred.shifts_angstrom = gold.R.numpy(), gold.origin_angstrom.numpy()
+            pred = posed_table(self.data.ds, gold.R, gold.origin_angstrom)
             subset = pd.DataFrame({"rlnRandomSubset": gold.half + 1})
             pred.extra = subset if pred.extra is None else \
                 pd.concat([pred.extra.drop(columns=["rlnRandomSubset"], errors="ignore"), subset], axis=1)
@@ -391,10 +389,9 @@ class Trainer:
             volume, apix, mask = gold.full_map.float().numpy(), self.data.input_apix, gold.mask
             fsc_gt, finish_eval = self.evaluator.full_box(gold.full_map, gold.R, gold.origin_angstrom)
             summary.update(resolution_angstrom=gold.fsc.resolution, **finish_eval)
-        if wall0 is not None and t is not None:
-            self.stage("outputs", self.data.input_box, self.data.n, wall0, start=t)
-        summary.update(stages=self.stages, wall_seconds=wall_seconds if wall0 is None else time.perf_counter() - wall0,
-                       command=self.command, provenance=self.provenance)
+        self.stage("outputs", self.data.input_box, self.data.n, wall0, start=t)
+        summary.update(stages=self.stages, wall_seconds=time.perf_counter() - wall0, command=self.command,
+                       provenance=self.provenance)
         self.run_dir.write_results(volume, apix, pred, {k: v for k, v in summary.items() if v is not None},
                                    fsc_gt, halves, mask=mask)
         return summary
