@@ -24,6 +24,7 @@ VERBS = {
     "train": "train",
     "evaluate": "evaluate",
     "predict": "predict",
+    "select": "select",
     "refine": "refine",
     "experiment": "experiment",
     "analyze": "analyze",

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.atomic import refuse_overwriting_inputs
+from ..data.errors import InputError
 from ..data.io import load_particles, save_metadata
 from ..training.inference import load_trained
 from .common import verb_parser
@@ -32,6 +33,8 @@ def add_parser(sub):
 
 def run(args) -> int:
     refuse_overwriting_inputs(args.output, [args.particles, args.ctf])
+    if (Path(args.run) / "classes.json").exists():
+        return _run_classes(args)
     tm = load_trained(args.run, args.checkpoint, device=args.device)
     t = load_particles(args.particles, ctf=args.ctf, datadir=args.datadir)
     refuse_overwriting_inputs(args.output, [args.particles, args.ctf], tables=(t,))
@@ -43,4 +46,28 @@ def run(args) -> int:
         t.apix = np.full(t.n, tm.apix)
     for f in save_metadata(Path(args.output), t):
         print(f"wrote {f} ({t.n} particles)")
+    return 0
+
+
+def _run_classes(args) -> int:
+    """A run of several classes: class and pose of each particle (rlnClassNumber 0 = junk)."""
+    import pandas as pd
+
+    from ..training.classes import predict_classes
+
+    if args.checkpoint:
+        raise InputError("predict --checkpoint: a run with several classes has one checkpoint per class; "
+                         "predict uses each class's own")
+    t = load_particles(args.particles, ctf=args.ctf, datadir=args.datadir)
+    refuse_overwriting_inputs(args.output, [args.particles, args.ctf], tables=(t,))
+    if args.no_ctf:
+        t.apply_ctf_rule(True)
+    label, score, R, origin, _ = predict_classes(args.run, t, device=args.device)
+    t.rotations, t.shifts_angstrom, t.euler_degrees = R.numpy(), origin.numpy(), None
+    extra = pd.DataFrame({"rlnClassNumber": label.astype(np.int64), "rlnEqcryoClassScore": score})
+    t.extra = extra if t.extra is None else pd.concat(
+        [t.extra.drop(columns=list(extra.columns), errors="ignore").reset_index(drop=True), extra], axis=1)
+    for f in save_metadata(Path(args.output), t):
+        counts = {int(c): int((label == c).sum()) for c in np.unique(label)}
+        print(f"wrote {f} ({t.n} particles; per class, 0 = junk: {counts})")
     return 0

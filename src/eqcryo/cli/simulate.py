@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from ..data.errors import InputError
+from ..data.mixture import parse_junk, parse_mix, simulate_mixture
 from ..data.simulate import RECIPES, SimulationConfig, simulate
 from ..data.structure import DEFAULT_STRUCTURE
 from .common import fraction, nonneg_float, nonneg_int, positive_float, positive_int, verb_parser
@@ -33,6 +34,13 @@ def add_parser(sub):
     p.add_argument("structure", nargs="?",
                    help=f"atomic model or .mrc map (default {DEFAULT_STRUCTURE}, or the recipe's structure)")
     p.add_argument("-o", "--outdir", help="output folder")
+    p.add_argument("--mix", metavar="STRUCTURE:N,...",
+                   help="a mixture of species shuffled into one stack instead of STRUCTURE, e.g. "
+                        "'builtin:5nrl:2400,70s.mrc:1600' (each species' images with the same signal variance, one "
+                        "noise level); writes truth.csv (class per particle, 0 = junk) and gt_volume_K.mrc")
+    p.add_argument("--junk", metavar="N|KIND:N,...",
+                   help="junk images added to a --mix: N pure-noise images with the particles' std, or KIND:N for "
+                        "kinds noise, edge (carbon edge), ice (a dark blob), aggregate (3-5 overlapping particles)")
     p.add_argument("--recipe", choices=sorted(RECIPES), metavar="NAME", help="a paper data set recipe")
     p.add_argument("--list-recipes", action="store_true", help="print the recipes and exit")
     p.add_argument("--n", type=positive_int, help="number of images (default 3000)")
@@ -104,8 +112,19 @@ def run(args) -> int:
         cfg.defocus_lognormal = None
     if args.defocus_lognormal:
         cfg.defocus_lognormal = tuple(args.defocus_lognormal)
+    if args.junk and not args.mix:
+        raise InputError("simulate: --junk goes with --mix (a mixture of species and junk)")
+    if args.mix and args.structure:
+        raise InputError(f"simulate: give the species with --mix or one STRUCTURE ({args.structure}), not both")
+    species = parse_mix(args.mix) if args.mix else None
+    junk = parse_junk(args.junk) if args.junk else {}
     fresh = not out.exists()
     try:
+        if species is not None:
+            info = simulate_mixture(species, junk, cfg, args.outdir, progress=not args.no_progress)
+            print(json.dumps({"outdir": args.outdir, "n": info["n"], "species": [s["n"] for s in info["species"]],
+                              "junk": junk, "box": cfg.box, "apix": cfg.apix, "snr": cfg.snr}))
+            return 0
         info = simulate(cfg, args.outdir, progress=not args.no_progress)
     except BaseException:
         if fresh:  # a refusal (or Ctrl-C) leaves no empty or half-written data set behind

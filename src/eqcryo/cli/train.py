@@ -78,6 +78,10 @@ def add_parser(sub):
     p.add_argument("--apix", type=positive_float, help="pixel size in Å (overrides the file)")
     p.add_argument("--gt-poses", help="ground-truth poses (cryoDRGN .pkl), evaluation only")
     p.add_argument("--gt-volume", help="ground-truth map (.mrc), evaluation only (needs --gt-poses)")
+    p.add_argument("--classes", type=positive_int, metavar="K",
+                   help="K classes (maps) and a junk sink: several species in one stack (shortcut for --set "
+                        "classes.count=K; default 1). Each class is an ab initio run of its own, then every particle "
+                        "is classified; see docs/classes.md")
     p.add_argument("--steps", type=positive_int, help="stop after this many steps")
     p.add_argument("--time-budget", type=positive_float, help="stop after this many seconds of training (wall time, "
                                                      "evaluation excluded)")
@@ -107,6 +111,7 @@ def run(args) -> int:
         return 0
     if args.resume:
         fixed = [o for o, v in (("--recipe", args.recipe), ("--set", args.sets), ("--model", args.model),
+                                ("--classes", args.classes),
                                 ("--no-ctf", args.no_ctf), ("--ctf", args.ctf), ("--apix", args.apix),
                                 ("--gt-poses", args.gt_poses), ("--gt-volume", args.gt_volume), ("--seed", args.seed),
                                 ("--invert-contrast", args.invert_contrast), ("-o", args.outdir),
@@ -120,6 +125,8 @@ def run(args) -> int:
             if args.data else {}
         cfg, _ = RunDir(args.resume).read_config(steps=args.steps, time_budget=args.time_budget, device=args.device,
                                                  threads=args.threads, **moved)
+        if cfg.classes.count > 1:
+            return _train_classes(cfg, command, RunDir(args.resume), fresh=False)
         dist, _ = init_distributed(resolve_device(cfg.compute.device))
         return _train(lambda: Trainer(cfg, resume=True, command=command, dist=dist), args, None, dist,
                       RunDir(args.resume))
@@ -141,12 +148,41 @@ def run(args) -> int:
     sets = parse_sets(args.sets)
     if args.model:  # (into the section: a `--set model.profile=...` beside it is kept)
         sets.setdefault("model", {})["name"] = args.model
+    if args.classes is not None:
+        sets.setdefault("classes", {})["count"] = args.classes
     cfg = make_config(args.recipe or DEFAULT_RECIPE, sets, particles=args.particles, out=args.outdir, ctf=args.ctf,
                       datadir=args.datadir, apix=args.apix, data__no_ctf=args.no_ctf, gt_poses=args.gt_poses,
                       gt_volume=args.gt_volume,
                       steps=args.steps, time_budget=args.time_budget, seed=args.seed, device=args.device,
                       threads=args.threads, invert_contrast=args.invert_contrast)
+    if cfg.classes.count > 1:
+        if dist.active:
+            raise InputError("train --classes: several classes run in one process (not under torchrun) for now")
+        return _train_classes(cfg, command, rd, fresh)
     return _train(lambda: Trainer(cfg, command=command, dist=dist), args, fresh, dist, rd)
+
+
+def _train_classes(cfg, command: str, rd: RunDir, fresh: bool) -> int:
+    """A run of several classes (:mod:`eqcryo.training.classes`) in ``rd``; a new folder that a
+    failure leaves without any ab initio checkpoint is removed."""
+    from ..training.classes import ClassRun
+
+    try:
+        with rd.locked():
+            run = ClassRun(cfg, command)
+            if not rd.is_run():
+                rd.write_config(cfg, {"classes": cfg.classes.count, "n_particles": run.table.n})
+            summary = run.run()
+    except TrainingInterrupted as e:
+        print(f"eqcryo train: {e}", file=sys.stderr)
+        return 128 + e.signum
+    except BaseException:
+        if fresh and not any((p / RunDir.CHECKPOINT).exists() for p in rd.path.glob("ab_initio_*")):
+            shutil.rmtree(rd.path, ignore_errors=True)
+        raise
+    print(json.dumps(summary))
+    print(f"classes: {summary['members']} particles, junk {summary['junk']}; report: {rd / RunDir.REPORT}")
+    return 0
 
 
 def _train(make, args, fresh: bool | None, dist, rd: RunDir) -> int:

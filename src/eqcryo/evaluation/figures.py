@@ -135,3 +135,24 @@ def plot_convergence(path, curves: dict, xlabel: str, threshold: float = 0.1) ->
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
+
+
+def class_maps_figure(maps, sizes: list[int], junk: int, apix: float, path) -> None:
+    """One row per class map (L, L, L): its projections along z, y and x, titled with its size
+    (the share of all particles, junk included)."""
+    n = sum(sizes) + junk
+    fig, axes = plt.subplots(len(maps), 3, figsize=(6, 2 * len(maps)), squeeze=False)
+    for k, (vol, m) in enumerate(zip(maps, sizes)):
+        for j, (ax, name) in enumerate(zip(axes[k], ("z", "y", "x"))):
+            ax.imshow(vol.sum(axis=j), cmap="gray")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(f"class {k + 1}\n{m} ({100 * m / max(n, 1):.0f}%)", fontsize=8)
+            if k == 0:
+                ax.set_title(f"along {name}", fontsize=8)
+    fig.suptitle(f"{len(maps)} classes, {junk} junk ({100 * junk / max(n, 1):.0f}%), {apix:.3g} Å/px", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format=str(path).rsplit(".", 1)[-1])
+    plt.close(fig)

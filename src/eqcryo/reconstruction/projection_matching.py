@@ -294,18 +294,21 @@ def reconstruct(reader: Reader, ids: np.ndarray, R: torch.Tensor, origin_px: tor
 
 def projection_matching(reader: Reader, ids: np.ndarray, L: int, R: torch.Tensor, origin_px: torch.Tensor,
                         n_iter: int, cfg: MatchConfig,
-                        callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                        callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+                        recon: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``n_iter`` iterations of reconstruct → :func:`search_poses`, starting from poses R (n, 3, 3)
     and origins (n, 2) px of particles ``ids``. Returns (R, origin_px, the map reconstructed from
     the final poses (L, L, L) in the data's intensity units). ``callback(iteration, R, origin_px)``
-    is called after each search (e.g. to report pose error against a ground truth)."""
+    is called after each search (e.g. to report pose error against a ground truth). ``recon``
+    (k,) positions in ``ids``: only those particles make the maps (all are searched)."""
     g = torch.Generator().manual_seed(cfg.seed)
     band = BandData.read(reader, ids, L, cfg.radius)
     R, origin_px = R.double().clone(), origin_px.double().clone()
+    use = slice(None) if recon is None else torch.as_tensor(recon, dtype=torch.long)
+    rids = ids if recon is None else ids[recon]
     for it in range(n_iter):
-        vol = reconstruct(reader, ids, R, origin_px, L, cfg.wiener)
+        vol = reconstruct(reader, rids, R[use], origin_px[use], L, cfg.wiener)
         R, origin_px, _ = search_poses(prepare_fourier_volume(vol, 2), band, R, origin_px, cfg, g)
         if callback is not None:
             callback(it, R, origin_px)
-    return R, origin_px, reconstruct(reader, ids, R, origin_px, L, cfg.wiener)
+    return R, origin_px, reconstruct(reader, rids, R[use], origin_px[use], L, cfg.wiener)

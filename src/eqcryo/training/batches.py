@@ -71,6 +71,7 @@ class TrainingData:
             print(f"note: evaluation.n_images {cfg.evaluation.n_images} is more than a tenth of the {t.n} particles; "
                   f"evaluating on {n_eval} held-out particles", file=sys.stderr)
         self.eval_ids, self.train_ids = np.sort(perm[:n_eval]), perm[n_eval:]
+        self._active: np.ndarray | None = None
         if len(self.train_ids) < cfg.optimisation.batch_size:
             raise InputError(f"{cfg.data.particles}: {len(self.train_ids)} training particles < batch size "
                              f"{cfg.optimisation.batch_size}")
@@ -114,9 +115,20 @@ class TrainingData:
             raise InputError(f"{self.table.source}: not the data {run} was trained on: {'; '.join(changed)} "
                              f"differ; resume only on the same particles (moved data: --data NEW.star)")
 
+    @property
+    def active_ids(self) -> np.ndarray:
+        """The training particles batches are drawn from: all of them, or those a trimming
+        refinement kept (:meth:`set_active`)."""
+        return self.train_ids if self._active is None else self._active
+
+    def set_active(self, ids: np.ndarray | None) -> None:
+        """Draw batches from ``ids`` (a subset of the training particles) from the next epoch on; None: all."""
+        self._active = None if ids is None else np.sort(np.asarray(ids, dtype=np.int64))
+
     def order(self, epoch: int) -> np.ndarray:
         g = torch.Generator().manual_seed(self.seed * 1000003 + epoch)
-        return self.train_ids[torch.randperm(len(self.train_ids), generator=g).numpy()]
+        ids = self.active_ids
+        return ids[torch.randperm(len(ids), generator=g).numpy()]
 
     def stream(self, epoch: int, pos: int, batch_size: int, rank: int = 0,
                world: int = 1) -> Prefetcher | _InMemory:

@@ -217,10 +217,27 @@ class RefinementConfig(Section):
                                   choices=("winner", "all-once-settled"))
     distill_augment: bool = opt(False, "bool", "turn each distillation image and its target in-plane at random")
     distill_simulate: float = opt(0.0, "fraction", "fraction of each distillation batch simulated from the map")
+    trim: bool = opt(False, "bool", "after each round train only on the particles the refined map explains best (the "
+                                    "upper group of those above the junk split), re-decided every round; for mixtures")
     finish: str = opt("auto", "choice", "the gold-standard finish at the stack's box (poses refined per half-set): "
                       "auto (when the stack is larger than the working box), yes or no", choices=("auto", "yes", "no"))
     finish_max_iters: int = opt(8, "posint", "the finish's iterations at most")
     finish_budget_fraction: float = opt(0.25, "fraction", "share of the time budget kept for the finish")
+
+
+@dataclass
+class ClassesConfig(Section):
+    """Discrete classes (:mod:`.classes`): several species and junk in one stack."""
+
+    NAME: ClassVar[str] = "classes"
+    count: int = opt(1, "posint", "number of classes (maps); 1: one map, the classic run")
+    junk: bool = opt(True, "bool", "a junk sink: particles no class explains better than structureless images "
+                                   "with their own power spectra join no class")
+    iters: int = opt(4, "posint", "classification rounds (search every particle in every class, reassign, "
+                                  "reconstruct) after the classes' ab initio")
+    ab_initio_fraction: float = opt(0.85, "fraction", "share of the time budget for the classes' ab initio "
+                                                      "stages (the rest: classification and outputs)")
+    min_members: int = opt(20, "posint", "a class with fewer members is reseeded from poorly explained particles")
 
 
 @dataclass
@@ -259,8 +276,8 @@ class ComputeConfig(Section):
 
 #: section name -> its dataclass, in config.yaml's order
 SECTIONS: dict[str, type[Section]] = {s.NAME: s for s in (DataConfig, ModelConfig, OptimisationConfig,
-                                                          RefinementConfig, EvaluationConfig, OutputConfig,
-                                                          ComputeConfig)}
+                                                          RefinementConfig, ClassesConfig, EvaluationConfig,
+                                                          OutputConfig, ComputeConfig)}
 
 #: the flat keys of recipes, ``--set`` and config.yaml before the sections -> (section, key).
 #: Unchanged names map to themselves; the renamed say what they hold (units in names).
@@ -309,6 +326,7 @@ class TrainConfig:
     model: ModelConfig = _section_field(ModelConfig)
     optimisation: OptimisationConfig = _section_field(OptimisationConfig)
     refinement: RefinementConfig = _section_field(RefinementConfig)
+    classes: ClassesConfig = _section_field(ClassesConfig)
     evaluation: EvaluationConfig = _section_field(EvaluationConfig)
     output: OutputConfig = _section_field(OutputConfig)
     compute: ComputeConfig = _section_field(ComputeConfig)

@@ -18,8 +18,10 @@ import torch
 from ..evaluation.metrics import pose_metrics
 from ..models.autoencoder import CryoModel, ModelOutput
 from ..physics.group import origin_to_displacement
+from ..physics.projection import prepare_fourier_volume
 from ..physics.rotations import geodesic_angle_degrees
-from ..reconstruction.projection_matching import MatchConfig, projection_matching
+from ..reconstruction.classification import normalised_correlation, otsu_split
+from ..reconstruction.projection_matching import BandData, MatchConfig, projection_matching
 from .batches import TrainingData
 from .inference import infer
 
@@ -35,8 +37,11 @@ class Refinement:
     SETTLE_FRACTION, SETTLE_DEG = 0.01, 5.0
 
     def __init__(self, iters: int, radius: float, distill: float, seed: int, keep: int = 1, orbit: int = 1,
-                 all_hypotheses_once_settled: bool = False):
+                 all_hypotheses_once_settled: bool = False, trim: bool = False):
         self.iters, self.radius, self.distill, self.seed, self.keep = iters, radius, distill, seed, keep
+        self.trim = trim
+        #: with ``trim``: the training particles the last round's map explains (None: all)
+        self.kept: np.ndarray | None = None
         self.orbit, self.all_hypotheses_once_settled = orbit, all_hypotheses_once_settled
         self.target_R: torch.Tensor | None = None
         self.target_origin_px: torch.Tensor | None = None
@@ -81,8 +86,10 @@ class Refinement:
             history.append({"iteration": 0, "train_pose_mse": m["pose_mse"], "train_pose_medse": m["pose_medse"]})
         mc = MatchConfig(radius=min(self.radius, L / 2), shift_step_px=0.0, seed=self.seed, keep=self.keep,
                          orbit=self.orbit)
+        # trimming: the maps are made from the particles the last round kept; every particle is searched
+        recon = None if not (self.trim and self.kept is not None) else np.nonzero(np.isin(ids, self.kept))[0]
         R_ref, o_ref, vol = projection_matching(reader, ids, L, R.double(), origin.double() / apix, self.iters,
-                                                mc, report)
+                                                mc, report, recon)
         self.settled = history[-1]["moved_fraction"] < self.SETTLE_FRACTION
         moved = None
         if self.target_R is not None:  # how far this round moved the previous round's poses (no truth needed)
@@ -90,12 +97,42 @@ class Refinement:
         self.target_R = torch.zeros(data.n, 3, 3)
         self.target_origin_px = torch.zeros(data.n, 2)
         self.target_R[ids], self.target_origin_px[ids] = R_ref.float(), o_ref.float()
+        trim = None
+        if self.trim:
+            trim = self.trim_particles(reader, ids, L, vol, R_ref, o_ref, mc.radius)
+            log(f"trim: {trim['kept']} of {len(ids)} training particles best explained by the map (normalised "
+                f"correlation above {trim['kept_above']:.3f}) go on training")
         if model.decoder.accepts_volume:
             model.decoder.set_volume(vol.float().to(dev) * data.scale)
         self.noise_psd = self.residual_power(model, data)
-        return {"seconds": round(time.perf_counter() - t0, 2), "decoder_set_to_map": model.decoder.accepts_volume,
+        return {"trim": trim, "seconds": round(time.perf_counter() - t0, 2),
+                "decoder_set_to_map": model.decoder.accepts_volume,
                 "median_change_from_previous_round_deg": moved, "settled": self.settled,
                 "iterations": history, "match_config": asdict(mc)}
+
+    def trim_particles(self, reader, ids: np.ndarray, L: int, vol: torch.Tensor, R: torch.Tensor,
+                       origin_px: torch.Tensor, radius: float) -> dict:
+        """Keep the particles of ``ids`` the map ``vol`` explains best: of those above the
+        two-group split (Otsu) of the normalised correlation ρ at their refined poses (not
+        junk), those above the two-group split of their ρ. On a mixture the map then grows
+        towards the species it already favours, round by round, rather than an average of
+        several; re-decided over all training particles every round, so a particle left out
+        early can come back."""
+        band = BandData.read(reader, ids, L, radius)
+        rho = normalised_correlation(prepare_fourier_volume(vol.double(), 2), band, R, origin_px).numpy()
+        split = otsu_split(rho)
+        real = rho >= split
+        # the split of what is not junk: near the median while the map is a blend (one group),
+        # between the species once the map has become one of them (two groups; then it may cut
+        # into the map's own species too: purity before numbers, a few thousand particles suffice)
+        cut = otsu_split(rho[real]) if real.sum() >= 2 else split
+        keep = rho >= cut
+        if keep.sum() < max(64, len(ids) // 10):  # never trim to almost nothing
+            cut = float(np.quantile(rho, 0.9))
+            keep = rho >= cut
+        self.kept = np.sort(ids[keep])
+        return {"kept": int(keep.sum()), "junk_split": float(split), "kept_above": cut,
+                "rho_median": float(np.median(rho))}
 
     @torch.no_grad()
     def residual_power(self, model: CryoModel, data: TrainingData, n: int = 512, chunk: int = 64) -> torch.Tensor:
@@ -167,9 +204,11 @@ class Refinement:
 
     def state_dict(self) -> dict:
         return {"target_R": self.target_R, "target_origin_px": self.target_origin_px, "settled": self.settled,
-                "noise_psd": self.noise_psd}
+                "noise_psd": self.noise_psd, "kept": None if self.kept is None else torch.from_numpy(self.kept)}
 
     def load_state_dict(self, s: dict) -> None:
         self.target_R, self.target_origin_px = s["target_R"], s["target_origin_px"]
         self.settled = bool(s.get("settled", False))
         self.noise_psd = s.get("noise_psd")
+        kept = s.get("kept")
+        self.kept = None if kept is None else kept.numpy().astype(np.int64)

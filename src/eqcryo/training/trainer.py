@@ -68,6 +68,8 @@ class Trainer:
         self.dist = dist or Distributed(device=resolve_device(cfg.compute.device))
         # cuda:LOCAL_RANK under torchrun; "auto": CUDA when there is a GPU
         self.device = self.dist.device if self.dist.active else resolve_device(cfg.compute.device)
+        if ref.trim and self.dist.active:
+            raise InputError("refinement.trim: trimming runs in one process (not under torchrun) for now")
         if opt.batch_size % self.dist.world:
             raise InputError(f"optimisation.batch_size {opt.batch_size} is not a multiple of the {self.dist.world} "
                              f"processes")
@@ -94,7 +96,7 @@ class Trainer:
         self.band = LossBand(self.data.box, opt.lowpass_start_shells, opt.lowpass_images, ref.distill_band_shells)
         self.refine_trigger = RefinementTrigger(ref.start_images, ref.every_images, ref.max_rounds, ref.min_rounds)
         self.refinement = Refinement(ref.iters, ref.radius_shells, ref.distill_weight, opt.seed, ref.keep, ref.orbit,
-                                     all_hypotheses_once_settled=ref.distill_hypotheses != "winner")
+                                     all_hypotheses_once_settled=ref.distill_hypotheses != "winner", trim=ref.trim)
         self.eval_timer = Periodic(ev.every_seconds)
         self.finishing = ref.finish == "yes" or (ref.finish == "auto" and self.data.input_box > self.data.box)
         budget = opt.time_budget_seconds
@@ -156,6 +158,7 @@ class Trainer:
                 getattr(self, name).load_state_dict(s[name])
             self.stop.load_state_dict(s.get("stop", {}))
             torch.set_rng_state(s["torch_rng"])
+            self.data.set_active(self.refinement.kept)
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise InputError(f"{self.run_dir / RunDir.CHECKPOINT}: does not fit this run or this version of eqcryo "
                              f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
@@ -250,6 +253,9 @@ class Trainer:
             self.run_dir.write_json(RunDir.REFINEMENT, {"rounds": rounds})
         if self.dist.active:
             self.refinement.broadcast(self.dist, self.model, self.data.n)
+        if self.refinement.trim:  # batches from the kept particles, from a new epoch
+            self.data.set_active(self.refinement.kept)
+            self.epoch, self.pos = self.epoch + 1, 0
 
     def stage(self, name: str, box: int, images: int, wall0: float, start: float | None = None) -> None:
         """Log a stage's start (``start`` None) or its end, one line each, and record it."""
