@@ -33,7 +33,9 @@ def add_parser(sub):
 
 def run(args) -> int:
     refuse_overwriting_inputs(args.output, [args.particles, args.ctf])
-    if (Path(args.run) / "classes.json").exists():
+    from ..training.classes import ClassRun
+
+    if (Path(args.run) / ClassRun.CLASSES_JSON).exists():
         return _run_classes(args)
     tm = load_trained(args.run, args.checkpoint, device=args.device)
     t = load_particles(args.particles, ctf=args.ctf, datadir=args.datadir)

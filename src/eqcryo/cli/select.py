@@ -31,8 +31,10 @@ def add_parser(sub):
 
 
 def run(args) -> int:
+    from ..training.classes import ClassRun
+
     rd = RunDir(args.run)
-    record_path = rd / "classes.json"
+    record_path = rd / ClassRun.CLASSES_JSON
     if not record_path.exists():
         raise InputError(f"{record_path}: not found; select reads a run trained with --classes K (finished)")
     record = json.loads(record_path.read_text())
