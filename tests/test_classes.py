@@ -18,7 +18,7 @@ from eqcryo.data.mrc import write_volume
 from eqcryo.data.star import read_star
 from eqcryo.evaluation.classes import class_agreement
 from eqcryo.reconstruction.classification import JUNK, ClassifyConfig, classify, otsu_split
-from eqcryo.reconstruction.projection_matching import MatchConfig
+from eqcryo.reconstruction.projection_matching import BandData, MatchConfig
 
 L, APIX = 32, 8.0
 
@@ -210,7 +210,7 @@ def test_trim_keeps_the_species_the_map_explains(mixture, tmp_path):
     R = torch.from_numpy(t.rotations).double()  # type: ignore[arg-type]
     origin = torch.from_numpy(t.shifts_angstrom / APIX).double()  # type: ignore[operator]
     ref = Refinement(iters=1, radius=10.0, distill=1.0, seed=0, trim=True)
-    info = ref.trim_particles(_reader(t), ids, L, vol, R, origin, 10.0)
+    info = ref.trim_particles(BandData.read(_reader(t), ids, L, 10.0), ids, vol, R, origin)
     assert ref.kept is not None and info["kept"] == len(ref.kept)
     kept = np.isin(ids, ref.kept)
     print(kept[truth == 1].mean(), kept[truth == 2].mean())

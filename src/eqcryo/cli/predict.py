@@ -53,8 +53,6 @@ def run(args) -> int:
 
 def _run_classes(args) -> int:
     """A run of several classes: class and pose of each particle (rlnClassNumber 0 = junk)."""
-    import pandas as pd
-
     from ..training.classes import predict_classes
 
     if args.checkpoint:
@@ -64,11 +62,9 @@ def _run_classes(args) -> int:
     refuse_overwriting_inputs(args.output, [args.particles, args.ctf], tables=(t,))
     if args.no_ctf:
         t.apply_ctf_rule(True)
-    label, score, R, origin, _ = predict_classes(args.run, t, device=args.device)
+    label, score, R, origin = predict_classes(args.run, t, device=args.device)
     t.rotations, t.shifts_angstrom, t.euler_degrees = R.numpy(), origin.numpy(), None
-    extra = pd.DataFrame({"rlnClassNumber": label.astype(np.int64), "rlnEqcryoClassScore": score})
-    t.extra = extra if t.extra is None else pd.concat(
-        [t.extra.drop(columns=list(extra.columns), errors="ignore").reset_index(drop=True), extra], axis=1)
+    t.set_columns({"rlnClassNumber": label.astype(np.int64), "rlnEqcryoClassScore": score})
     for f in save_metadata(Path(args.output), t):
         counts = {int(c): int((label == c).sum()) for c in np.unique(label)}
         print(f"wrote {f} ({t.n} particles; per class, 0 = junk: {counts})")

@@ -159,7 +159,7 @@ def simulate_mixture(species: list[tuple[str, int]], junk: dict[str, int], cfg: 
         {f: np.zeros(n) for f in (tables[0].ctf or {})}
     junk_R = random_rotations(max(n_junk, 1), torch.Generator().manual_seed(cfg.seed)).numpy()
 
-    def junk_image(kind: str, j: int, ctf: torch.Tensor | None) -> torch.Tensor:
+    def junk_image(kind: str, ctf: torch.Tensor | None) -> torch.Tensor:
         if kind == "noise":
             return torch.zeros(L, L, dtype=torch.float64)
         if kind == "edge":
@@ -202,7 +202,7 @@ def simulate_mixture(species: list[tuple[str, int]], junk: dict[str, int], cfg: 
                         ctf = None if params is None else ctf_2d(
                             L, apix, {k2: torch.tensor([float(v2)], dtype=torch.float64) for k2, v2 in params.items()},
                             torch.float64)[0]
-                        img = junk_image(kind, j, ctf)
+                        img = junk_image(kind, ctf)
                         rot[p] = junk_R[jj]
                     if ctf_cols is not None and params is not None:
                         for k2 in ctf_cols:

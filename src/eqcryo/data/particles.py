@@ -288,6 +288,13 @@ class ParticleTable:
             extra=None if self.extra is None else self.extra.iloc[idx].reset_index(drop=True),
             euler_degrees=take(self.euler_degrees), source=self.source, source_format=self.source_format)
 
+    def set_columns(self, columns: dict[str, np.ndarray]) -> None:
+        """Set per-particle metadata columns (RELION labels, e.g. ``rlnClassNumber``) written with
+        the table: replaced where the table already has them, appended otherwise."""
+        new = pd.DataFrame(columns)
+        self.extra = new if self.extra is None else pd.concat(
+            [self.extra.drop(columns=list(new.columns), errors="ignore").reset_index(drop=True), new], axis=1)
+
     def summary(self) -> dict:
         """What a user wants to know about the file (``eqcryo info``)."""
         s = {"file": self.source, "format": self.source_format, "particles": self.n, "box_px": self.box}

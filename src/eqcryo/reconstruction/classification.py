@@ -21,6 +21,7 @@ All functions are deterministic given their seeds (CPU).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -31,7 +32,7 @@ from ..physics.projection import prepare_fourier_volume
 from .projection_matching import BandData, MatchConfig, Reader, _slices, band_block, reconstruct, search_poses
 
 __all__ = ["ClassifyConfig", "Classification", "normalised_correlation", "null_band", "score_classes",
-           "junk_threshold", "classify", "otsu_split", "JUNK"]
+           "junk_threshold", "assign", "classify", "otsu_split", "JUNK"]
 
 #: the class number of a particle no class explains
 JUNK = 0
@@ -142,7 +143,9 @@ def otsu_split(x: np.ndarray, bins: int = 128) -> float:
     return float(edges[1:][int(np.argmax(between))])
 
 
-def _assign(ncc: torch.Tensor, threshold: float | None) -> np.ndarray:
+def assign(ncc: torch.Tensor, threshold: float | None) -> np.ndarray:
+    """(n,) each particle's class from its ρ in each class (n, K): the best, 1…K, or
+    :data:`JUNK` where that best is below ``threshold`` (None: no junk sink)."""
     best, k = ncc.max(1)
     label = (k + 1).numpy()
     if threshold is not None:
@@ -152,16 +155,16 @@ def _assign(ncc: torch.Tensor, threshold: float | None) -> np.ndarray:
 
 def classify(reader: Reader, ids: np.ndarray, L: int, maps: list[torch.Tensor], R: torch.Tensor,
              origin_px: torch.Tensor, cfg: ClassifyConfig, log: Callable[[str], None] = print,
-             deadline: float | None = None, clock: Callable[[], float] | None = None) -> Classification:
+             deadline: float | None = None, clock: Callable[[], float] | None = None,
+             band: BandData | None = None) -> Classification:
     """``cfg.iters`` rounds of score → assign → reconstruct, from ``maps`` (K of them, (L, L, L))
     and poses R (n, K, 3, 3) / origins (n, K, 2) px of particles ``ids`` in each class. A round
     starts only when ``deadline`` (on ``clock``, default ``time.perf_counter``) leaves time for
-    it, judged by the last round's length; the first always runs."""
-    import time
-
+    it, judged by the last round's length; the first always runs. ``band``: the particles' band
+    data (:meth:`BandData.read` of ``ids`` at ``cfg.match.radius``) when the caller has it."""
     clock = clock or time.perf_counter
     g = torch.Generator().manual_seed(cfg.seed)
-    band = BandData.read(reader, ids, L, cfg.match.radius)
+    band = band if band is not None else BandData.read(reader, ids, L, cfg.match.radius)
     R, origin_px = R.double().clone(), origin_px.double().clone()
     maps = [m.double() for m in maps]
     history: list[dict] = []
@@ -176,7 +179,7 @@ def classify(reader: Reader, ids: np.ndarray, L: int, maps: list[torch.Tensor], 
             break
         R, origin_px, ncc = score_classes(maps, band, R, origin_px, cfg.match, g)
         threshold = junk_threshold(maps, band, cfg, g) if cfg.junk else None
-        new = _assign(ncc, threshold)
+        new = assign(ncc, threshold)
         # a class with too few members is reseeded from the particles the others explain worst
         for k in range(1, len(maps) + 1):
             if (new == k).sum() < cfg.min_members:

@@ -295,14 +295,17 @@ def reconstruct(reader: Reader, ids: np.ndarray, R: torch.Tensor, origin_px: tor
 def projection_matching(reader: Reader, ids: np.ndarray, L: int, R: torch.Tensor, origin_px: torch.Tensor,
                         n_iter: int, cfg: MatchConfig,
                         callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
-                        recon: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                        recon: np.ndarray | None = None, band: BandData | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``n_iter`` iterations of reconstruct → :func:`search_poses`, starting from poses R (n, 3, 3)
     and origins (n, 2) px of particles ``ids``. Returns (R, origin_px, the map reconstructed from
     the final poses (L, L, L) in the data's intensity units). ``callback(iteration, R, origin_px)``
     is called after each search (e.g. to report pose error against a ground truth). ``recon``
-    (k,) positions in ``ids``: only those particles make the maps (all are searched)."""
+    (k,) positions in ``ids``: only those particles make the maps (all are searched). ``band``:
+    the particles' band data (:meth:`BandData.read` of ``ids`` at ``cfg.radius``) when the
+    caller has it."""
     g = torch.Generator().manual_seed(cfg.seed)
-    band = BandData.read(reader, ids, L, cfg.radius)
+    band = band if band is not None else BandData.read(reader, ids, L, cfg.radius)
     R, origin_px = R.double().clone(), origin_px.double().clone()
     use = slice(None) if recon is None else torch.as_tensor(recon, dtype=torch.long)
     rids = ids if recon is None else ids[recon]

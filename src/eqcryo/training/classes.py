@@ -3,13 +3,13 @@
 A run with K classes is a cascade of one-class runs, each a whole :class:`~.trainer.Trainer` in
 its own folder, then a classification that learns the K maps together:
 
-1. **ab initio, class 1**: the amortized run on every particle (``RUN/ab_initio_1``). On a
-   mixture it learns the species that dominates; the others and the junk fit it poorly.
+1. **ab initio, class 1**: the amortized run on every particle (``RUN/ab_initio_1``), trimming
+   (``refinement.trim``) so that on a mixture its map grows towards one species, not a blend.
 2. every particle is searched against the maps so far and scored by its normalised correlation
-   ρ (:mod:`eqcryo.reconstruction.classification`); particles below the junk threshold are
-   left out, and those the maps explain worst (below the two-group split of ρ, Otsu's rule)
-   become the next class's particles (``RUN/ab_initio_2/particles.star``, the original
-   images referenced, not copied); the next ab initio trains on them. Repeat until K classes.
+   ρ (:mod:`eqcryo.reconstruction.classification`); those the maps explain worst (below the
+   two-group split of ρ, Otsu's rule; junk included, which the next run's trim drops) become
+   the next class's particles (``RUN/ab_initio_2/particles.star``, the original images
+   referenced, not copied); the next ab initio trains on them. Repeat until K classes.
 3. **classification**: every particle searched in every class from its encoder's pose
    (amortized first guess, then global and local search), assigned to its best class or to
    the junk sink, maps reconstructed from their members; ``classes.iters`` rounds.
@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
 from ..data.errors import InputError
@@ -45,6 +44,7 @@ from ..reconstruction.classification import (
     JUNK,
     Classification,
     ClassifyConfig,
+    assign,
     classify,
     junk_threshold,
     otsu_split,
@@ -153,7 +153,7 @@ class ClassRun:
         particles = self.cfg.data.particles
         poses: list[tuple[torch.Tensor, torch.Tensor]] = []
         maps: list[torch.Tensor] = []  # each class's map as its ab initio left it
-        ds, sign = None, 1.0
+        ds, sign, band = None, 1.0, None
         for k in range(1, self.K + 1):
             t0 = time.perf_counter() - wall0
             self.ab_initio(k, particles, deadline_ab)
@@ -199,7 +199,7 @@ class ClassRun:
         ids = np.arange(self.table.n)
         res = classify(reader, ids, ds.box, maps, torch.stack([p[0] for p in poses], 1),
                        torch.stack([p[1] for p in poses], 1), ccfg, log=lambda m: print(m, file=sys.stderr),
-                       deadline=deadline)
+                       deadline=deadline, band=band)  # (the last choice's band: the same images)
         stages.append({"stage": "classification", "start_seconds": round(t0, 1),
                        "end_seconds": round(time.perf_counter() - wall0, 1)})
         return self.write_outputs(res, ds, subsets, stages, wall0, sign)
@@ -218,11 +218,8 @@ class ClassRun:
         R, origin_A = res.R[rows, own], res.origin_px[rows, own] * ds.apix
         pred = posed_table(ds, R, origin_A)
         post = res.posterior()
-        extra = pd.DataFrame({"rlnClassNumber": res.label.astype(np.int64),
-                              "rlnMaxValueProbDistribution": post[rows, own],
-                              "rlnEqcryoClassScore": res.score})
-        pred.extra = extra if pred.extra is None else pd.concat(
-            [pred.extra.drop(columns=list(extra.columns), errors="ignore").reset_index(drop=True), extra], axis=1)
+        pred.set_columns({"rlnClassNumber": res.label.astype(np.int64), "rlnMaxValueProbDistribution": post[rows, own],
+                          "rlnEqcryoClassScore": res.score})
         rd = self.run_dir
         names = []
         for k, vol in enumerate(res.maps, start=1):
@@ -279,13 +276,12 @@ def _reader(ds):
 
 
 def predict_classes(run: str | Path, table: ParticleTable, device: str | None = None
-                    ) -> tuple[np.ndarray, np.ndarray, torch.Tensor, torch.Tensor, float]:
+                    ) -> tuple[np.ndarray, np.ndarray, torch.Tensor, torch.Tensor]:
     """Class and pose of every particle of ``table`` from a class run's folder alone: each class's
     encoder gives a pose (one pass), a local search refines it against the class map, and the
     particle joins its best class by ρ, or the junk sink below the run's threshold.
 
-    Returns (class (n,) 1…K or 0, ρ in it (n,), R (n, 3, 3), RELION origins (n, 2) Å, the
-    working pixel size in Å)."""
+    Returns (class (n,) 1…K or 0, ρ in it (n,), R (n, 3, 3), RELION origins (n, 2) Å)."""
     from ..data.mrc import read_volume
     from ..physics.projection import prepare_fourier_volume
     from ..reconstruction.classification import normalised_correlation
@@ -297,25 +293,21 @@ def predict_classes(run: str | Path, table: ParticleTable, device: str | None = 
     cfg = MatchConfig(radius=16.0, n_rotations=0, refine_rounds=4)
     ncc = torch.empty(table.n, K)
     Rs, os_ = [], []
-    ds = None
+    band = None
     for k in range(1, K + 1):
         tm = load_trained(rd.path / record["ab_initio"][k - 1], device=device)
         ds = tm.dataset(table)
         R, origin = tm.predict(table)
         vol = torch.from_numpy(read_volume(rd / record["maps"][k - 1])[0]).double() * sign
-        reader = _reader(ds)
-        band = BandData.read(reader, np.arange(table.n), ds.box, min(cfg.radius, ds.box / 2))
+        if band is None:  # the images as stored at the working box: the same for every class
+            band = BandData.read(_reader(ds), np.arange(table.n), ds.box, min(cfg.radius, ds.box / 2))
         fv = prepare_fourier_volume(vol, 2)
         R, o, _ = search_poses(fv, band, R.double(), origin.double() / ds.apix, cfg, torch.Generator().manual_seed(0))
         ncc[:, k - 1] = normalised_correlation(fv, band, R, o)
         Rs.append(R)
         os_.append(o * ds.apix)
-    assert ds is not None
     best, j = ncc.max(1)
-    label = (j + 1).numpy()
-    thr = record.get("junk_threshold")
-    if thr is not None:
-        label[(best < thr).numpy()] = JUNK
+    label = assign(ncc, record.get("junk_threshold"))
     rows = torch.arange(table.n)
     R_all, o_all = torch.stack(Rs, 1)[rows, j], torch.stack(os_, 1)[rows, j]
-    return label, best.numpy(), R_all, o_all, ds.apix
+    return label, best.numpy(), R_all, o_all

@@ -88,8 +88,9 @@ class Refinement:
                          orbit=self.orbit)
         # trimming: the maps are made from the particles the last round kept; every particle is searched
         recon = None if not (self.trim and self.kept is not None) else np.nonzero(np.isin(ids, self.kept))[0]
+        band = BandData.read(reader, ids, L, mc.radius)  # (read once: the search's and the trim's)
         R_ref, o_ref, vol = projection_matching(reader, ids, L, R.double(), origin.double() / apix, self.iters,
-                                                mc, report, recon)
+                                                mc, report, recon, band)
         self.settled = history[-1]["moved_fraction"] < self.SETTLE_FRACTION
         moved = None
         if self.target_R is not None:  # how far this round moved the previous round's poses (no truth needed)
@@ -99,7 +100,7 @@ class Refinement:
         self.target_R[ids], self.target_origin_px[ids] = R_ref.float(), o_ref.float()
         trim = None
         if self.trim:
-            trim = self.trim_particles(reader, ids, L, vol, R_ref, o_ref, mc.radius)
+            trim = self.trim_particles(band, ids, vol, R_ref, o_ref)
             log(f"trim: {trim['kept']} of {len(ids)} training particles best explained by the map (normalised "
                 f"correlation above {trim['kept_above']:.3f}) go on training")
         if model.decoder.accepts_volume:
@@ -110,15 +111,14 @@ class Refinement:
                 "median_change_from_previous_round_deg": moved, "settled": self.settled,
                 "iterations": history, "match_config": asdict(mc)}
 
-    def trim_particles(self, reader, ids: np.ndarray, L: int, vol: torch.Tensor, R: torch.Tensor,
-                       origin_px: torch.Tensor, radius: float) -> dict:
+    def trim_particles(self, band: BandData, ids: np.ndarray, vol: torch.Tensor, R: torch.Tensor,
+                       origin_px: torch.Tensor) -> dict:
         """Keep the particles of ``ids`` the map ``vol`` explains best: of those above the
         two-group split (Otsu) of the normalised correlation ρ at their refined poses (not
         junk), those above the two-group split of their ρ. On a mixture the map then grows
         towards the species it already favours, round by round, rather than an average of
         several; re-decided over all training particles every round, so a particle left out
-        early can come back."""
-        band = BandData.read(reader, ids, L, radius)
+        early can come back. ``band``: the particles' band data, rows in the order of ``ids``."""
         rho = normalised_correlation(prepare_fourier_volume(vol.double(), 2), band, R, origin_px).numpy()
         split = otsu_split(rho)
         real = rho >= split

@@ -21,7 +21,6 @@ import time
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from tqdm import tqdm
 
@@ -388,9 +387,7 @@ class Trainer:
             fsc_gt = None if self.last_eval is None else self.last_eval.fsc
         else:
             pred = posed_table(self.data.ds, gold.R, gold.origin_angstrom)
-            subset = pd.DataFrame({"rlnRandomSubset": gold.half + 1})
-            pred.extra = subset if pred.extra is None else \
-                pd.concat([pred.extra.drop(columns=["rlnRandomSubset"], errors="ignore"), subset], axis=1)
+            pred.set_columns({"rlnRandomSubset": gold.half + 1})
             halves = (gold.half_maps[0], gold.half_maps[1], gold.record())
             volume, apix, mask = gold.full_map.float().numpy(), self.data.input_apix, gold.mask
             fsc_gt, finish_eval = self.evaluator.full_box(gold.full_map, gold.R, gold.origin_angstrom)
