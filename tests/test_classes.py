@@ -223,6 +223,11 @@ def test_trim_keeps_the_species_the_map_explains(mixture, tmp_path):
     kinds = pd.read_csv(mixture / "truth.csv")["kind"].to_numpy()
     for kind in ("noise", "edge", "ice"):
         assert kept[kinds == kind].mean() <= 0.2, kind
+    # a small set is never trimmed below a batch: the best explained min_kept go on
+    few = Refinement(iters=1, radius=10.0, distill=1.0, seed=0, trim=True, min_kept=64)
+    sub = ids[:100]
+    few.trim_particles(BandData.read(_reader(t), sub, L, 10.0), sub, vol, R[sub], origin[sub])
+    assert few.kept is not None and len(few.kept) == 64
 
 
 def test_training_data_draws_batches_from_the_active_particles(tmp_path):
@@ -238,3 +243,56 @@ def test_training_data_draws_batches_from_the_active_particles(tmp_path):
     assert sorted(data.order(1)) == sorted(data.train_ids[:50])
     data.set_active(None)
     assert len(data.order(2)) == len(data.train_ids)
+    with pytest.raises(ValueError, match="batch size"):  # an epoch without a full batch would never end
+        data.set_active(data.train_ids[:cfg.optimisation.batch_size - 1])
+
+
+@pytest.mark.slow
+def test_class_run_end_to_end_learns_an_impure_class_again(mixture, tmp_path, capsys):
+    """train --classes 2 on the toy mixture (a few steps, one trimming round per ab initio): the
+    cascade's folders, the purity of each class's ab initio, a class learned again from its
+    members when its purity is below the bar (1.0 here: every impure class), then select and
+    predict from the run folder alone (predict uses the encoder of the class's last run)."""
+    star, run = str(mixture / "particles.star"), tmp_path / "run"
+    assert main(["train", star, "-o", str(run), "--classes", "2", "--steps", "4", "--no-progress",
+                 "--set", "optimisation.batch_size=32", "--set", "refinement.start_images=64", "--set", "refinement.iters=1", "--set", "refinement.radius_shells=8", "--set", "classes.iters=1",
+                 "--set", "classes.revisit_purity=1.0", "--set", "evaluation.n_images=16"]) == 0
+    err = capsys.readouterr().err
+    rec = json.loads((run / "classes.json").read_text())
+    assert len(rec["purity"]) == 2 and all(0 <= p <= 1 for p in rec["purity"])
+    tried = {a["class"]: a for a in rec["learned_again"]}
+    assert set(tried) == {k for k, p in enumerate(rec["purity"], start=1) if p < 1.0}, rec["purity"]
+    again = {k: a for k, a in tried.items() if "skipped" not in a}
+    assert again and all(a["skipped"] == "too few members" and a["members"] < 100 for k, a in tried.items()
+                         if k not in again), tried
+    for k, a in again.items():
+        assert rec["ab_initio"][k - 1] == f"ab_initio_{k}_again" == a["folder"]
+        sub = json.loads((run / a["folder"] / "subset.json").read_text())["particles"]
+        assert len(sub) == a["members"] and (run / a["folder"] / "summary.json").exists()
+        assert f"class {k} again" in err
+    assert "classification again" in [s["stage"] for s in json.loads((run / "summary.json").read_text())["stages"]]
+    labels = read_star(run / "predicted_particles.star").extra["rlnClassNumber"].to_numpy()
+    assert len(labels) == 290 and set(labels) <= {0, 1, 2}
+    assert main(["select", str(run), "-o", str(tmp_path / "kept.star")]) == 0
+    assert read_star(tmp_path / "kept.star").n == int((labels > 0).sum())
+    assert main(["predict", str(run), star, "-o", str(tmp_path / "p.star")]) == 0
+    assert read_star(tmp_path / "p.star").n == 290
+
+
+@pytest.mark.slow
+def test_an_impure_class_without_time_left_is_flagged_not_learned_again(mixture, tmp_path):
+    """With a short time budget, a class below the purity bar is not learned again (under 300 s of
+    training left for it): classes.json and the report say so, and the class keeps its first run."""
+    run = tmp_path / "run"
+    assert main(["train", str(mixture / "particles.star"), "-o", str(run), "--classes", "2", "--steps", "4",
+                 "--time-budget", "60", "--no-progress", "--set", "optimisation.batch_size=32",
+                 "--set", "refinement.start_images=64", "--set", "refinement.iters=1",
+                 "--set", "refinement.radius_shells=8", "--set", "classes.iters=1", "--set", "classes.max_iters=1",
+                 "--set", "classes.revisit_purity=1.0", "--set", "evaluation.n_images=16"]) == 0
+    rec = json.loads((run / "classes.json").read_text())
+    impure = {k for k, p in enumerate(rec["purity"], start=1) if p < 1.0}
+    assert impure and {a["class"] for a in rec["learned_again"]} == impure
+    assert all(a["skipped"] in ("time budget", "too few members") for a in rec["learned_again"])
+    assert any(a["skipped"] == "time budget" for a in rec["learned_again"])
+    assert rec["ab_initio"] == ["ab_initio_1", "ab_initio_2"] and not list(run.glob("*_again"))
+    assert "not learned again (time budget)" in (run / "report.md").read_text()

@@ -13,14 +13,13 @@ paper writes ``R_rel R_pred = R_gt``. The per-image alignment is therefore
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ..physics.projection import flip_hand, flip_hand_rotations, rotate_volume
+from ..physics.rotations import fibonacci_sphere
 
 __all__ = ["viewing_direction_anisotropy", "view_prior_penalty", "consistent_subset_sizes", "projective_plane_coords",
-           "fibonacci_hemisphere", "mirror_symmetry_score", "rotation_head_conditioning"]
+           "mirror_symmetry_score", "rotation_head_conditioning"]
 
 
 def _view_second_moment(R: torch.Tensor) -> torch.Tensor:
@@ -69,15 +68,6 @@ def projective_plane_coords(R: torch.Tensor) -> torch.Tensor:
     return z[:, :2] * s[:, None]
 
 
-def fibonacci_hemisphere(n: int) -> torch.Tensor:
-    """``n`` nearly uniform unit vectors (n, 3) with z >= 0 (plane normals up to sign)."""
-    i = torch.arange(n, dtype=torch.float64) + 0.5
-    z = i / n
-    phi = i * math.pi * (3 - math.sqrt(5))
-    r = torch.sqrt(1 - z ** 2)
-    return torch.stack([r * torch.cos(phi), r * torch.sin(phi), z], -1)
-
-
 def _rotation_to_z(n: torch.Tensor) -> torch.Tensor:
     """A rotation R with R n = e_z."""
     z = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
@@ -96,7 +86,7 @@ def mirror_symmetry_score(volume: torch.Tensor, n_normals: int = 64) -> tuple[fl
     map with a (spurious) mirror plane; a chiral molecule scores clearly lower."""
     v = volume.double() - volume.double().mean()
     best, best_n = -1.0, torch.tensor([0.0, 0.0, 1.0])
-    for n in fibonacci_hemisphere(n_normals):
+    for n in fibonacci_sphere(n_normals, hemisphere=True):
         R = _rotation_to_z(n)
         # W(x) = V(M x), M = I − 2nnᵀ = Rᵀ D R: rotate_volume(V, R)(x) = V(Rᵀx), then mirror z,
         # then rotate by Rᵀ

@@ -156,3 +156,29 @@ def class_maps_figure(maps, sizes: list[int], junk: int, apix: float, path) -> N
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format=str(path).rsplit(".", 1)[-1])
     plt.close(fig)
+
+
+def class_averages_figure(panels, path) -> None:
+    """Per class two rows: its 2-D class averages (images (m, L, L)) and the class map's
+    projections at the same poses (m, L, L), each column titled with the images averaged.
+    ``panels``: one (averages, projections, counts) per class, or None for an empty class."""
+    m = max([len(p[0]) for p in panels if p is not None] + [1])
+    fig, axes = plt.subplots(2 * len(panels), m, figsize=(1.5 * m + 0.6, 3.0 * len(panels)), squeeze=False)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_frame_on(False)
+    for k, p in enumerate(panels):
+        axes[2 * k, 0].set_ylabel(f"class {k + 1}\naverages", fontsize=8)
+        axes[2 * k + 1, 0].set_ylabel("map", fontsize=8)
+        if p is None:
+            continue
+        for j, (avg, proj, n) in enumerate(zip(*p)):
+            axes[2 * k, j].imshow(avg, cmap="gray")
+            axes[2 * k, j].set_title(f"{int(n)} image{'' if n == 1 else 's'}", fontsize=7)
+            axes[2 * k + 1, j].imshow(proj, cmap="gray")
+    fig.suptitle("2-D class averages (phase-flipped, centred, turned onto one pose) and the map there", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format=str(path).rsplit(".", 1)[-1])
+    plt.close(fig)

@@ -19,6 +19,7 @@ import roma
 import torch
 
 __all__ = [
+    "fibonacci_sphere",
     "euler_relion_to_matrix",
     "matrix_to_euler_relion",
     "axis_angle_to_matrix",
@@ -171,3 +172,13 @@ def geodesic_angle_degrees(R1: torch.Tensor, R2: torch.Tensor) -> torch.Tensor:
 def frobenius_sq_from_angle(theta_rad: float) -> float:
     """‖I − Q‖²_F for a rotation by ``theta_rad``: ``8 sin²(θ/2)`` (pose-MSE units)."""
     return 8.0 * math.sin(theta_rad / 2.0) ** 2
+
+
+def fibonacci_sphere(n: int, hemisphere: bool = False) -> torch.Tensor:
+    """``n`` nearly uniform unit vectors (n, 3) on the sphere (the golden-angle spiral); with
+    ``hemisphere`` all with z >= 0 (directions up to sign, e.g. plane normals)."""
+    i = torch.arange(n, dtype=torch.float64) + 0.5
+    z = i / n if hemisphere else 1 - 2 * i / n
+    phi = i * math.pi * (3 - math.sqrt(5))
+    r = torch.sqrt(1 - z ** 2)
+    return torch.stack([r * torch.cos(phi), r * torch.sin(phi), z], -1)

@@ -43,6 +43,8 @@ class ClassifyConfig:
     """Settings of :func:`classify`. The band in Fourier shells."""
 
     iters: int = 3
+    max_iters: int | None = None  # more rounds, up to this many, while a round still moves particles
+    settle_fraction: float = 0.01  # ... more than this fraction of them between classes
     match: MatchConfig = field(default_factory=lambda: MatchConfig(radius=16.0, n_rotations=4096, refine_rounds=4))
     null_particles: int = 256  # phase-randomised images scored for the junk threshold
     null_quantile: float = 0.99  # the threshold: this quantile of the null's best ρ
@@ -157,7 +159,8 @@ def classify(reader: Reader, ids: np.ndarray, L: int, maps: list[torch.Tensor], 
              origin_px: torch.Tensor, cfg: ClassifyConfig, log: Callable[[str], None] = print,
              deadline: float | None = None, clock: Callable[[], float] | None = None,
              band: BandData | None = None) -> Classification:
-    """``cfg.iters`` rounds of score → assign → reconstruct, from ``maps`` (K of them, (L, L, L))
+    """``cfg.iters`` rounds of score → assign → reconstruct (then more, up to ``cfg.max_iters``,
+    while a round moves more than ``cfg.settle_fraction`` of the particles), from ``maps`` (K of them, (L, L, L))
     and poses R (n, K, 3, 3) / origins (n, K, 2) px of particles ``ids`` in each class. A round
     starts only when ``deadline`` (on ``clock``, default ``time.perf_counter``) leaves time for
     it, judged by the last round's length; the first always runs. ``band``: the particles' band
@@ -172,8 +175,10 @@ def classify(reader: Reader, ids: np.ndarray, L: int, maps: list[torch.Tensor], 
     label = np.zeros(len(ids), dtype=int)
     ncc = torch.zeros(len(ids), len(maps))
     last = None
-    for it in range(cfg.iters):
+    for it in range(max(cfg.iters, cfg.max_iters or 0)):
         t0 = clock()
+        if it >= cfg.iters and history[-1]["changed_fraction"] <= cfg.settle_fraction:
+            break
         if it and deadline is not None and last is not None and t0 + last > deadline:
             log(f"classification: stopping after {it} round(s) (time budget)")
             break

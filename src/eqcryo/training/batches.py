@@ -72,6 +72,7 @@ class TrainingData:
                   f"evaluating on {n_eval} held-out particles", file=sys.stderr)
         self.eval_ids, self.train_ids = np.sort(perm[:n_eval]), perm[n_eval:]
         self._active: np.ndarray | None = None
+        self.batch_size = cfg.optimisation.batch_size
         if len(self.train_ids) < cfg.optimisation.batch_size:
             raise InputError(f"{cfg.data.particles}: {len(self.train_ids)} training particles < batch size "
                              f"{cfg.optimisation.batch_size}")
@@ -123,6 +124,8 @@ class TrainingData:
 
     def set_active(self, ids: np.ndarray | None) -> None:
         """Draw batches from ``ids`` (a subset of the training particles) from the next epoch on; None: all."""
+        if ids is not None and len(ids) < self.batch_size:  # an epoch without a full batch would never end
+            raise ValueError(f"{len(ids)} active particles < batch size {self.batch_size}")
         self._active = None if ids is None else np.sort(np.asarray(ids, dtype=np.int64))
 
     def order(self, epoch: int) -> np.ndarray:

@@ -13,6 +13,11 @@ its own folder, then a classification that learns the K maps together:
 3. **classification**: every particle searched in every class from its encoder's pose
    (amortized first guess, then global and local search), assigned to its best class or to
    the junk sink, maps reconstructed from their members; ``classes.iters`` rounds.
+4. **a class learned again**: when most of the particles a class's ab initio trained on end in
+   other classes (its *purity* below ``classes.revisit_purity``: its map grew from a mix), the
+   class is learned again by a fresh ab initio on its members (``RUN/ab_initio_k_again``), and
+   the classification is repeated with that map and encoder. A mixed first class is the
+   cascade's weak step (the second class then trains on what a blend explains worst).
 
 Why a cascade rather than K decoders from the start: with random maps every image is explained
 equally badly, and the first class to learn anything takes every image (the collapse
@@ -23,7 +28,7 @@ One encoder per class (each ab initio run's own), so ``eqcryo predict`` gives a 
 a pose in every class from one pass of each encoder, then its class from the maps.
 Outputs (besides the ab initio folders): ``class_NNN.mrc``, ``classes.json``,
 ``predicted_particles.star`` (rlnClassNumber: 1…K, 0 = junk; rlnMaxValueProbDistribution;
-rlnEqcryoClassScore = ρ), ``summary.json``, ``classes.png`` and ``report.md``.
+rlnEqcryoClassScore = ρ), ``summary.json``, ``classes.png``, ``class_averages.png`` and ``report.md``.
 """
 
 from __future__ import annotations
@@ -60,12 +65,15 @@ __all__ = ["ClassRun", "MIN_PARTICLES_PER_CLASS", "predict_classes"]
 
 #: a class needs at least this many particles per class (``--classes`` above n / this is refused)
 MIN_PARTICLES_PER_CLASS = 100
+#: a class is learned again only with at least this many seconds of training left for it (about two
+#: projection-matching rounds at 64 px on 2 CPU cores: less does not make a map)
+MIN_AGAIN_SECONDS = 300.0
 
 
 class ClassRun:
     """``cfg.classes.count`` classes of ``cfg.data.particles`` into ``cfg.output.dir`` (see the module)."""
 
-    CLASSES_JSON, FIGURE, SUBSET = "classes.json", "classes.png", "subset.json"
+    CLASSES_JSON, FIGURE, AVERAGES, SUBSET = "classes.json", "classes.png", "class_averages.png", "subset.json"
 
     def __init__(self, cfg: TrainConfig, command: str | None = None):
         self.cfg = cfg.validate()
@@ -80,59 +88,70 @@ class ClassRun:
         self.run_dir = RunDir(cfg.output.dir)
         self.budget = cfg.optimisation.time_budget_seconds
 
-    def stage_dir(self, k: int) -> Path:
-        return self.run_dir.path / f"ab_initio_{k}"
+    def stage_dir(self, k: int, again: bool = False) -> Path:
+        """Class k's one-class run folder (``again``: the run that learns it again from its members)."""
+        return self.run_dir.path / (f"ab_initio_{k}_again" if again else f"ab_initio_{k}")
 
-    def sub_config(self, k: int, particles: str, budget: float | None) -> TrainConfig:
-        """Class k's one-class run: the same recipe on ``particles``, without the full-box finish
-        (classes are told apart at the working box), its own folder and budget."""
+    def sub_config(self, folder: Path, particles: str, budget: float | None) -> TrainConfig:
+        """A class's one-class run: the same recipe on ``particles``, without the full-box finish
+        (classes are told apart at the working box), in ``folder`` with its own budget."""
         c = self.cfg.copy()
         c.classes.count = 1
-        c.data.particles, c.output.dir = particles, str(self.stage_dir(k))
-        if k > 1:  # the subset's STAR names the images relative to itself
+        if particles != self.cfg.data.particles:  # a subset's STAR names the images relative to itself
             c.data.datadir = None
+        c.data.particles, c.output.dir = particles, str(folder)
         c.refinement.finish = "no"
         c.refinement.trim = True  # each round trains on the particles its map explains: one species, not the mix
         c.optimisation.time_budget_seconds = budget
         c.evaluation.gt_poses = c.evaluation.gt_volume = None  # one species' truth does not fit a mixture
         return c
 
-    def write_subset(self, k: int, ids: np.ndarray) -> str:
-        """Class k's particles as a STAR file in its folder, naming the original images."""
+    def write_subset(self, folder: Path, ids: np.ndarray) -> str:
+        """Particles ``ids`` as a STAR file in ``folder``, naming the original images (no copies).
+        A subset already there whose run has started is kept: a resumed run trains on the same data."""
         from ..data.star import write_star
 
-        folder = RunDir(self.stage_dir(k))
-        folder.path.mkdir(parents=True, exist_ok=True)
+        rd = RunDir(folder)
+        path = rd.path / "particles.star"
+        if path.exists() and rd.read_json(self.SUBSET) is not None and (rd.has_checkpoint() or rd.read_summary()):
+            return str(path)
+        rd.path.mkdir(parents=True, exist_ok=True)
         sub = self.table.subset(np.sort(ids))
-        path = folder.path / "particles.star"
-        write_star(path, sub, folder._image_names_from_here(sub))
-        folder.write_json(self.SUBSET, {"particles": [int(i) for i in np.sort(ids)]})
+        write_star(path, sub, rd._image_names_from_here(sub))
+        rd.write_json(self.SUBSET, {"particles": [int(i) for i in np.sort(ids)]})
         return str(path)
 
-    def ab_initio(self, k: int, particles: str, deadline: float | None) -> None:
-        """Run (or resume, or take as done) class k's one-class run."""
-        rd = RunDir(self.stage_dir(k))
+    def subset_ids(self, folder: Path) -> np.ndarray:
+        """The stack's particle ids a one-class run trained on (all, without a subset.json)."""
+        sub = RunDir(folder).read_json(self.SUBSET)
+        return np.arange(self.table.n) if sub is None else np.asarray(sub["particles"], dtype=np.int64)
+
+    def trained_on(self, folder: Path) -> np.ndarray:
+        """The stack's particle ids a one-class run's last map was made from (its trim's kept set;
+        its training particles when no round trimmed)."""
+        ids = self.subset_ids(folder)
+        kept = RunDir(folder).load_checkpoint()["refinement"].get("kept")
+        return ids if kept is None else ids[kept.numpy().astype(np.int64)]
+
+    def ab_initio(self, folder: Path, particles: str, budget: float | None, what: str) -> None:
+        """Run (or resume, or take as done) the one-class run in ``folder`` with a training budget in s."""
+        rd = RunDir(folder)
         if rd.read_summary() is not None:
-            print(f"class {k}: ab initio already done ({rd.path})", file=sys.stderr)
+            print(f"{what}: already done ({rd.path})", file=sys.stderr)
             return
-        budget = None
-        if deadline is not None:
-            left = self.K - k + 1
-            # evaluations and outputs are not training time: a tenth of the stage is kept for them
-            budget = max(30.0, 0.9 * (deadline - time.perf_counter()) / left)
         resume = rd.has_checkpoint()
-        cfg = rd.read_config(time_budget=budget)[0] if resume else self.sub_config(k, particles, budget)
-        print(f"stage ab initio of class {k}: {'resumed' if resume else 'start'} (training budget "
+        cfg = rd.read_config(time_budget=budget)[0] if resume else self.sub_config(folder, particles, budget)
+        print(f"stage {what}: {'resumed' if resume else 'start'} (training budget "
               f"{'-' if budget is None else f'{budget:.0f} s'})", file=sys.stderr)
         with rd.locked():
             Trainer(cfg, resume=resume, command=self.command).run(progress=False)
 
-    def learned(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any, float]:
-        """What class k's ab initio learned: its encoder's poses of every particle (R (n, 3, 3),
-        origins (n, 2) px at the working box), its map (L, L, L) in the images' own units (the
-        last refinement round's, from the particles its trim kept), its dataset (the working
+    def learned(self, folder: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any, float]:
+        """What the one-class run in ``folder`` learned: its encoder's poses of every particle (R (n,
+        3, 3), origins (n, 2) px at the working box), its map (L, L, L) in the images' own units
+        (the last refinement round's, from the particles its trim kept), its dataset (the working
         box's reader) and the sign of its contrast."""
-        tm = load_trained(self.stage_dir(k), device="cpu")
+        tm = load_trained(folder, device="cpu")
         ds = tm.dataset(self.table, self.cfg.data.particles)
         R, origin = tm.predict(self.table)
         vol = tm.model.decoder.volume().double().cpu() / tm.scale  # (the scale carries the contrast's sign)
@@ -140,36 +159,45 @@ class ClassRun:
 
     def run(self) -> dict:
         wall0 = time.perf_counter()
-        budget = self.budget
-        deadline_ab = None if budget is None else wall0 + budget * self.cfg.classes.ab_initio_fraction
-        deadline = None if budget is None else wall0 + budget
+        cc = self.cfg.classes
+        deadline = None if self.budget is None else wall0 + self.budget
+        deadline_ab = None if self.budget is None else wall0 + self.budget * cc.ab_initio_fraction
         self.run_dir.path.mkdir(parents=True, exist_ok=True)
         stages: list[dict] = []
-        cc = self.cfg.classes
-        ccfg = ClassifyConfig(iters=cc.iters, junk=cc.junk, min_members=cc.min_members, seed=self.cfg.optimisation.seed,
+
+        def stage(name: str, t0: float) -> None:
+            stages.append({"stage": name, "start_seconds": round(t0, 1),
+                           "end_seconds": round(time.perf_counter() - wall0, 1)})
+
+        def share(until: float | None, parts: int) -> float | None:
+            # evaluations and outputs are not training time: a tenth of the stage is kept for them
+            return None if until is None else max(30.0, 0.9 * (until - time.perf_counter()) / parts)
+
+        ccfg = ClassifyConfig(iters=cc.iters, max_iters=cc.max_iters, junk=cc.junk, min_members=cc.min_members,
+                              seed=self.cfg.optimisation.seed,
                               match=MatchConfig(radius=16.0, n_rotations=4096, refine_rounds=4,
                                                 seed=self.cfg.optimisation.seed))
         subsets: list[dict] = []
         particles = self.cfg.data.particles
+        folders = [self.stage_dir(k) for k in range(1, self.K + 1)]
         poses: list[tuple[torch.Tensor, torch.Tensor]] = []
         maps: list[torch.Tensor] = []  # each class's map as its ab initio left it
         ds, sign, band = None, 1.0, None
+        ids = np.arange(self.table.n)
         for k in range(1, self.K + 1):
             t0 = time.perf_counter() - wall0
-            self.ab_initio(k, particles, deadline_ab)
-            stages.append({"stage": f"ab initio, class {k}", "start_seconds": round(t0, 1),
-                           "end_seconds": round(time.perf_counter() - wall0, 1)})
-            R, o, vol, ds, sign_k = self.learned(k)
+            self.ab_initio(folders[k - 1], particles, share(deadline_ab, self.K - k + 1), f"ab initio of class {k}")
+            stage(f"ab initio, class {k}", t0)
+            R, o, vol, ds, sign_k = self.learned(folders[k - 1])
             sign = sign_k if k == 1 else sign  # maps are written with class 1's contrast orientation
             poses.append((R, o))
             maps.append(vol)
+            if band is None:  # the images as stored at the working box: the same for every class
+                band = BandData.read(_reader(ds), ids, ds.box, ccfg.match.radius)
             if k == self.K:
                 break
             # the next class: the particles the classes so far explain worst
             t0 = time.perf_counter() - wall0
-            ids = np.arange(self.table.n)
-            reader = _reader(ds)
-            band = BandData.read(reader, ids, ds.box, ccfg.match.radius)
             g = torch.Generator().manual_seed(self.cfg.optimisation.seed + k)
             R0 = torch.stack([p[0] for p in poses], 1)
             o0 = torch.stack([p[1] for p in poses], 1)
@@ -188,24 +216,63 @@ class ClassRun:
             print(f"class {k + 1}: {len(pick)} particles explained worst by the {k} class(es) so far (ρ below "
                   f"{split:.3f}; {int((best[pick] < thr).sum())} of them as poorly as structureless images)",
                   file=sys.stderr)
-            particles = self.write_subset(k + 1, pick)
-            stages.append({"stage": f"choose class {k + 1}'s particles", "start_seconds": round(t0, 1),
-                           "end_seconds": round(time.perf_counter() - wall0, 1)})
+            particles = self.write_subset(folders[k], pick)
+            stage(f"choose class {k + 1}'s particles", t0)
+        assert ds is not None and band is not None
+        reader = _reader(ds)
+        log = lambda m: print(m, file=sys.stderr)  # noqa: E731
 
         # classification: the K maps learned together
-        assert ds is not None
         t0 = time.perf_counter() - wall0
-        reader = _reader(ds)
-        ids = np.arange(self.table.n)
         res = classify(reader, ids, ds.box, maps, torch.stack([p[0] for p in poses], 1),
-                       torch.stack([p[1] for p in poses], 1), ccfg, log=lambda m: print(m, file=sys.stderr),
-                       deadline=deadline, band=band)  # (the last choice's band: the same images)
-        stages.append({"stage": "classification", "start_seconds": round(t0, 1),
-                       "end_seconds": round(time.perf_counter() - wall0, 1)})
-        return self.write_outputs(res, ds, subsets, stages, wall0, sign)
+                       torch.stack([p[1] for p in poses], 1), ccfg, log=log, deadline=deadline, band=band)
+        stage("classification", t0)
+        classify_seconds = time.perf_counter() - wall0 - t0
+
+        # a class whose map grew from particles that are now mostly elsewhere is learned again
+        purity = [float(np.mean(res.label[self.trained_on(f)] == k)) for k, f in enumerate(folders, start=1)]
+        redo = [k for k in range(1, self.K + 1) if purity[k - 1] < cc.revisit_purity]
+        again: list[dict] = []
+        for i, k in enumerate(redo):
+            folder = self.stage_dir(k, again=True)
+            # the repeated classification is timed like the first
+            budget = share(None if deadline is None else deadline - classify_seconds, len(redo) - i)
+            members = res.label == k
+            rec = {"class": k, "purity": round(purity[k - 1], 4), "members": int(members.sum()), "folder": folder.name}
+            if members.sum() < MIN_PARTICLES_PER_CLASS:
+                log(f"class {k}: {100 * purity[k - 1]:.0f}% of the particles its map grew from end in it; too few "
+                    f"members ({int(members.sum())}) to learn it again")
+                again.append({**rec, "skipped": "too few members"})
+                continue
+            if budget is not None and budget < MIN_AGAIN_SECONDS:
+                log(f"class {k}: {100 * purity[k - 1]:.0f}% of the particles its map grew from end in it; no time "
+                    f"left to learn it again ({budget:.0f} s of training)")
+                again.append({**rec, "skipped": "time budget"})
+                continue
+            log(f"class {k}: {100 * purity[k - 1]:.0f}% of the particles its map grew from end in it (below "
+                f"{100 * cc.revisit_purity:.0f}%): learned again from its {int(members.sum())} members")
+            t0 = time.perf_counter() - wall0
+            self.ab_initio(folder, self.write_subset(folder, ids[members]), budget, f"class {k} again")
+            stage(f"class {k} learned again", t0)
+            R, o, vol, _, _ = self.learned(folder)
+            poses[k - 1], maps[k - 1], folders[k - 1] = (R, o), vol, folder
+            again.append(rec)
+        done = [a["class"] for a in again if "skipped" not in a]
+        first_rounds = res.history
+        if done:  # the classification again, from where it ended, with the new maps and poses
+            t0 = time.perf_counter() - wall0
+            R0, o0, maps0 = res.R.clone(), res.origin_px.clone(), list(res.maps)
+            for k in done:
+                R0[:, k - 1], o0[:, k - 1] = poses[k - 1]
+                maps0[k - 1] = maps[k - 1]
+            res = classify(reader, ids, ds.box, maps0, R0, o0, ccfg, log=log, deadline=deadline, band=band)
+            stage("classification again", t0)
+        return self.write_outputs(res, ds, subsets, stages, wall0, sign,
+                                  {"purity": purity, "learned_again": again, "folders": [f.name for f in folders],
+                                   "first_rounds": first_rounds if done else None})
 
     def write_outputs(self, res: Classification, ds, subsets: list[dict], stages: list[dict], wall0: float,
-                      sign: float) -> dict:
+                      sign: float, cascade: dict) -> dict:
         """The class maps, every particle's class, score and pose, classes.json, the figure, summary and report."""
         from ..data.mrc import write_volume
         from ..data.star import write_star
@@ -231,14 +298,16 @@ class ClassRun:
         record = {"classes": K, "contrast_sign": sign, "junk_sink": res.threshold is not None,
                   "junk_threshold": res.threshold,
                   "members": sizes, "junk": int((res.label == JUNK).sum()), "maps": names,
-                  "apix": ds.apix, "box": ds.box, "ab_initio": [self.stage_dir(k).name for k in range(1, K + 1)],
-                  "subsets": subsets, "rounds": res.history,
+                  "apix": ds.apix, "box": ds.box, "ab_initio": cascade["folders"],
+                  "subsets": subsets, "purity": cascade["purity"], "learned_again": cascade["learned_again"],
+                  "rounds": res.history, "rounds_before_learning_again": cascade["first_rounds"],
                   "score": "normalised correlation on the band |k| < 16 shells at the best pose in the class",
                   "class_number": "1..K; 0 = junk (no class explains the particle better than structureless "
                                   "images with its power spectrum)"}
         rd.write_json(self.CLASSES_JSON, record)
         class_maps_figure([(sign * m).float().numpy() for m in res.maps], sizes, record["junk"], ds.apix,
                           rd / self.FIGURE)
+        self.averages(res, ds)
         stages.append({"stage": "outputs", "start_seconds": round(t0, 1),
                        "end_seconds": round(time.perf_counter() - wall0, 1)})
         summary = {"classes": K, "members": sizes, "junk": record["junk"], "stages": stages,
@@ -246,6 +315,23 @@ class ClassRun:
         rd.write_summary(summary)
         (rd / RunDir.REPORT).write_text(class_report(record, summary))
         return summary
+
+    def averages(self, res: Classification, ds) -> None:
+        """class_averages.png: each class's 2-D averages in its most populated viewing directions,
+        over the class map's projections at the same poses (both in the images' own contrast)."""
+        from ..evaluation.figures import class_averages_figure
+        from ..physics.projection import project
+        from ..reconstruction.averages import class_averages
+
+        panels: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None] = []
+        for k in range(1, self.K + 1):
+            m = np.nonzero(res.label == k)[0]
+            if len(m) == 0:
+                panels.append(None)
+                continue
+            av = class_averages(_reader(ds), m, res.R[m, k - 1], res.origin_px[m, k - 1])
+            panels.append((av.images.numpy(), project(res.maps[k - 1].double(), av.R_ref).numpy(), av.counts))
+        class_averages_figure(panels, self.run_dir / self.AVERAGES)
 
 
 def class_report(record: dict, summary: dict) -> str:
@@ -258,8 +344,20 @@ def class_report(record: dict, summary: dict) -> str:
     thr = record["junk_threshold"]
     lines.append(f"| junk (0) | {record['junk']} | {100 * record['junk'] / n:.1f}% | "
                  f"{'-' if thr is None else f'ρ below {thr:.3f}'} |")
-    lines += ["", f"![class maps]({ClassRun.FIGURE})", "", "Stages:", ""]
+    lines += ["", f"![class maps]({ClassRun.FIGURE})", "",
+              "Each class's 2-D averages in its most populated viewing directions (the members' images "
+              "phase-flipped, centred and turned onto one pose), over the class map's projection there:", "",
+              f"![class averages]({ClassRun.AVERAGES})", "", "Stages:", ""]
     lines += [f"- {s['stage']}: {s['start_seconds']:.0f}–{s['end_seconds']:.0f} s" for s in summary["stages"]]
+    purity = record.get("purity")
+    if purity:
+        lines += ["", "Purity of each class's first ab initio (the share of the particles its map grew from "
+                  "that end in the class): " + ", ".join(f"class {k} {100 * p:.0f}%" for k, p in
+                                                         enumerate(purity, start=1)), ""]
+    for a in record.get("learned_again", []):
+        lines.append(f"- class {a['class']}: {100 * a['purity']:.0f}% of the particles its first map grew from "
+                     f"ended in it; " + (f"not learned again ({a['skipped']})" if "skipped" in a else
+                                         f"learned again from its {a['members']} members ({a['folder']})"))
     lines += ["", "Each class's ab initio run is in its folder (" + ", ".join(record["ab_initio"]) + "). "
               "`eqcryo select RUN -o kept.star` writes the particles of the real classes.", ""]
     return "\n".join(lines)

@@ -235,8 +235,13 @@ class ClassesConfig(Section):
                                    "with their own power spectra join no class")
     iters: int = opt(4, "posint", "classification rounds (search every particle in every class, reassign, "
                                   "reconstruct) after the classes' ab initio")
-    ab_initio_fraction: float = opt(0.85, "fraction", "share of the time budget for the classes' ab initio "
-                                                      "stages (the rest: classification and outputs)")
+    max_iters: int = opt(12, "posint", "more classification rounds, up to this many, while a round still moves "
+                                       "more than 1% of the particles between classes")
+    ab_initio_fraction: float = opt(0.85, "fraction", "share of the time budget for the classes' first ab initio "
+                                                      "stages (the rest: classification, classes learned again, "
+                                                      "outputs)")
+    revisit_purity: float = opt(0.8, "fraction", "a class whose ab initio trained on particles of which less than "
+                                                 "this share end in it is learned again from its members")
     min_members: int = opt(20, "posint", "a class with fewer members is reseeded from poorly explained particles")
 
 

@@ -37,9 +37,10 @@ class Refinement:
     SETTLE_FRACTION, SETTLE_DEG = 0.01, 5.0
 
     def __init__(self, iters: int, radius: float, distill: float, seed: int, keep: int = 1, orbit: int = 1,
-                 all_hypotheses_once_settled: bool = False, trim: bool = False):
+                 all_hypotheses_once_settled: bool = False, trim: bool = False, min_kept: int = 64):
         self.iters, self.radius, self.distill, self.seed, self.keep = iters, radius, distill, seed, keep
-        self.trim = trim
+        #: with ``trim``: never fewer training particles than this (at least a batch)
+        self.trim, self.min_kept = trim, min_kept
         #: with ``trim``: the training particles the last round's map explains (None: all)
         self.kept: np.ndarray | None = None
         self.orbit, self.all_hypotheses_once_settled = orbit, all_hypotheses_once_settled
@@ -127,8 +128,9 @@ class Refinement:
         # into the map's own species too: purity before numbers, a few thousand particles suffice)
         cut = otsu_split(rho[real]) if real.sum() >= 2 else split
         keep = rho >= cut
-        if keep.sum() < max(64, len(ids) // 10):  # never trim to almost nothing
-            cut = float(np.quantile(rho, 0.9))
+        need = min(len(ids), max(self.min_kept, len(ids) // 10))
+        if keep.sum() < need:  # never trim to almost nothing (nor below a batch): the best explained
+            cut = float(np.sort(rho)[-need])
             keep = rho >= cut
         self.kept = np.sort(ids[keep])
         return {"kept": int(keep.sum()), "junk_split": float(split), "kept_above": cut,

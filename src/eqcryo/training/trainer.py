@@ -95,7 +95,8 @@ class Trainer:
         self.band = LossBand(self.data.box, opt.lowpass_start_shells, opt.lowpass_images, ref.distill_band_shells)
         self.refine_trigger = RefinementTrigger(ref.start_images, ref.every_images, ref.max_rounds, ref.min_rounds)
         self.refinement = Refinement(ref.iters, ref.radius_shells, ref.distill_weight, opt.seed, ref.keep, ref.orbit,
-                                     all_hypotheses_once_settled=ref.distill_hypotheses != "winner", trim=ref.trim)
+                                     all_hypotheses_once_settled=ref.distill_hypotheses != "winner", trim=ref.trim,
+                                     min_kept=max(64, opt.batch_size))
         self.eval_timer = Periodic(ev.every_seconds)
         self.finishing = ref.finish == "yes" or (ref.finish == "auto" and self.data.input_box > self.data.box)
         budget = opt.time_budget_seconds
