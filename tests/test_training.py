@@ -38,7 +38,8 @@ def _cfg(tiny, out, **kw):
 @pytest.mark.parametrize("fast", [{}, dict(encoder_bin=2, lowpass_start=4.0, lowpass_images=100, view_prior=1.0),
                                   dict(refine_images=48, refine_iters=1), dict(refine_images=96, refine_iters=1),
                                   dict(refine_images=48, refine_iters=1, distill_only=True, distill_augment=True,
-                                       distill_simulate=0.5)])
+                                       distill_simulate=0.5),
+                                  dict(refine_images=48, refine_iters=1, refine_max_particles=40)])
 def test_resume_equals_uninterrupted(tiny, tmp_path, fast):
     """Also for the fast path: binned encoder input, band-limited loss crossing to the full band
     (160 images), and the orientation prior; and for the projection-matching refinement, both
@@ -612,3 +613,19 @@ def test_stop_rule_needs_a_settled_refinement_and_a_low_match():
     t.load_state_dict(s.state_dict())
     assert t.done(8, 71)  # a resumed run keeps the decision
     assert not StopRule(None, 600).done(1, 1) and StopRule(None, 600).done(1, 600)
+
+
+@pytest.mark.slow
+def test_rounds_on_a_large_set_search_a_fixed_subset_and_train_on_it(tiny, tmp_path):
+    """refinement.max_particles: a round searches a seeded subset of the training particles (the
+    same every round), only they get targets, and batches then come from them alone."""
+    tr = Trainer(_cfg(tiny, tmp_path / "r", steps=12, refine_images=48, refine_every=48, refine_iters=1,
+                      refine_max_particles=40))
+    tr.run(progress=False)
+    sub = tr.refinement.searched(tr.data.train_ids)
+    assert len(sub) == 40 and np.isin(sub, tr.data.train_ids).all() and len(tr.data.train_ids) > 40
+    assert np.array_equal(sub, tr.refinement.searched(tr.data.train_ids))  # fixed by the seed
+    assert np.array_equal(tr.data.active_ids, sub)
+    assert tr.refinement.target_R is not None
+    has_target = tr.refinement.target_R.abs().sum((1, 2)) > 0
+    assert np.array_equal(np.nonzero(has_target.numpy())[0], sub)

@@ -118,8 +118,8 @@ class TrainingData:
 
     @property
     def active_ids(self) -> np.ndarray:
-        """The training particles batches are drawn from: all of them, or those a trimming
-        refinement kept (:meth:`set_active`)."""
+        """The training particles batches are drawn from: all of them, or those with refinement
+        targets (a trimming round's kept, or the subset rounds search; :meth:`set_active`)."""
         return self.train_ids if self._active is None else self._active
 
     def set_active(self, ids: np.ndarray | None) -> None:

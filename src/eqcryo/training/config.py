@@ -217,6 +217,8 @@ class RefinementConfig(Section):
                                   choices=("winner", "all-once-settled"))
     distill_augment: bool = opt(False, "bool", "turn each distillation image and its target in-plane at random")
     distill_simulate: float = opt(0.0, "fraction", "fraction of each distillation batch simulated from the map")
+    max_particles: int | None = opt(20000, "posint", "rounds search at most this many training particles (a seeded "
+                                                     "random subset, then the batches' particles; None: all)")
     trim: bool = opt(False, "bool", "after each round train only on the particles the refined map explains best (the "
                                     "upper group of those above the junk split), re-decided every round; for mixtures")
     finish: str = opt("auto", "choice", "the gold-standard finish at the stack's box (poses refined per half-set): "
@@ -299,6 +301,7 @@ FLAT_KEYS: dict[str, tuple[str, str]] = {
     "view_prior": ("optimisation", "view_prior"),
     "refine_images": ("refinement", "start_images"), "refine_every": ("refinement", "every_images"),
     "refine_rounds": ("refinement", "max_rounds"), "refine_min_rounds": ("refinement", "min_rounds"),
+    "refine_max_particles": ("refinement", "max_particles"),
     "refine_iters": ("refinement", "iters"), "refine_keep": ("refinement", "keep"),
     "refine_orbit": ("refinement", "orbit"), "refine_radius": ("refinement", "radius_shells"),
     "distill": ("refinement", "distill_weight"), "distill_band": ("refinement", "distill_band_shells"),

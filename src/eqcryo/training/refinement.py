@@ -37,8 +37,11 @@ class Refinement:
     SETTLE_FRACTION, SETTLE_DEG = 0.01, 5.0
 
     def __init__(self, iters: int, radius: float, distill: float, seed: int, keep: int = 1, orbit: int = 1,
-                 all_hypotheses_once_settled: bool = False, trim: bool = False, min_kept: int = 64):
+                 all_hypotheses_once_settled: bool = False, trim: bool = False, min_kept: int = 64,
+                 max_particles: int | None = None):
         self.iters, self.radius, self.distill, self.seed, self.keep = iters, radius, distill, seed, keep
+        #: rounds search at most this many training particles (:meth:`searched`; None: all)
+        self.max_particles = max_particles
         #: with ``trim``: never fewer training particles than this (at least a batch)
         self.trim, self.min_kept = trim, min_kept
         #: with ``trim``: the training particles the last round's map explains (None: all)
@@ -55,12 +58,22 @@ class Refinement:
     def has_targets(self) -> bool:
         return self.target_R is not None
 
+    def searched(self, train_ids: np.ndarray) -> np.ndarray:
+        """The training particles every round searches (sorted): all of them, or a random subset
+        of ``max_particles`` fixed by the seed (the same every round and after a resume). A search
+        costs time in proportion to the particles; an encoder learns poses from ~20k as well as
+        from millions, and gives every particle its pose at the end."""
+        if self.max_particles is None or len(train_ids) <= self.max_particles:
+            return train_ids
+        pick = np.random.default_rng(self.seed + 7919).choice(len(train_ids), self.max_particles, replace=False)
+        return np.sort(train_ids[pick])
+
     def run(self, model: CryoModel, data: TrainingData, gt_R: torch.Tensor | None = None,
             log: Callable[[str], None] = print) -> dict:
         """Refine the training particles' poses from the model's; set the targets (and the map, if
         the decoder accepts one). Returns the record written to refinement.json."""
         t0 = time.perf_counter()
-        ids, L, apix, dev = data.train_ids, data.box, data.apix, data.ds.device
+        ids, L, apix, dev = self.searched(data.train_ids), data.box, data.apix, data.ds.device
         R, origin, _ = infer(model, data.ds, ids)
 
         def reader(b):  # projection matching runs on the CPU, in the data's own units

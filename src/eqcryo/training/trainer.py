@@ -96,7 +96,7 @@ class Trainer:
         self.refine_trigger = RefinementTrigger(ref.start_images, ref.every_images, ref.max_rounds, ref.min_rounds)
         self.refinement = Refinement(ref.iters, ref.radius_shells, ref.distill_weight, opt.seed, ref.keep, ref.orbit,
                                      all_hypotheses_once_settled=ref.distill_hypotheses != "winner", trim=ref.trim,
-                                     min_kept=max(64, opt.batch_size))
+                                     min_kept=max(64, opt.batch_size), max_particles=ref.max_particles)
         self.eval_timer = Periodic(ev.every_seconds)
         self.finishing = ref.finish == "yes" or (ref.finish == "auto" and self.data.input_box > self.data.box)
         budget = opt.time_budget_seconds
@@ -158,7 +158,7 @@ class Trainer:
                 getattr(self, name).load_state_dict(s[name])
             self.stop.load_state_dict(s.get("stop", {}))
             torch.set_rng_state(s["torch_rng"])
-            self.data.set_active(self.refinement.kept)
+            self.data.set_active(self.active_after_refinement())
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise InputError(f"{self.run_dir / RunDir.CHECKPOINT}: does not fit this run or this version of eqcryo "
                              f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
@@ -253,9 +253,21 @@ class Trainer:
             self.run_dir.write_json(RunDir.REFINEMENT, {"rounds": rounds})
         if self.dist.active:
             self.refinement.broadcast(self.dist, self.model, self.data.n)
-        if self.refinement.trim:  # batches from the kept particles, from a new epoch
-            self.data.set_active(self.refinement.kept)
+        active = self.active_after_refinement()
+        if active is not None:  # batches from the particles with targets, from a new epoch
+            self.data.set_active(active)
             self.epoch, self.pos = self.epoch + 1, 0
+
+    def active_after_refinement(self) -> np.ndarray | None:
+        """The training particles batches come from once rounds have run: those the last round kept
+        (trim), or those the rounds search (a subset of a large set); None: all."""
+        ref = self.refinement
+        if not ref.has_targets:
+            return None
+        if ref.trim:
+            return ref.kept
+        searched = ref.searched(self.data.train_ids)
+        return None if len(searched) == len(self.data.train_ids) else searched
 
     def stage(self, name: str, box: int, images: int, wall0: float, start: float | None = None) -> None:
         """Log a stage's start (``start`` None) or its end, one line each, and record it."""
