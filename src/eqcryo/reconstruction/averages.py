@@ -20,7 +20,7 @@ import torch
 
 from ..physics.group import in_plane_turn, turn_images
 from ..physics.lattice import fft2_centered, ifft2_centered
-from ..physics.projection import apply_shift_2d
+from ..physics.projection import shift_phase
 from ..physics.rotations import fibonacci_sphere
 from .projection_matching import Reader
 
@@ -59,10 +59,10 @@ def class_averages(reader: Reader, ids: np.ndarray, R: torch.Tensor, origin_px: 
         ref = members[int((d[members] @ mean).argmax())]
         close = members[(d[members] @ d[ref]).numpy() >= math.cos(math.radians(max_angle_deg))][:per_view]
         y, ctf = reader(ids[close])
-        F = fft2_centered(y.double())
+        F = fft2_centered(y.double()) * shift_phase(y.shape[-1], -origin_px[close])  # centred: origins undone
         if ctf is not None:  # phase flip: defoci's opposite contrast bands add up instead of cancelling
             F = F * torch.sign(ctf.double())
-        y = apply_shift_2d(ifft2_centered(F).real, -origin_px[close])  # centred
+        y = ifft2_centered(F).real
         M = R[ref] @ R[close].transpose(-1, -2)  # diag(g, 1) for members in the reference's direction
         theta = torch.atan2((M[:, 0, 1] - M[:, 1, 0]) / 2, (M[:, 0, 0] + M[:, 1, 1]) / 2)
         images.append(turn_images(y, in_plane_turn(theta)).mean(0))

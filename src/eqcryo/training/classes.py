@@ -323,13 +323,14 @@ class ClassRun:
         from ..physics.projection import project
         from ..reconstruction.averages import class_averages
 
+        reader = _reader(ds)
         panels: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None] = []
         for k in range(1, self.K + 1):
             m = np.nonzero(res.label == k)[0]
             if len(m) == 0:
                 panels.append(None)
                 continue
-            av = class_averages(_reader(ds), m, res.R[m, k - 1], res.origin_px[m, k - 1])
+            av = class_averages(reader, m, res.R[m, k - 1], res.origin_px[m, k - 1])
             panels.append((av.images.numpy(), project(res.maps[k - 1].double(), av.R_ref).numpy(), av.counts))
         class_averages_figure(panels, self.run_dir / self.AVERAGES)
 
