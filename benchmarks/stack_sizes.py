@@ -1,13 +1,17 @@
 """Wall time and peak memory of a run's stages at 64, 128 and 256 px.
 
     python benchmarks/stack_sizes.py [--boxes 64 128 256] [--n 2000] [--steps 200] [--threads 2]
+    python benchmarks/stack_sizes.py --boxes 128 --n 100000 --round-after 3200 --finish-iters 1 \
+        --workdir big      # a large set: one projection-matching round (on its subset) as well
 
 For each box: simulate ``--n`` images of the bundled spliceosome (the physical size of the
 64 px / 6.6 Å set: apix = 6.6 × 64 / box, SNR 1), then, each in a fresh process (peak RSS of
 that process alone):
 
 1. ``eqcryo train`` for ``--steps`` steps of the default recipe with the finish off: ab initio at
-   the working box (64 px) reading the stack Fourier-cropped: images/s and peak RSS;
+   the working box (64 px) reading the stack Fourier-cropped: images/s and peak RSS; with
+   ``--round-after N`` a projection-matching round after N images (it searches at most
+   ``refinement.max_particles`` of them), then the encoder's poses for every particle;
 2. the gold-standard finish from the true poses turned by 3° (a converged ab initio's poses are a
    few degrees off), ``--finish-iters`` iterations and the final reconstruction at the stack's
    box: seconds per iteration, the box each one used, the resolution, peak RSS.
@@ -18,8 +22,10 @@ Times are wall seconds on whatever else the machine runs: run it alone.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -81,23 +87,31 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--finish-iters", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--round-after", type=int, default=None, help="a projection-matching round after this "
+                    "many images (default: none within --steps)")
+    ap.add_argument("--workdir", default=None, help="keep the simulations and runs here (a simulation already "
+                    "there is used again); default: a temporary folder")
     a = ap.parse_args()
+    extra = [] if a.round_after is None else ["--set", f"refinement.start_images={a.round_after}"]
     eq = [sys.executable, "-m", "eqcryo.cli.main"]
     print("| box | apix (Å) | stack MiB | ab initio images/s | ab initio peak RSS MiB | finish s "
           "(per iteration: box) | final reconstruction s | half-maps (Å) | finish peak RSS MiB |")
     print("|---|---|---|---|---|---|---|---|---|")
-    with tempfile.TemporaryDirectory() as tmp:
+    with contextlib.ExitStack() as stack_ctx:
+        tmp = a.workdir or stack_ctx.enter_context(tempfile.TemporaryDirectory())
         for box in a.boxes:
             apix = 6.6 * 64 / box
             d = Path(tmp) / f"sim{box}"
-            subprocess.run(eq + ["simulate", "builtin:5nrl", "-o", str(d), "--n", str(a.n), "--box", str(box),
-                                 "--apix", f"{apix:.4f}", "--seed", "41", "--snr", "1", "--no-progress"],
-                           check=True, stdout=subprocess.DEVNULL)
+            if not (d / "particles.star").exists():
+                subprocess.run(eq + ["simulate", "builtin:5nrl", "-o", str(d), "--n", str(a.n), "--box", str(box),
+                                     "--apix", f"{apix:.4f}", "--seed", "41", "--snr", "1", "--no-progress"],
+                               check=True, stdout=subprocess.DEVNULL)
             stack = sum(f.stat().st_size for f in d.glob("*.mrcs")) / 2 ** 20
             run = Path(tmp) / f"run{box}"
+            shutil.rmtree(run, ignore_errors=True)
             _, rss_train, out = peak_rss_run(eq + ["train", str(d / "particles.star"), "-o", str(run), "--steps",
                                                    str(a.steps), "--threads", str(a.threads), "--no-progress",
-                                                   "--set", "refinement.finish=no"])
+                                                   "--set", "refinement.finish=no", *extra])
             s = json.loads((run / "summary.json").read_text())
             rate = s["images_seen"] / s["train_seconds"]
             _, rss_fin, out = peak_rss_run([sys.executable, "-c", FINISH, str(d), str(a.finish_iters),

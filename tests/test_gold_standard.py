@@ -14,7 +14,14 @@ from eqcryo.physics.fsc import fsc
 from eqcryo.physics.lattice import fft3_centered, fourier_crop_2d, radius_3d
 from eqcryo.physics.projection import project
 from eqcryo.physics.rotations import axis_angle_to_matrix, geodesic_angle_degrees, random_rotations
-from eqcryo.reconstruction.gold_standard import FinishConfig, box_for_band, gold_standard_finish, split_halves
+from eqcryo.reconstruction.gold_standard import (
+    FinishConfig,
+    box_for_band,
+    final_box,
+    gold_standard_finish,
+    largest_final_box,
+    split_halves,
+)
 from eqcryo.reconstruction.resolution import auto_mask, fsc_weighted, gold_standard_fsc, randomise_phases_beyond
 
 L = 32
@@ -88,6 +95,17 @@ def test_the_box_for_a_band_is_the_smallest_even_one_whose_nyquist_covers_it():
     assert box_for_band(80.0, 128, 64) == 128
 
 
+def test_the_final_box_follows_the_resolution_and_the_memory():
+    assert final_box(256, 1.0, 8.0, 4.0, None) == 256 and final_box(256, 1.0, 8.0, 4.0, 256) == 256  # fits: L
+    # capped: 256 px at 1 Å/px, half-maps at 8 Å are 32 shells; 1.5× + 4 margin = 52 shells -> 106 px
+    assert final_box(256, 1.0, 8.0, 4.0, 200) == 106
+    assert final_box(256, 1.0, 2.0, 4.0, 200) == 200 and final_box(256, 1.0, 2.0, 4.0, 201) == 200
+    assert final_box(64, 6.6, 13.2, 4.0, 60) == 60
+    # the measured peak (11.2 GiB at 256 px) scales with the box's volume
+    assert largest_final_box(11.2 * 2 ** 30) in (254, 256)
+    assert largest_final_box(24 * 2 ** 30) < 340 and largest_final_box(8 * 11.2 * 2 ** 30) >= 500
+
+
 def _particles(n: int, seed: int):
     """Projections of sharp blobs (σ 1.3 px: signal out to ~12 shells, so poses are defined to
     about a degree) at SNR ~10."""
@@ -144,3 +162,45 @@ def test_the_finish_refines_each_half_from_its_own_images_alone(monkeypatch):
     assert not torch.equal(out.R[h2], out2.R[h2])
     # every map is one half's (the full map is the sum of the final two halves' accumulators)
     assert len(calls) > 2 and all(set(half[c]) in ({0}, {1}) for c in calls)
+
+
+def test_a_capped_final_box_gives_the_same_map_up_to_its_nyquist_padded_to_the_stack():
+    n = 96
+    R_gt, o_gt, images, _ = _particles(n, 1)
+    full = gold_standard_finish(_read_at(images), n, L, 2.0, R_gt, o_gt * 2.0, 24, 8.0,
+                                FinishConfig(max_iters=0, seed=1), log=lambda m: None)
+    lines: list[str] = []
+    capped = gold_standard_finish(_read_at(images), n, L, 2.0, R_gt, o_gt * 2.0, 24, 8.0,
+                                  FinishConfig(max_iters=0, max_final_box=20, seed=1), log=lines.append)
+    assert full.iterations[-1]["box"] == L and capped.iterations[-1]["box"] == 20
+    assert capped.iterations[-1]["output_box"] == L and any("padded to the stack's 32 px" in m for m in lines)
+    for a, b in zip(capped.half_maps + (capped.full_map,), full.half_maps + (full.full_map,)):
+        assert a.shape == b.shape == (L, L, L)
+    r = radius_3d(L, torch.float64)
+    Fc, Ff = fft3_centered(capped.half_maps[0]), fft3_centered(full.half_maps[0])
+    k = (torch.arange(L) - L // 2).abs()
+    outside = (k[:, None, None] > 10) | (k[None, :, None] > 10) | (k[None, None, :] > 10)
+    assert Fc[outside].abs().max() < 1e-8 * Fc.abs().max()  # nothing beyond the capped box's lattice
+    inner = r < 8
+    rel = (Fc[inner] - Ff[inner]).abs().norm() / Ff[inner].abs().norm()
+    assert rel < 0.1, rel  # the same coefficients within it (gridded at another box)
+    assert capped.fsc.resolution >= 2 * 2.0 * L / 20 - 1e-6  # it cannot claim beyond the box it measured
+
+
+def test_a_band_that_reached_its_nyquist_grows_by_half_at_once(monkeypatch):
+    """When the half-maps' FSC stays above 0.143 to the box's edge the data may hold much more:
+    the next band is 1.5 × the shells reached, not those plus the 4-shell margin."""
+    n = 64
+    R_gt, o_gt, images, _ = _particles(n, 2)
+    monkeypatch.setattr(gs_module, "_at_nyquist", lambda curve: True)
+    bands = {}
+    for growth in (1.5, 0.0):
+        out = gold_standard_finish(_read_at(images), n, L, 2.0, R_gt, o_gt * 2.0, 12, 16.0,
+                                   FinishConfig(max_iters=2, nyquist_growth=growth, seed=1), log=lambda m: None)
+        its = [h for h in out.iterations if h.get("iteration", 0) > 0]
+        bands[growth] = [h["band_shells"] for h in its]
+        res1 = its[0]["resolution_angstrom"]
+    shells1 = L * 2.0 / res1  # (res1 is rounded to 0.01 Å: the ceilings below allow for it)
+    assert bands[0.0][1] == min(L / 2 - 1, math.ceil(shells1 - 0.01) + 4)  # the margin alone
+    assert bands[1.5][1] == min(L / 2 - 1, max(math.ceil(shells1 - 0.01) + 4, math.ceil(1.5 * shells1 - 0.01)))
+    assert bands[1.5][1] > bands[0.0][1]

@@ -597,6 +597,7 @@ def test_match_check_reads_like_the_pose_error_without_ground_truth(tmp_path):
     turn = axis_angle_to_matrix(torch.tensor([0.0, 0.0, np.radians(20.0)], dtype=torch.float64))
     m = ev.match_check(vol, R @ turn, origin, None)
     assert 0.18 < m["match_mse"] < 0.3 and 15 < m["match_median_deg"] < 25
+    assert m["match_scatter"] < 0.01  # noiseless images in their own map: the search scatters nowhere
     assert ev.match_check(torch.zeros_like(vol), R, origin, None)["match_mse"] is None
 
 
@@ -613,6 +614,23 @@ def test_stop_rule_needs_a_settled_refinement_and_a_low_match():
     t.load_state_dict(s.state_dict())
     assert t.done(8, 71)  # a resumed run keeps the decision
     assert not StopRule(None, 600).done(1, 1) and StopRule(None, 600).done(1, 600)
+
+
+def test_the_stop_rule_takes_the_search_own_error_off_but_never_more_than_half():
+    from eqcryo.training.schedule import StopRule, match_excess
+    # two searches differ by twice the search's error: half the scatter is the search's share
+    assert match_excess(0.102, 0.068) == pytest.approx(0.068)
+    assert match_excess(0.5, 0.9) == pytest.approx(0.25)  # a map the search cannot read: at most half
+    assert match_excess(0.07, None) == 0.07 and match_excess("", "0.1") is None  # older rows: as before
+    s = StopRule(None, 600, match_mse=0.08)
+    s.observe({"match_mse": 0.102, "match_scatter": 0.02, "step": 6, "train_seconds": 60}, settled=True)
+    assert not s.done(6, 60)
+    s.observe({"match_mse": 0.102, "match_scatter": 0.068, "step": 7, "train_seconds": 70}, settled=True)
+    assert s.done(7, 70) and s.finished["match_excess"] == pytest.approx(0.068)
+    assert "match_scatter" in s.finished["rule"]
+    t = StopRule(None, 600, match_mse=0.08)
+    t.observe({"match_mse": 0.17, "match_scatter": 0.4, "step": 7, "train_seconds": 70}, settled=True)
+    assert not t.done(7, 70)  # 0.17 less at most 0.085 is not agreement
 
 
 @pytest.mark.slow

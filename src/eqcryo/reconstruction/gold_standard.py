@@ -28,13 +28,15 @@ import numpy as np
 import torch
 
 from ..physics.fsc import FSCResult, fsc
+from ..physics.lattice import fourier_resize_3d
 from ..physics.projection import prepare_fourier_volume
 from ..physics.rotations import geodesic_angle_degrees
 from .backprojection import soft_sphere_mask
 from .projection_matching import BandData, MatchConfig, Reader, accumulate, reconstruct, search_poses
 from .resolution import GoldStandardFSC, auto_mask, fsc_weighted, gold_standard_fsc
 
-__all__ = ["FinishConfig", "FinishResult", "split_halves", "box_for_band", "gold_standard_finish"]
+__all__ = ["FinishConfig", "FinishResult", "split_halves", "box_for_band", "final_box", "largest_final_box",
+           "gold_standard_finish"]
 
 
 @dataclass
@@ -43,10 +45,12 @@ class FinishConfig:
 
     max_iters: int = 8  # iterations at most (each: two reconstructions and two local searches)
     margin_shells: float = 4.0  # shells searched beyond the current resolution's
+    nyquist_growth: float = 1.5  # the band × this when the FSC reached its box's Nyquist
     refine_rounds: int = 4  # pattern-search rounds per iteration (steps halve when nothing is better)
     wiener: float = 0.01
     settle_fraction: float = 0.01  # stop once the resolution improves by less than this fraction ...
     settle_iters: int = 2  # ... for this many iterations at the stack's box
+    max_final_box: int | None = None  # the final maps' box at most (memory); None: the stack's
     seed: int = 0
 
 
@@ -78,12 +82,41 @@ def split_halves(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).permutation(n) % 2
 
 
+#: peak bytes of the final reconstruction per voxel of the final box (b³): two halves'
+#: twice-oversampled accumulators (complex128 + float64 weights, 8 b³ points each), one absorbed
+#: into the other, and the transforms; measured 11.2 GiB at 256 px (docs/benchmarks.md)
+FINAL_BYTES_PER_VOXEL = 720
+
+
+def largest_final_box(memory_bytes: float) -> int:
+    """The largest even box whose final reconstruction (:data:`FINAL_BYTES_PER_VOXEL`) fits in
+    ``memory_bytes``."""
+    b = int((memory_bytes / FINAL_BYTES_PER_VOXEL) ** (1 / 3))
+    return max(2, b - b % 2)
+
+
+def final_box(L: int, apix: float, resolution: float, margin_shells: float, max_box: int | None) -> int:
+    """The box of the final maps: the stack's ``L`` when it is at most ``max_box`` (the FSC then
+    runs to the stack's Nyquist); else the shells to half again the resolution reached (plus the
+    margin), at most ``max_box``: beyond them the half-maps hold no measured signal, and the
+    maps are Fourier-padded to ``L`` afterwards."""
+    if max_box is None or L <= max_box:
+        return L
+    radius = min(L / 2 - 1, 1.5 * L * apix / resolution + margin_shells)
+    return min(box_for_band(radius, L, 2), max(2, max_box - max_box % 2))
+
+
 def box_for_band(radius_shells: float, L: int, min_box: int) -> int:
     """The smallest even box (≥ ``min_box``, ≤ L) whose Nyquist (box/2 shells) reaches a band of
     ``radius_shells`` shells plus one. Fourier cropping keeps the box's width in Å, so a
     frequency is the same number of shells at every box."""
     need = 2 * math.ceil(radius_shells + 1)
     return int(min(L, max(min_box, need + need % 2)))
+
+
+def _at_nyquist(curve: FSCResult) -> bool:
+    """The FSC stays above 0.143 to the box's Nyquist: the resolution is the box's, not the data's."""
+    return curve.resolution(0.143) is None and curve.fsc[1] >= 0.143
 
 
 def _resolution(curve: FSCResult) -> float:
@@ -111,7 +144,9 @@ def gold_standard_finish(read_at: Callable[[int], Reader], n: int, L: int, apix:
     # where the halves stand before any refinement: at the start box, from the poses given
     reader0, apix0 = read_at(start_box), apix * L / start_box
     maps0 = [reconstruct(reader0, ids[h], R[ids[h]], o_A[ids[h]] / apix0, start_box, cfg.wiener) for h in (0, 1)]
-    res = max(start_resolution, _resolution(fsc(maps0[0], maps0[1], apix0, soft_sphere_mask(start_box))))
+    curve0 = fsc(maps0[0], maps0[1], apix0, soft_sphere_mask(start_box))
+    res = max(start_resolution, _resolution(curve0))
+    capped = _at_nyquist(curve0)
     log(f"finish: half-maps {res:.1f} Å at the start ({start_box} px, the poses given, sphere mask)")
     best, flat = math.inf, 0
     history: list[dict] = [{"iteration": 0, "box": start_box, "resolution_angstrom": round(res, 2)}]
@@ -119,7 +154,10 @@ def gold_standard_finish(read_at: Callable[[int], Reader], n: int, L: int, apix:
     for it in range(cfg.max_iters):
         # a resolution is D / res shells at every box (the box's width in Å is the same)
         # whole shells: the band, the one thing both halves share, moves only in steps
-        radius_L = min(L / 2 - 1, math.ceil(D / res) + cfg.margin_shells)
+        # an FSC that never fell below 0.143 inside its box says only "at least this": then the
+        # band grows by half at once, not by the margin alone (which took 6 iterations from 74 to 126 px)
+        grow = math.ceil(cfg.nyquist_growth * D / res) if capped else 0
+        radius_L = min(L / 2 - 1, max(math.ceil(D / res) + cfg.margin_shells, grow))
         b = box_for_band(radius_L, L, start_box)
         radius = min(b / 2 - 1, radius_L)
         if deadline is not None and it > 0:
@@ -134,7 +172,7 @@ def gold_standard_finish(read_at: Callable[[int], Reader], n: int, L: int, apix:
         reader, apix_b = read_at(b), apix * L / b
         maps = [reconstruct(reader, ids[h], R[ids[h]], o_A[ids[h]] / apix_b, b, cfg.wiener) for h in (0, 1)]
         curve = fsc(maps[0], maps[1], apix_b, soft_sphere_mask(b))
-        res = _resolution(curve)
+        res, capped = _resolution(curve), _at_nyquist(curve)
         # the search's first steps: a rotation that moves the band's edge by ~2 voxels, 1 px
         step_deg = math.degrees(2.0 / max(radius, 4.0))
         mc = MatchConfig(radius=radius, n_rotations=0, shift_step_px=0.0, refine_rounds=cfg.refine_rounds,
@@ -158,16 +196,29 @@ def gold_standard_finish(read_at: Callable[[int], Reader], n: int, L: int, apix:
             if flat >= cfg.settle_iters:
                 break
         best = min(best, res)
-    # the final maps at the stack's box, each from its own half
+    # the final maps, each from its own half, at the stack's box unless the resolution reached
+    # (or the memory) calls for fewer shells: then Fourier-padded to the stack's box
     t_end = time.perf_counter()
-    reader = read_at(L)
-    bps = [accumulate(reader, ids[h], R[ids[h]], o_A[ids[h]] / apix, L) for h in (0, 1)]
+    bf = final_box(L, apix, res, cfg.margin_shells, cfg.max_final_box)
+    if bf < L:
+        why = (f"the shells that the half-maps' {res:.1f} Å needs" if bf < (cfg.max_final_box or L)
+               else "at most refinement.finish_max_box or what the free memory holds")
+        log(f"finish: final maps at {bf} px (Nyquist {2 * apix * L / bf:.1f} Å: {why}), padded to the stack's {L} px")
+    reader, apix_f = read_at(bf), apix * L / bf
+    bps = [accumulate(reader, ids[h], R[ids[h]], o_A[ids[h]] / apix_f, bf) for h in (0, 1)]
     maps = [bp.reconstruct(cfg.wiener).double() for bp in bps]
     full = bps[0].absorb(bps[1]).reconstruct(cfg.wiener).double()  # every particle; two lattices at most
     del bps
-    mask = auto_mask((maps[0] + maps[1]) / 2, apix)
-    gs = gold_standard_fsc(maps[0], maps[1], apix, mask, seed=cfg.seed)
+    mask = auto_mask((maps[0] + maps[1]) / 2, apix_f)
+    gs = gold_standard_fsc(maps[0], maps[1], apix_f, mask, seed=cfg.seed)
+    full = fsc_weighted(full, gs.corrected)
+    if bf < L:
+        # an image cropped to bf keeps its pixel values, sums along L voxels' worth of path: so
+        # the map at bf reads L / bf too high, and is scaled back to read as one made at L
+        maps = [fourier_resize_3d(m, L) * (bf / L) for m in maps]
+        full = fourier_resize_3d(full, L) * (bf / L)
+        mask = auto_mask((maps[0] + maps[1]) / 2, apix)
     now = time.perf_counter()
-    history.append({"final": True, "box": L, "resolution_angstrom": gs.resolution, "seconds": round(now - t_end, 2),
-                    "total_seconds": round(now - t0, 2), "config": asdict(cfg)})
-    return FinishResult(R, o_A, half, (maps[0], maps[1]), fsc_weighted(full, gs.corrected), mask, gs, history)
+    history.append({"final": True, "box": bf, "output_box": L, "resolution_angstrom": gs.resolution,
+                    "seconds": round(now - t_end, 2), "total_seconds": round(now - t0, 2), "config": asdict(cfg)})
+    return FinishResult(R, o_A, half, (maps[0], maps[1]), full, mask, gs, history)

@@ -224,6 +224,8 @@ class RefinementConfig(Section):
     finish: str = opt("auto", "choice", "the gold-standard finish at the stack's box (poses refined per half-set): "
                       "auto (when the stack is larger than the working box), yes or no", choices=("auto", "yes", "no"))
     finish_max_iters: int = opt(8, "posint", "the finish's iterations at most")
+    finish_max_box: int | None = opt(None, "posint", "the final maps' box at most, then padded to the stack's "
+                                                     "(None: as the resolution reached and the free memory allow)")
     finish_budget_fraction: float = opt(0.25, "fraction", "share of the time budget kept for the finish")
 
 
@@ -257,7 +259,8 @@ class EvaluationConfig(Section):
     gt_poses: str | None = opt(None, "path", "ground-truth poses (.pkl), evaluation only")
     gt_volume: str | None = opt(None, "path", "ground-truth map (.mrc), evaluation only")
     track_mirror: bool = opt(False, "bool", "log the map's best mirror-plane correlation")
-    stop_match_mse: float | None = opt(None, "pos", "end the run once encoder and search agree below this "
+    stop_match_mse: float | None = opt(None, "pos", "end the run once encoder and search agree below this, "
+                                                    "the search's own scatter at the data's noise taken off "
                                                     "(None: run the budget)")
 
 

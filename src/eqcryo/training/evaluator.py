@@ -142,12 +142,15 @@ class Evaluator:
         """The encoder's held-out poses against a projection-matching search of the same images
         in the decoder's current map (no ground truth): ``match_mse``, the mean of
         ‖R_encoder − R_search‖²_F (pose-MSE units, the two in the same frame, so no alignment),
-        and ``match_median_deg``. Where the map is right it reads like the pose MSE; where the map
-        is wrong the search is too, so it is a check on the encoder given the map, not on the map.
+        and ``match_median_deg``. Where the map is right it reads like the pose MSE plus the
+        search's own error; where the map is wrong the search is too, so it is a check on the
+        encoder given the map, not on the map. ``match_scatter``: the same search with another
+        random grid against the first (‖R_search − R_search'‖²_F): the search's own uncertainty,
+        which grows with the data's noise (:func:`~.schedule.match_excess` takes it off).
         The search's band: ``radius`` shells, at most the loss band. None for an empty map."""
         ds, ids = self.data.ds, self.data.eval_ids
         if not vol.abs().max() > 0:  # an empty map (at initialisation) matches nothing
-            return {"match_mse": None, "match_median_deg": None}
+            return {"match_mse": None, "match_median_deg": None, "match_scatter": None}
         r = min(radius, ds.box / 2, band_radius or ds.box / 2)
         if self._band is None or self._band[0] != r:  # the held-out images never change: read them once per band
 
@@ -158,10 +161,15 @@ class Evaluator:
             self._band = (r, BandData.read(reader, ids, ds.box, r))
         band = self._band[1]
         mc = MatchConfig(radius=r, n_rotations=4096, shift_step_px=0.0, refine_rounds=4, seed=0)
-        R_s, _, _ = search_poses(prepare_fourier_volume(vol, 2), band, R.double(), origin.double() / ds.apix, mc,
-                                 torch.Generator().manual_seed(0))
+        fv = prepare_fourier_volume(vol, 2)
+        start = (R.double(), origin.double() / ds.apix)
+        R_s, _, _ = search_poses(fv, band, *start, mc, torch.Generator().manual_seed(0))
+        # the same search with another random grid: where it lands elsewhere, the search is unsure
+        # of the image (noise, near-ties between views), not the encoder wrong
+        R_s2, _, _ = search_poses(fv, band, *start, mc, torch.Generator().manual_seed(1))
         return {"match_mse": ((R.double() - R_s) ** 2).sum((-2, -1)).mean().item(),
-                "match_median_deg": geodesic_angle_degrees(R.double(), R_s).median().item()}
+                "match_median_deg": geodesic_angle_degrees(R.double(), R_s).median().item(),
+                "match_scatter": ((R_s - R_s2) ** 2).sum((-2, -1)).mean().item()}
 
     @torch.no_grad()
     def head_diagnostics(self, model: CryoModel, ids, band_radius: float | None = None, n: int = 256) -> dict:

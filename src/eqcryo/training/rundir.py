@@ -36,6 +36,7 @@ import yaml
 from ..data.atomic import atomic_path
 from ..data.errors import InputError
 from .config import FLAT_KEYS, SECTIONS, TrainConfig, to_nested
+from .schedule import match_excess
 
 __all__ = ["RunDir", "METRIC_COLUMNS"]
 
@@ -53,17 +54,22 @@ METRIC_COLUMNS = ["step", "train_seconds", "eval_seconds", "images_seen", "loss"
                   "pose_medse", "geodesic_median_deg", "view_median_deg", "shift_rmse_angstrom",
                   "resolution_0.5_angstrom", "resolution_0.143_angstrom", "hand_flipped", "view_anisotropy",
                   "mirror_score", "head_sin_median", "head_sin_p05", "head_sigma_ratio_median",
-                  "head_sigma_ratio_p05", "hypothesis_shares", "match_mse", "match_median_deg"]
+                  "head_sigma_ratio_p05", "hypothesis_shares", "match_mse", "match_median_deg", "match_scatter"]
 
 
 def agreement_line(threshold: float | None, agreement: dict | None, rows: list[dict]) -> str:
     """The no-ground-truth verdict: did the encoder end in agreement with a search in its map?
     ``agreement``: the stop rule's record (summary.json), None if it never held."""
-    last = next((r.get("match_mse") for r in reversed(rows) if r.get("match_mse")), None)
-    last_s = "not measured" if last is None else f"{float(last):.3f}"
+    last_row = next((r for r in reversed(rows) if r.get("match_mse")), None)
+    last_s = "not measured" if last_row is None else f"{float(last_row['match_mse']):.3f}"
+    if last_row is not None and last_row.get("match_scatter"):
+        last_s += (f" less half the search's own scatter {float(last_row['match_scatter']):.3f} = "
+                   f"{match_excess(last_row['match_mse'], last_row['match_scatter']):.3f}")
     if agreement:
+        scatter = (f", the search's own scatter {agreement['match_scatter']:.3f}"
+                   if agreement.get("match_scatter") is not None else "")
         return (f"**agreement without ground truth: reached** at {agreement['train_seconds']:.0f} s of training "
-                f"({agreement['rule']}; match_mse {agreement['match_mse']:.3f}); the run ended there")
+                f"({agreement['rule']}; match_mse {agreement['match_mse']:.3f}{scatter}); the run ended there")
     if threshold is None:
         return f"agreement without ground truth: last match_mse {last_s} (no stop rule set)"
     return (f"**agreement without ground truth: NOT reached** (last match_mse {last_s}, needed < {threshold} after a "
@@ -282,12 +288,13 @@ class RunDir:
         path = self / self.METRICS
         rows = self.metric_rows()
         keep = [r for r in rows if int(r["step"]) <= step]
-        if len(keep) < len(rows):
+        # a run begun by an older version has other columns: rewritten in today's, so rows append
+        if len(keep) < len(rows) or (rows and list(rows[0].keys()) != METRIC_COLUMNS):
             with atomic_path(path) as tmp:
                 with open(tmp, "w", newline="") as fh:
-                    w = csv.DictWriter(fh, fieldnames=list(rows[0].keys()))
+                    w = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
                     w.writeheader()
-                    w.writerows(keep)
+                    w.writerows({k: r.get(k) or "" for k in METRIC_COLUMNS} for r in keep)
         z = self.read_eval_poses()
         if z is not None:
             k = z["steps"] <= step
@@ -442,6 +449,10 @@ class RunDir:
                          f"phase randomisation beyond {format_resolution(halves.get('randomise_from_angstrom'), 1)}); "
                          f"masked {format_resolution(m.get('resolution_0.143'), 1)}, unmasked "
                          f"{format_resolution(u.get('resolution_0.143'), 1)}")
+            last = (halves.get("iterations") or [{}])[-1]
+            if last.get("output_box") and last["box"] < last["output_box"]:
+                facts.append(f"the final maps were made at {last['box']} px (the shells the half-maps' resolution "
+                             f"needs, or the memory allows) and Fourier-padded to the stack's {last['output_box']} px")
             rand = halves["phase_randomised"]
             hi = max(rand["fsc"][halves["randomise_from_shell"] + 3:] or [0.0])
             if hi > 0.2:

@@ -198,10 +198,26 @@ class Interrupt:
         self._old = {}
 
 
+def match_excess(match_mse: float | str | None, match_scatter: float | str | None) -> float | None:
+    """The encoder's own error, estimated without ground truth: ``match_mse`` less the search's.
+
+    The encoder's and the search's errors add (independent and small), and two searches with
+    independent random grids differ by twice the search's error, so the search's is
+    ``match_scatter / 2``; it is credited up to half of ``match_mse`` only, so a search that cannot
+    read the map (a large scatter) never passes for agreement. Without a scatter (rows of older
+    runs): ``match_mse``. Pose-MSE units."""
+    if match_mse is None or match_mse == "":
+        return None
+    m = float(match_mse)
+    s = 0.0 if match_scatter is None or match_scatter == "" else float(match_scatter)
+    return m - min(s / 2, m / 2)
+
+
 class StopRule:
     """Stop at ``steps`` steps and/or ``time_budget`` seconds of training time, or — with
     ``match_mse`` — at the first evaluation after the refinement has settled whose held-out
-    ``match_mse`` (the encoder against a search in the current map; no ground truth) is below it."""
+    :func:`match_excess` (the encoder against a search in the current map, less the search's own
+    scatter at the data's noise; no ground truth) is below it."""
 
     def __init__(self, steps: int | None, time_budget: float | None, match_mse: float | None = None):
         self.steps, self.time_budget, self.match_mse = steps, time_budget, match_mse
@@ -209,10 +225,12 @@ class StopRule:
 
     def observe(self, row: dict, settled: bool) -> None:
         """Look at an evaluation's row (after a settled refinement only)."""
-        m = row.get("match_mse")
-        if self.match_mse is not None and settled and m is not None and m < self.match_mse and self.finished is None:
-            self.finished = {"rule": f"match_mse < {self.match_mse} after a settled refinement",
-                             "step": row.get("step"), "train_seconds": row.get("train_seconds"), "match_mse": m}
+        e = match_excess(row.get("match_mse"), row.get("match_scatter"))
+        if self.match_mse is not None and settled and e is not None and e < self.match_mse and self.finished is None:
+            self.finished = {"rule": f"match_mse − match_scatter / 2 < {self.match_mse} after a settled refinement",
+                             "step": row.get("step"), "train_seconds": row.get("train_seconds"),
+                             "match_mse": row["match_mse"], "match_scatter": row.get("match_scatter"),
+                             "match_excess": e}
 
     def done(self, step: int, train_seconds: float) -> bool:
         return self.finished is not None or (self.steps is not None and step >= self.steps) or \

@@ -24,11 +24,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..data.dataset import free_memory_bytes
 from ..data.errors import InputError
 from ..evaluation.analysis import view_prior_penalty
 from ..physics.group import in_plane_turn, turn_images
 from ..physics.rotations import random_rotations
-from ..reconstruction.gold_standard import FinishConfig, FinishResult, gold_standard_finish
+from ..reconstruction.gold_standard import FinishConfig, FinishResult, gold_standard_finish, largest_final_box
 from .batches import TrainingData
 from .config import TrainConfig, resolve_device
 from .distributed import Distributed, sync_batch_norm
@@ -376,7 +377,9 @@ class Trainer:
             R[ids], origin[ids] = ref.target_R[ids].double(), ref.target_origin_px[ids].double() * ds.apix
         budget = c.optimisation.time_budget_seconds
         deadline = None if budget is None else wall0 + budget - self.clock_base
-        fc = FinishConfig(max_iters=c.refinement.finish_max_iters, seed=c.optimisation.seed)
+        free = free_memory_bytes(torch.device("cpu"))  # the final maps are reconstructed in RAM
+        max_box = c.refinement.finish_max_box or (largest_final_box(0.8 * free) if free else None)
+        fc = FinishConfig(max_iters=c.refinement.finish_max_iters, max_final_box=max_box, seed=c.optimisation.seed)
         return gold_standard_finish(read_at, ds.n, ds.input_box, ds.input_apix, R, origin, ds.box, 2 * ds.apix, fc,
                                     deadline, log=lambda m: print(m, file=sys.stderr))
 
