@@ -186,21 +186,3 @@ def test_a_capped_final_box_gives_the_same_map_up_to_its_nyquist_padded_to_the_s
     assert rel < 0.1, rel  # the same coefficients within it (gridded at another box)
     assert capped.fsc.resolution >= 2 * 2.0 * L / 20 - 1e-6  # it cannot claim beyond the box it measured
 
-
-def test_a_band_that_reached_its_nyquist_grows_by_half_at_once(monkeypatch):
-    """When the half-maps' FSC stays above 0.143 to the box's edge the data may hold much more:
-    the next band is 1.5 × the shells reached, not those plus the 4-shell margin."""
-    n = 64
-    R_gt, o_gt, images, _ = _particles(n, 2)
-    monkeypatch.setattr(gs_module, "_at_nyquist", lambda curve: True)
-    bands = {}
-    for growth in (1.5, 0.0):
-        out = gold_standard_finish(_read_at(images), n, L, 2.0, R_gt, o_gt * 2.0, 12, 16.0,
-                                   FinishConfig(max_iters=2, nyquist_growth=growth, seed=1), log=lambda m: None)
-        its = [h for h in out.iterations if h.get("iteration", 0) > 0]
-        bands[growth] = [h["band_shells"] for h in its]
-        res1 = its[0]["resolution_angstrom"]
-    shells1 = L * 2.0 / res1  # (res1 is rounded to 0.01 Å: the ceilings below allow for it)
-    assert bands[0.0][1] == min(L / 2 - 1, math.ceil(shells1 - 0.01) + 4)  # the margin alone
-    assert bands[1.5][1] == min(L / 2 - 1, max(math.ceil(shells1 - 0.01) + 4, math.ceil(1.5 * shells1 - 0.01)))
-    assert bands[1.5][1] > bands[0.0][1]

@@ -45,7 +45,6 @@ class FinishConfig:
 
     max_iters: int = 8  # iterations at most (each: two reconstructions and two local searches)
     margin_shells: float = 4.0  # shells searched beyond the current resolution's
-    nyquist_growth: float = 1.5  # the band × this when the FSC reached its box's Nyquist
     refine_rounds: int = 4  # pattern-search rounds per iteration (steps halve when nothing is better)
     wiener: float = 0.01
     settle_fraction: float = 0.01  # stop once the resolution improves by less than this fraction ...
@@ -114,11 +113,6 @@ def box_for_band(radius_shells: float, L: int, min_box: int) -> int:
     return int(min(L, max(min_box, need + need % 2)))
 
 
-def _at_nyquist(curve: FSCResult) -> bool:
-    """The FSC stays above 0.143 to the box's Nyquist: the resolution is the box's, not the data's."""
-    return curve.resolution(0.143) is None and curve.fsc[1] >= 0.143
-
-
 def _resolution(curve: FSCResult) -> float:
     """Å at FSC 0.143, or Nyquist when the curve never crosses it (or the lowest shell's when
     it starts below)."""
@@ -144,9 +138,7 @@ def gold_standard_finish(read_at: Callable[[int], Reader], n: int, L: int, apix:
     # where the halves stand before any refinement: at the start box, from the poses given
     reader0, apix0 = read_at(start_box), apix * L / start_box
     maps0 = [reconstruct(reader0, ids[h], R[ids[h]], o_A[ids[h]] / apix0, start_box, cfg.wiener) for h in (0, 1)]
-    curve0 = fsc(maps0[0], maps0[1], apix0, soft_sphere_mask(start_box))
-    res = max(start_resolution, _resolution(curve0))
-    capped = _at_nyquist(curve0)
+    res = max(start_resolution, _resolution(fsc(maps0[0], maps0[1], apix0, soft_sphere_mask(start_box))))
     log(f"finish: half-maps {res:.1f} Å at the start ({start_box} px, the poses given, sphere mask)")
     best, flat = math.inf, 0
     history: list[dict] = [{"iteration": 0, "box": start_box, "resolution_angstrom": round(res, 2)}]
@@ -154,10 +146,7 @@ def gold_standard_finish(read_at: Callable[[int], Reader], n: int, L: int, apix:
     for it in range(cfg.max_iters):
         # a resolution is D / res shells at every box (the box's width in Å is the same)
         # whole shells: the band, the one thing both halves share, moves only in steps
-        # an FSC that never fell below 0.143 inside its box says only "at least this": then the
-        # band grows by half at once, not by the margin alone (which took 6 iterations from 74 to 126 px)
-        grow = math.ceil(cfg.nyquist_growth * D / res) if capped else 0
-        radius_L = min(L / 2 - 1, max(math.ceil(D / res) + cfg.margin_shells, grow))
+        radius_L = min(L / 2 - 1, math.ceil(D / res) + cfg.margin_shells)
         b = box_for_band(radius_L, L, start_box)
         radius = min(b / 2 - 1, radius_L)
         if deadline is not None and it > 0:
@@ -172,7 +161,7 @@ def gold_standard_finish(read_at: Callable[[int], Reader], n: int, L: int, apix:
         reader, apix_b = read_at(b), apix * L / b
         maps = [reconstruct(reader, ids[h], R[ids[h]], o_A[ids[h]] / apix_b, b, cfg.wiener) for h in (0, 1)]
         curve = fsc(maps[0], maps[1], apix_b, soft_sphere_mask(b))
-        res, capped = _resolution(curve), _at_nyquist(curve)
+        res = _resolution(curve)
         # the search's first steps: a rotation that moves the band's edge by ~2 voxels, 1 px
         step_deg = math.degrees(2.0 / max(radius, 4.0))
         mc = MatchConfig(radius=radius, n_rotations=0, shift_step_px=0.0, refine_rounds=cfg.refine_rounds,
