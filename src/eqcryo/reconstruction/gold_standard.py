@@ -189,8 +189,8 @@ def gold_standard_finish(read_at: Callable[[int], Reader], n: int, L: int, apix:
     # (or the memory) calls for fewer shells: then Fourier-padded to the stack's box
     t_end = time.perf_counter()
     bf = final_box(L, apix, res, cfg.margin_shells, cfg.max_final_box)
-    if bf < L:
-        why = (f"the shells that the half-maps' {res:.1f} Å needs" if bf < (cfg.max_final_box or L)
+    if bf < L:  # (only with a max_final_box below L; final_box rounds an odd one down, hence the - 1)
+        why = (f"the shells that the half-maps' {res:.1f} Å needs" if bf < (cfg.max_final_box or L) - 1
                else "at most refinement.finish_max_box or what the free memory holds")
         log(f"finish: final maps at {bf} px (Nyquist {2 * apix * L / bf:.1f} Å: {why}), padded to the stack's {L} px")
     reader, apix_f = read_at(bf), apix * L / bf

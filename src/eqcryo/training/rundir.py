@@ -292,7 +292,7 @@ class RunDir:
         if len(keep) < len(rows) or (rows and list(rows[0].keys()) != METRIC_COLUMNS):
             with atomic_path(path) as tmp:
                 with open(tmp, "w", newline="") as fh:
-                    w = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+                    w = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS)
                     w.writeheader()
                     w.writerows({k: r.get(k) or "" for k in METRIC_COLUMNS} for r in keep)
         z = self.read_eval_poses()
