@@ -59,23 +59,23 @@ def test_table1_best_three_and_dash_rule(tmp_path):
 
 
 def test_failure_mode_indicators_average_all_seeds(tmp_path):
-    # two seeds with images, geodesic error and mirror score logged; a second model without them
+    # two seeds with images, geodesic error, mirror score and training-set MSE logged; a second model without them
     for s, (mses, mirror) in enumerate([([3.0, 0.5, 1.0], 0.9), ([2.0, 1.5, 1.8], 0.7)]):
         p = tmp_path / f"c4_{s}"
         p.mkdir()
         with open(p / "metrics.csv", "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["step", "train_seconds", "images_seen", "pose_mse", "pose_medse", "geodesic_median_deg",
-                        "resolution_0.5_angstrom", "mirror_score"])
+                        "resolution_0.5_angstrom", "mirror_score", "train_pose_mse"])
             for i, m in enumerate(mses):
-                w.writerow([10 * (i + 1), 60.0 * (i + 1), 1000 * (i + 1) + s, m, m, 20.0 + s, 30.0, mirror])
+                w.writerow([10 * (i + 1), 60.0 * (i + 1), 1000 * (i + 1) + s, m, m, 20.0 + s, 30.0, mirror, m / 10 + s])
     _metrics(tmp_path / "std_0", [3.0, 2.0])
     res = [read_run(tmp_path / f"c4_{s}", "spl", "c4-l2", s) for s in (0, 1)]
     res.append(read_run(tmp_path / "std_0", "spl", "standard", 0))
     assert res[0].min_mse == 0.5 and res[1].min_mse == 1.5  # the lowest evaluation, not the last
     md = diagnostics_markdown(res).splitlines()
-    assert md[2] == "| spl | c4-l2 | 2 | 3000 | 1.000 | 20.5 | 0.800 |"
-    assert md[3] == "| spl | standard | 1 | n/a | 2.000 | n/a | n/a |"
+    assert md[2] == "| spl | c4-l2 | 2 | 3000 | 1.000 | 20.5 | 0.800 | 0.640 |"  # (0.1 + 1.18) / 2: the last
+    assert md[3] == "| spl | standard | 1 | n/a | 2.000 | n/a | n/a | n/a |"
 
 
 def test_consistent_subsets_all_and_two_mirrored_halves():
@@ -280,12 +280,17 @@ def test_convergence_figures_show_each_models_seeds_as_a_median_and_a_range(tmp_
         run.mkdir(parents=True)
         with open(run / "metrics.csv", "w", newline="") as fh:
             w = csv.writer(fh)
-            w.writerow(["step", "train_seconds", "images_seen", "pose_mse"])
-            for s in range(4):
-                w.writerow([s, 10.0 * s, 320 * s, 5.0 / (1 + s + seed)])
+            w.writerow(["step", "train_seconds", "images_seen", "pose_mse", "train_pose_mse"])
+            for s in range(4):  # only the d4-l2 runs measured their training particles
+                w.writerow([s, 10.0 * s, 320 * s, 5.0 / (1 + s + seed), 1.0 / (1 + s) if model == "d4-l2" else ""])
         grid_json.append({"index": k, "dataset": "ds", "model": model, "seed": seed, "path": f"elsewhere/{run.name}"})
     (d / "grid.json").write_text(json.dumps(grid_json))
     assert main(["experiment", str(d), "--figures"]) == 0
     out = capsys.readouterr().out
     for name in ("convergence_ds_images.png", "convergence_ds_seconds.png"):
         assert f"wrote {d / name}" in out and (d / name).read_bytes()[:4] == b"\x89PNG"
+    assert f"wrote {d / 'memorisation.png'}" in out  # held-out against training error, where logged
+    import matplotlib.image
+
+    img = matplotlib.image.imread(d / "memorisation.png")[..., :3]
+    assert (img.std(-1) > 0.1).sum() > 200  # coloured lines drawn, not an empty frame

@@ -601,6 +601,39 @@ def test_match_check_reads_like_the_pose_error_without_ground_truth(tmp_path):
     assert ev.match_check(torch.zeros_like(vol), R, origin, None)["match_mse"] is None
 
 
+def test_train_probe_measures_training_particles_against_their_true_poses(tmp_path, monkeypatch):
+    """With ground truth, as many training particles as held-out ones are measured: an encoder
+    right on its training images and random on the held-out ones (memorisation) reads a training
+    MSE ~0 next to a held-out MSE at the random level."""
+    import eqcryo.training.evaluator as evaluator
+    from eqcryo.physics.rotations import random_rotations
+    from eqcryo.training.batches import TrainingData
+
+    d = tmp_path / "sim"
+    simulate(SimulationConfig(n=200, box=32, apix=13.2, seed=5, snr=None), d, progress=False)
+    cfg = _cfg(d, tmp_path / "r", invert_contrast="no")
+    data = TrainingData(cfg)
+    gt = evaluator.GroundTruth.load(cfg, data.n, data.box, data.apix)
+    ev = evaluator.Evaluator(data, gt)
+    probe = ev.train_probe_ids
+    assert len(probe) == len(data.eval_ids) and not set(probe) & set(data.eval_ids)
+    assert set(probe) <= set(data.train_ids) and len(set(probe)) == len(probe)
+    assert probe.min() < 0.2 * data.n and probe.max() > 0.8 * data.n  # spread over the stack
+    train = set(data.train_ids.tolist())
+
+    def memorised(model, ds, ids, band_radius=None):
+        rnd = random_rotations(len(ids), generator=torch.Generator().manual_seed(0)).double()
+        R = torch.stack([gt.R[i] if int(i) in train else rnd[k] for k, i in enumerate(ids)])
+        return R, torch.zeros(len(ids), 2, dtype=torch.float64), torch.zeros(len(ids))
+
+    monkeypatch.setattr(evaluator, "infer", memorised)
+    m = ev.train_probe(None, None)
+    assert m["train_pose_mse"] < 1e-6
+    held = evaluator.pose_metrics(memorised(None, None, data.eval_ids)[0], gt.R[data.eval_ids])[0]
+    assert held["pose_mse"] > 2.0
+    assert evaluator.Evaluator(data, evaluator.GroundTruth()).train_probe(None, None) == {}
+
+
 def test_stop_rule_needs_a_settled_refinement_and_a_low_match():
     from eqcryo.training.schedule import StopRule
     s = StopRule(None, 600, match_mse=0.08)

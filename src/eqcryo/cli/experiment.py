@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from ..data.errors import InputError
 from ..experiments.grid import load_spec, run_grid
 from ..experiments.report import write_report
@@ -95,14 +97,17 @@ def run(args) -> int:
 
 
 def convergence_figures(d: Path) -> list[Path]:
-    """DIR/convergence_<data set>_{images,seconds}.png: every model's seeds as a median and a band."""
-    from ..evaluation.figures import plot_convergence
+    """DIR/convergence_<data set>_{images,seconds}.png: every model's seeds as a median and a band;
+    DIR/memorisation.png (held-out against training-set pose MSE per data set and model) when the
+    runs logged ``train_pose_mse``."""
+    from ..evaluation.figures import plot_convergence, plot_memorisation
     from ..training.rundir import RunDir
 
     if not (d / "grid.json").exists():
         raise InputError(f"{d}: no grid.json; is it an experiment folder?")
     grid = json.loads((d / "grid.json").read_text())
     written = []
+    gap: dict[str, list] = {}
     for ds in dict.fromkeys(g["dataset"] for g in grid):
         # (grid.json's paths are as the launch was given: the runs are found under DIR/runs)
         runs = [(g["model"], RunDir(d / "runs" / Path(g["path"]).name).read_metrics()) for g in grid
@@ -117,6 +122,13 @@ def convergence_figures(d: Path) -> list[Path]:
                 out = d / f"convergence_{ds}_{name}.png"
                 plot_convergence(out, curves, label)
                 written.append(out)
+        for model, mm in runs:
+            if "pose_mse" in mm and np.isfinite(mm.get("train_pose_mse", np.nan)).any():
+                gap.setdefault(f"{ds} {model}", []).append((mm["images_seen"], mm["pose_mse"], mm["train_pose_mse"]))
+    if gap:
+        out = d / "memorisation.png"
+        plot_memorisation(out, gap)
+        written.append(out)
     if not written:
         raise InputError(f"{d}: no run has evaluations with ground truth (pose_mse) yet")
     return written

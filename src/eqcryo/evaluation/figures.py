@@ -11,6 +11,23 @@ from ..data.atomic import atomic_path  # noqa: E402
 from ..physics.fsc import format_resolution  # noqa: E402
 
 
+def _save(fig, path, dpi: int, fmt: str | None = "png") -> None:
+    """Lay out, write ``fig`` to ``path`` atomically (``fmt`` None: from the suffix), close it."""
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=fmt or str(path).rsplit(".", 1)[-1])
+    plt.close(fig)
+
+
+def _log_mse_axes(ax, xlabel: str, ylabel: str, threshold: float, ls: str) -> None:
+    """A log pose-MSE axis with the convergence threshold drawn and a legend."""
+    ax.axhline(threshold, color="grey", lw=0.8, ls=ls)
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+
+
 def plot_fsc(path, curves, thresholds=(0.5, 0.143)) -> None:
     """Plot FSC curves [(label, FSCResult), ...] against spatial frequency (1/Å)."""
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -23,10 +40,7 @@ def plot_fsc(path, curves, thresholds=(0.5, 0.143)) -> None:
     ax.set_ylabel("FSC")
     ax.set_ylim(-0.1, 1.05)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format=str(path).rsplit(".", 1)[-1])
-    plt.close(fig)
+    _save(fig, path, dpi=120, fmt=None)
 
 
 def plot_joy(path, times, sizes, n_total: int) -> None:
@@ -43,10 +57,7 @@ def plot_joy(path, times, sizes, n_total: int) -> None:
     ax.set_yticklabels([f"{t:.0f} s" for t in times], fontsize=6)
     ax.set_xlabel("|S_i| (images consistent with image i's alignment)")
     ax.set_ylabel("training time")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    _save(fig, path, dpi=110)
 
 
 def plot_projective_plane(path, xy_gt, xy_pred) -> None:
@@ -63,10 +74,7 @@ def plot_projective_plane(path, xy_gt, xy_pred) -> None:
         a.set_xlim(-1.05, 1.05)
         a.set_ylim(-1.05, 1.05)
         a.set_title(title)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    _save(fig, path, dpi=110)
 
 
 def plot_series(path, series, ylabel: str, logy: bool = True, hline: float | None = None,
@@ -89,10 +97,7 @@ def plot_series(path, series, ylabel: str, logy: bool = True, hline: float | Non
     if title:
         ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    _save(fig, path, dpi=110)
 
 
 def convergence_band(seeds: list) -> tuple | None:
@@ -126,15 +131,24 @@ def plot_convergence(path, curves: dict, xlabel: str, threshold: float = 0.1) ->
         grid, med, lo, hi = band
         ax.fill_between(grid, lo, hi, color=f"C{k}", alpha=0.2, lw=0)
         ax.plot(grid, med, color=f"C{k}", label=f"{model} (median of {len(seeds)} seeds, range shaded)")
-    ax.axhline(threshold, color="grey", lw=0.8, ls="--")
-    ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("held-out pose MSE")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    _log_mse_axes(ax, xlabel, "held-out pose MSE", threshold, "--")
+    _save(fig, path, dpi=120)
+
+
+def plot_memorisation(path, curves: dict, xlabel: str = "images seen") -> None:
+    """Held-out (solid) and training-set (dashed) pose MSE against ``xlabel`` per label (a data
+    set or model), each the median over its seeds: a dashed line well below its solid one is an
+    encoder that learned its training images' poses without generalising. ``curves``: label ->
+    [(x (n,), held_out (n,), train (n,)), ...], one triple per seed."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for k, (label, seeds) in enumerate(curves.items()):
+        for j, (style, name) in enumerate((("-", "held-out"), ("--", "training"))):
+            band = convergence_band([(s[0], s[1 + j]) for s in seeds])
+            if band is not None:
+                ax.plot(band[0], band[1], color=f"C{k}", ls=style,
+                        label=f"{label}, {name} (median of {len(seeds)} seeds)")
+    _log_mse_axes(ax, xlabel, "pose MSE", 0.1, ":")
+    _save(fig, path, dpi=120)
 
 
 def class_maps_figure(maps, sizes: list[int], junk: int, apix: float, path) -> None:
@@ -152,10 +166,7 @@ def class_maps_figure(maps, sizes: list[int], junk: int, apix: float, path) -> N
             if k == 0:
                 ax.set_title(f"along {name}", fontsize=8)
     fig.suptitle(f"{len(maps)} classes, {junk} junk ({100 * junk / max(n, 1):.0f}%), {apix:.3g} Å/px", fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format=str(path).rsplit(".", 1)[-1])
-    plt.close(fig)
+    _save(fig, path, dpi=100, fmt=None)
 
 
 def class_averages_figure(panels, path) -> None:
@@ -178,7 +189,4 @@ def class_averages_figure(panels, path) -> None:
             axes[2 * k, j].set_title(f"{int(n)} image{'' if n == 1 else 's'}", fontsize=7)
             axes[2 * k + 1, j].imshow(proj, cmap="gray")
     fig.suptitle("2-D class averages (phase-flipped, centred, turned onto one pose) and the map there", fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format=str(path).rsplit(".", 1)[-1])
-    plt.close(fig)
+    _save(fig, path, dpi=100, fmt=None)

@@ -2,12 +2,15 @@
 
 Ground truth is read here and only here, and is used only to measure: pose MSE/MedSE after the
 best global alignment (hand included), angular and shift errors, and the FSC of the aligned map.
+With ground truth, as many training particles as held-out ones are measured too
+(``train_pose_mse``): an encoder that memorises its training set shows as a gap between the two.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..data.errors import InputError
@@ -94,6 +97,10 @@ class Evaluator:
     def __init__(self, data: TrainingData, gt: GroundTruth, track_mirror: bool = False):
         self.data, self.gt, self.track_mirror = data, gt, track_mirror
         self._band: tuple[float, BandData] | None = None  # the held-out images on the match band, by radius
+        # a fixed, evenly spread sample of the training particles, as many as held out
+        train = np.sort(data.train_ids)
+        k = min(len(data.eval_ids), len(train))
+        self.train_probe_ids = train[np.linspace(0, len(train) - 1, k).round().astype(int)] if k else train
 
     def __call__(self, model: CryoModel, band_radius: float | None = None, **counters) -> Evaluation:
         """``counters`` (step, train_seconds, ...) head the row; the loss uses ``band_radius``."""
@@ -114,11 +121,22 @@ class Evaluator:
             d_gt = None if self.gt.origin is None else -self.gt.origin[ids]
             m, ev.alignment = pose_metrics(R, self.gt.R[ids], -origin, d_gt)
             row.update(m)
+            row.update(self.train_probe(model, band_radius))
             if self.gt.volume is not None:
                 ev.fsc, _ = fsc_to_ground_truth(vol, self.gt.volume, ev.alignment, self.data.apix)
                 row["resolution_0.5_angstrom"] = ev.fsc.resolution(0.5)
                 row["resolution_0.143_angstrom"] = ev.fsc.resolution(0.143)
         return ev
+
+    def train_probe(self, model: CryoModel, band_radius: float | None) -> dict:
+        """Pose MSE/MedSE on ``train_probe_ids`` (particles the encoder trains on), aligned on
+        their own; with the held-out error it shows memorisation (needs the true poses)."""
+        ids = self.train_probe_ids
+        if self.gt.R is None or len(ids) == 0:
+            return {}
+        R, _, _ = infer(model, self.data.ds, ids, band_radius=band_radius)
+        m, _ = pose_metrics(R, self.gt.R[ids])
+        return {"train_pose_mse": m["pose_mse"], "train_pose_medse": m["pose_medse"]}
 
     def full_box(self, volume: torch.Tensor, R: torch.Tensor, origin_angstrom: torch.Tensor) -> tuple[object, dict]:
         """The finish's map (the stack's box) and the poses of every particle (R (n, 3, 3),

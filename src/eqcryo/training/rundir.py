@@ -54,7 +54,8 @@ METRIC_COLUMNS = ["step", "train_seconds", "eval_seconds", "images_seen", "loss"
                   "pose_medse", "geodesic_median_deg", "view_median_deg", "shift_rmse_angstrom",
                   "resolution_0.5_angstrom", "resolution_0.143_angstrom", "hand_flipped", "view_anisotropy",
                   "mirror_score", "head_sin_median", "head_sin_p05", "head_sigma_ratio_median",
-                  "head_sigma_ratio_p05", "hypothesis_shares", "match_mse", "match_median_deg", "match_scatter"]
+                  "head_sigma_ratio_p05", "hypothesis_shares", "match_mse", "match_median_deg", "match_scatter",
+                  "train_pose_mse", "train_pose_medse"]
 
 
 def agreement_line(threshold: float | None, agreement: dict | None, rows: list[dict]) -> str:
