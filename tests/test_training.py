@@ -318,8 +318,25 @@ def test_train_evaluate_predict_verbs(tiny, tmp_path, capsys):
     from eqcryo.data import load_particles
     p = load_particles(tmp_path / "p.star")
     np.testing.assert_allclose(p.rotations, rot, atol=1e-5)
+    # resumed at its budget: straight to the outputs, which still measure the map against the truth
+    (run / "fsc.json").unlink()
+    assert main(["train", "--resume", str(run), "--steps", "3", "--no-progress"]) == 0
+    assert (run / "fsc.json").exists() and json.loads((run / "summary.json").read_text())["steps"] == 3
     assert main(["train", "--resume", str(run), "--steps", "5", "--no-progress"]) == 0
     assert json.loads((run / "summary.json").read_text())["steps"] == 5
+    # half-maps from one encoder's poses: said to be optimistic; meaningless when the search disagrees
+    from eqcryo.training.rundir import UNRELIABLE_MATCH_MSE, RunDir
+    report = (run / "report.md").read_text()
+    assert "the halves are not independent and this reads optimistic" in report
+    for match, warned in ((UNRELIABLE_MATCH_MSE * 3, True), (UNRELIABLE_MATCH_MSE / 10, False)):
+        rows = list(csv.DictReader(open(run / "metrics.csv")))
+        rows[-1]["match_mse"] = str(match)
+        with open(run / "metrics.csv", "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        RunDir(run).write_report()
+        assert ("the half-map resolution means nothing here" in (run / "report.md").read_text()) == warned
 
 
 def test_bad_inputs_are_clear_errors(tiny, tmp_path, capsys):

@@ -50,6 +50,10 @@ def _contrast_line(c: dict | None) -> str:
     sure = "" if c.get("confident") else "; LOW CONFIDENCE: check the map's sign"
     return f"{what}, decided from the data: score {c['score']:.1f} over {c['n_images']} images{sure}"
 
+#: a last ``match_mse`` above this (‖ΔR‖²_F; ~40° apart) says the encoder's poses are not those of its
+#: own map, and half-maps from one encoder's poses then agree without meaning anything
+UNRELIABLE_MATCH_MSE = 1.0
+
 METRIC_COLUMNS = ["step", "train_seconds", "eval_seconds", "images_seen", "loss", "lowpass_shells", "pose_mse",
                   "pose_medse", "geodesic_median_deg", "view_median_deg", "shift_rmse_angstrom",
                   "resolution_0.5_angstrom", "resolution_0.143_angstrom", "hand_flipped", "view_anisotropy",
@@ -479,7 +483,15 @@ class RunDir:
                          f"{halves['n_half2']} particles at the final poses): "
                          f"{format_resolution(m.get('resolution_0.143'), 1)} masked ({halves['mask']}), "
                          f"{format_resolution(u.get('resolution_0.143'), 1)} unmasked"
-                         + (f"; {m['diagnosis']}" if m.get("diagnosis") else ""))
+                         + (f"; {m['diagnosis']}" if m.get("diagnosis") else "")
+                         + "; the halves' poses come from one encoder trained on both, so the halves are not "
+                           "independent and this reads optimistic")
+            match = next((float(r["match_mse"]) for r in reversed(self.metric_rows()) if r.get("match_mse")), None)
+            if match is not None and match > UNRELIABLE_MATCH_MSE:
+                # wrong poses give two alike blurred maps (a spherical average at random poses): FSC ~1
+                facts.append(f"**warning: the half-map resolution means nothing here**: a search in the map puts the "
+                             f"held-out images far from the encoder's poses (last match_mse {match:.2f}); the poses "
+                             f"are probably wrong")
             for name in ("masked", "unmasked"):
                 curves.append((f"half-maps, {name}", FSCResult.from_dict(halves[name])))
         gt = self.read_fsc()

@@ -169,15 +169,18 @@ class Trainer:
             self.run_dir.save_checkpoint(self.state_dict())
 
     # ------------------------------------------------------------------ evaluation
+    def counters(self) -> dict:
+        """Where the run is (the first columns of a metrics.csv row)."""
+        return {"step": self.step, "train_seconds": round(self.clock.train_seconds, 2),
+                "eval_seconds": round(self.clock.eval_seconds, 2), "images_seen": self.images_seen}
+
     def evaluate(self) -> Evaluation | None:
         """Evaluate, log to metrics.csv / eval_poses.npz / TensorBoard; its time is not training time.
         (Rank 0 only: the others go on to the next step and wait for it there.)"""
         if not self.dist.is_main:
             return None
         with self.clock.excluded():
-            ev = self.evaluator(self.model, self.band_radius(), step=self.step,
-                                train_seconds=round(self.clock.train_seconds, 2),
-                                eval_seconds=round(self.clock.eval_seconds, 2), images_seen=self.images_seen)
+            ev = self.evaluator(self.model, self.band_radius(), **self.counters())
             if ev.converged and self.converged is None:
                 self.converged = {"step": self.step, "train_seconds": self.clock.train_seconds,
                                   "images_seen": self.images_seen}
@@ -400,6 +403,10 @@ class Trainer:
             pred = predicted_table(self.model, self.data.ds)
             halves = half_map_fsc(self.data.ds, pred, self.cfg.optimisation.seed)
             volume, apix = self.model.decoder.volume().float().cpu().numpy(), self.data.apix
+            if self.last_eval is None and self.evaluator.gt.volume is not None:
+                # resumed at its budget: nothing was evaluated in this process, the map still has a truth
+                with self.clock.excluded():
+                    self.last_eval = self.evaluator(self.model, self.band_radius(), **self.counters())
             fsc_gt = None if self.last_eval is None else self.last_eval.fsc
         else:
             pred = posed_table(self.data.ds, gold.R, gold.origin_angstrom)
