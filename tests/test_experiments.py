@@ -280,9 +280,11 @@ def test_convergence_figures_show_each_models_seeds_as_a_median_and_a_range(tmp_
         run.mkdir(parents=True)
         with open(run / "metrics.csv", "w", newline="") as fh:
             w = csv.writer(fh)
-            w.writerow(["step", "train_seconds", "images_seen", "pose_mse", "train_pose_mse"])
+            w.writerow(["step", "train_seconds", "images_seen", "pose_mse", "pose_medse", "train_pose_mse",
+                        "train_pose_medse"])
             for s in range(4):  # only the d4-l2 runs measured their training particles
-                w.writerow([s, 10.0 * s, 320 * s, 5.0 / (1 + s + seed), 1.0 / (1 + s) if model == "d4-l2" else ""])
+                train = [1.0 / (1 + s), 0.5 / (1 + s)] if model == "d4-l2" else ["", ""]
+                w.writerow([s, 10.0 * s, 320 * s, 5.0 / (1 + s + seed), 4.0 / (1 + s + seed), *train])
         grid_json.append({"index": k, "dataset": "ds", "model": model, "seed": seed, "path": f"elsewhere/{run.name}"})
     (d / "grid.json").write_text(json.dumps(grid_json))
     assert main(["experiment", str(d), "--figures"]) == 0

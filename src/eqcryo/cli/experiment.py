@@ -124,7 +124,9 @@ def convergence_figures(d: Path) -> list[Path]:
                 written.append(out)
         for model, mm in runs:
             if "pose_mse" in mm and np.isfinite(mm.get("train_pose_mse", np.nan)).any():
-                gap.setdefault(f"{ds} {model}", []).append((mm["images_seen"], mm["pose_mse"], mm["train_pose_mse"]))
+                gap.setdefault(f"{ds} {model}", []).append(
+                    (mm["images_seen"], {"held-out": (mm["pose_mse"], mm["pose_medse"]),
+                                         "training": (mm["train_pose_mse"], mm["train_pose_medse"])}))
     if gap:
         out = d / "memorisation.png"
         plot_memorisation(out, gap)

@@ -136,19 +136,21 @@ def plot_convergence(path, curves: dict, xlabel: str, threshold: float = 0.1) ->
 
 
 def plot_memorisation(path, curves: dict, xlabel: str = "images seen") -> None:
-    """Held-out (solid) and training-set (dashed) pose MSE against ``xlabel`` per label (a data
-    set or model), each the median over its seeds: a dashed line well below its solid one is an
-    encoder that learned its training images' poses without generalising. ``curves``: label ->
-    [(x (n,), held_out (n,), train (n,)), ...], one triple per seed."""
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for k, (label, seeds) in enumerate(curves.items()):
-        for j, (style, name) in enumerate((("-", "held-out"), ("--", "training"))):
-            band = convergence_band([(s[0], s[1 + j]) for s in seeds])
-            if band is not None:
-                ax.plot(band[0], band[1], color=f"C{k}", ls=style,
-                        label=f"{label}, {name} (median of {len(seeds)} seeds)")
-    _log_mse_axes(ax, xlabel, "pose MSE", 0.1, ":")
-    _save(fig, path, dpi=120)
+    """Held-out (solid) and training-set (dashed) pose MSE (left) and MedSE (right) against
+    ``xlabel`` per label (a data set or model), each the median over its seeds: a dashed line well
+    below its solid one is an encoder that learned its training images' poses without
+    generalising. ``curves``: label -> [(x (n,), {"held-out": (mse (n,), medse (n,)),
+    "training": (mse (n,), medse (n,))}), ...], one pair per seed."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for col, (ax, what) in enumerate(zip(axes, ("pose MSE", "pose MedSE"))):
+        for k, (label, seeds) in enumerate(curves.items()):
+            for style, name in (("-", "held-out"), ("--", "training")):
+                band = convergence_band([(x, errs[name][col]) for x, errs in seeds])
+                if band is not None:
+                    ax.plot(band[0], band[1], color=f"C{k}", ls=style,
+                            label=f"{label}, {name} (median of {len(seeds)} seeds)")
+        _log_mse_axes(ax, xlabel, what, 0.1, ":")
+    _save(fig, path, dpi=110)
 
 
 def class_maps_figure(maps, sizes: list[int], junk: int, apix: float, path) -> None:
