@@ -285,10 +285,16 @@ def test_convergence_figures_show_each_models_seeds_as_a_median_and_a_range(tmp_
             for s in range(4):  # only the d4-l2 runs measured their training particles
                 train = [1.0 / (1 + s), 0.5 / (1 + s)] if model == "d4-l2" else ["", ""]
                 w.writerow([s, 10.0 * s, 320 * s, 5.0 / (1 + s + seed), 4.0 / (1 + s + seed), *train])
+        (run / "summary.json").write_text(json.dumps({"steps": 3, "train_seconds": 30.0}))  # finished
         grid_json.append({"index": k, "dataset": "ds", "model": model, "seed": seed, "path": f"elsewhere/{run.name}"})
+    # a seed still training (no summary.json) is left out: it would cut every band short
+    (d / "runs" / "ds__d4-l2__seed2").mkdir()
+    (d / "runs" / "ds__d4-l2__seed2" / "metrics.csv").write_text("step,train_seconds,images_seen,pose_mse\n0,0,0,5\n")
+    grid_json.append({"index": 3, "dataset": "ds", "model": "d4-l2", "seed": 2, "path": "elsewhere/ds__d4-l2__seed2"})
     (d / "grid.json").write_text(json.dumps(grid_json))
     assert main(["experiment", str(d), "--figures"]) == 0
     out = capsys.readouterr().out
+    assert "1 of 4 runs are not finished and are left out of the figures" in out
     for name in ("convergence_ds_images.png", "convergence_ds_seconds.png"):
         assert f"wrote {d / name}" in out and (d / name).read_bytes()[:4] == b"\x89PNG"
     assert f"wrote {d / 'memorisation.png'}" in out  # held-out against training error, where logged

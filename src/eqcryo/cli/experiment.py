@@ -10,7 +10,7 @@ import numpy as np
 
 from ..data.errors import InputError
 from ..experiments.grid import load_spec, run_grid
-from ..experiments.report import write_report
+from ..experiments.report import run_finished, write_report
 from .common import nonneg_int, positive_int, verb_parser
 
 
@@ -39,7 +39,8 @@ def add_parser(sub):
     p.add_argument("--status", action="store_true", help="with an experiment folder: print the cells' table")
     p.add_argument("--figures", action="store_true",
                    help="with an experiment folder: convergence curves (pose MSE against images and against "
-                        "seconds, median and range of the seeds) per data set, as DIR/convergence_*.png")
+                        "seconds, median and range of the finished seeds) per data set, as "
+                        "DIR/convergence_*.png, and DIR/memorisation.png (held-out against training-set error)")
     p.add_argument("--slurm-partition", help="Slurm partition")
     p.add_argument("--slurm-gpus-per-job", type=nonneg_int, default=0, help="GPUs per cell (default 0)")
     p.add_argument("--slurm-time", type=positive_int, default=60, metavar="MINUTES",
@@ -105,13 +106,17 @@ def convergence_figures(d: Path) -> list[Path]:
 
     if not (d / "grid.json").exists():
         raise InputError(f"{d}: no grid.json; is it an experiment folder?")
-    grid = json.loads((d / "grid.json").read_text())
+    # (grid.json's paths are as the launch was given: the runs are found under DIR/runs)
+    grid = [{**g, "path": str(d / "runs" / Path(g["path"]).name)} for g in json.loads((d / "grid.json").read_text())]
+    record = d / "experiment.json"
+    spec = load_spec(json.loads(record.read_text())["spec"]) if record.exists() else None
+    done = [g for g in grid if run_finished(g, spec)]  # a half-trained seed would cut every band short
+    if len(done) < len(grid):
+        print(f"{len(grid) - len(done)} of {len(grid)} runs are not finished and are left out of the figures")
     written = []
     gap: dict[str, list] = {}
-    for ds in dict.fromkeys(g["dataset"] for g in grid):
-        # (grid.json's paths are as the launch was given: the runs are found under DIR/runs)
-        runs = [(g["model"], RunDir(d / "runs" / Path(g["path"]).name).read_metrics()) for g in grid
-                if g["dataset"] == ds]
+    for ds in dict.fromkeys(g["dataset"] for g in done):
+        runs = [(g["model"], RunDir(g["path"]).read_metrics()) for g in done if g["dataset"] == ds]
         for xkey, label, name in (("images_seen", "images seen", "images"),
                                   ("train_seconds", "training time (s, wall)", "seconds")):
             curves: dict[str, list] = {}

@@ -24,8 +24,8 @@ import numpy as np
 from ..training.rundir import RunDir
 from .grid import GridRun, run_status
 
-__all__ = ["RunResult", "read_run", "aggregate", "table1_markdown", "table2_markdown", "diagnostics_markdown",
-           "write_report"]
+__all__ = ["RunResult", "read_run", "run_finished", "aggregate", "table1_markdown", "table2_markdown",
+           "diagnostics_markdown", "write_report"]
 
 CONVERGED = 0.1
 
@@ -134,7 +134,7 @@ def diagnostics_markdown(results: list[RunResult]) -> str:
     return "\n".join(out)
 
 
-def _finished(g: dict, spec: dict | None) -> bool:
+def run_finished(g: dict, spec: dict | None) -> bool:
     """Whether the run of ``grid.json`` entry ``g`` has finished: by the grid's own rule with the
     spec (its budget reached, or ended by its agreement rule), else by having a summary.json
     (written only when training ends)."""
@@ -149,7 +149,7 @@ def write_report(out_dir: str, spec: dict | None = None) -> str:
     return Markdown. Unfinished runs are left out, and the count of them is said."""
     out = Path(out_dir)
     grid = json.loads((out / "grid.json").read_text())
-    finished = [g for g in grid if _finished(g, spec)]
+    finished = [g for g in grid if run_finished(g, spec)]
     results = [r for r in (read_run(Path(g["path"]), g["dataset"], g["model"], g["seed"]) for g in finished) if r]
     rows = aggregate(results)
     md = "## Table 1\n\n" + table1_markdown(rows) + "\n"
