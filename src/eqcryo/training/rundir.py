@@ -62,10 +62,15 @@ METRIC_COLUMNS = ["step", "train_seconds", "eval_seconds", "images_seen", "loss"
                   "train_pose_mse", "train_pose_medse"]
 
 
+def last_match_row(rows: list[dict]) -> dict | None:
+    """The last metrics.csv row that measured ``match_mse`` (None if none did)."""
+    return next((r for r in reversed(rows) if r.get("match_mse")), None)
+
+
 def agreement_line(threshold: float | None, agreement: dict | None, rows: list[dict]) -> str:
     """The no-ground-truth verdict: did the encoder end in agreement with a search in its map?
     ``agreement``: the stop rule's record (summary.json), None if it never held."""
-    last_row = next((r for r in reversed(rows) if r.get("match_mse")), None)
+    last_row = last_match_row(rows)
     last_s = "not measured" if last_row is None else f"{float(last_row['match_mse']):.3f}"
     if last_row is not None and last_row.get("match_scatter"):
         last_s += (f" less half the search's own scatter {float(last_row['match_scatter']):.3f} = "
@@ -436,7 +441,8 @@ class RunDir:
                  f"steps: {s.get('steps')}, training time: {s.get('train_seconds', 0):.0f} s (wall, evaluation "
                  f"excluded), evaluation: {s.get('eval_seconds', 0):.0f} s, images seen: {s.get('images_seen')}",
                  "converged (pose MSE < 0.1): " + (json.dumps(s["converged"]) if s.get("converged") else "no")]
-        facts.append(agreement_line(cfg.evaluation.stop_match_mse, s.get("agreement"), self.metric_rows()))
+        rows = self.metric_rows()
+        facts.append(agreement_line(cfg.evaluation.stop_match_mse, s.get("agreement"), rows))
         curves = []
         if s.get("stages"):
             facts.append("stages (wall seconds from the start): " + "; ".join(
@@ -486,7 +492,8 @@ class RunDir:
                          + (f"; {m['diagnosis']}" if m.get("diagnosis") else "")
                          + "; the halves' poses come from one encoder trained on both, so the halves are not "
                            "independent and this reads optimistic")
-            match = next((float(r["match_mse"]) for r in reversed(self.metric_rows()) if r.get("match_mse")), None)
+            last = last_match_row(rows)
+            match = None if last is None else float(last["match_mse"])
             if match is not None and match > UNRELIABLE_MATCH_MSE:
                 # wrong poses give two alike blurred maps (a spherical average at random poses): FSC ~1
                 facts.append(f"**warning: the half-map resolution means nothing here**: a search in the map puts the "
