@@ -18,8 +18,9 @@ from eqcryo.evaluation.analysis import (
     viewing_direction_anisotropy,
 )
 from eqcryo.experiments.grid import grid_runs, load_spec, run_grid, run_status
-from eqcryo.experiments.report import aggregate, diagnostics_markdown, read_run, table1_markdown
+from eqcryo.experiments.report import aggregate, diagnostics_markdown, read_run, runs_markdown, table1_markdown
 from eqcryo.physics.rotations import random_rotations
+from eqcryo.training.rundir import RunDir
 
 
 def _metrics(path, mses, times=None):
@@ -76,6 +77,27 @@ def test_failure_mode_indicators_average_all_seeds(tmp_path):
     md = diagnostics_markdown(res).splitlines()
     assert md[2] == "| spl | c4-l2 | 2 | 3000 | 1.000 | 20.5 | 0.800 | 0.640 |"  # (0.1 + 1.18) / 2: the last
     assert md[3] == "| spl | standard | 1 | n/a | 2.000 | n/a | n/a | n/a |"
+
+
+def test_runs_table_says_images_to_convergence_and_how_each_run_ended(tmp_path):
+    # one run ended by its agreement rule after converging, one by its budget without converging
+    for name, mses in {"agreed": [3.0, 0.08, 0.05], "budget": [3.0, 0.4, 0.6]}.items():
+        p = tmp_path / name
+        p.mkdir()
+        with open(p / "metrics.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["step", "train_seconds", "images_seen", "pose_mse", "pose_medse", "resolution_0.5_angstrom",
+                        "train_pose_mse", "train_pose_medse"])
+            for i, m in enumerate(mses):
+                w.writerow([10 * (i + 1), 60.0 * (i + 1), 32_000 * (i + 1), m, m / 2, 20.0 - i, m / 4, m / 8])
+    RunDir(tmp_path / "agreed").write_summary({"steps": 30, "images_seen": 96_000, "agreement": {"step": 30}})
+    RunDir(tmp_path / "budget").write_summary({"steps": 30, "images_seen": 96_000})
+    res = [read_run(tmp_path / "agreed", "snr1", "d4-l2", 0), read_run(tmp_path / "budget", "snr1", "d4-l2", 1)]
+    assert res[0].conv_images == 64_000 and res[1].conv_images is None
+    md = runs_markdown(res).splitlines()
+    assert md[2] == ("| snr1 | d4-l2 | 0 | 96,000 | 64,000 | agreement rule at 96,000 images | 0.050 / 0.025 | 0.050 "
+                     "| 0.013 / 0.006 | 18.0 |")
+    assert md[3] == "| snr1 | d4-l2 | 1 | 96,000 | – | budget | 0.600 / 0.300 | 0.400 | 0.150 / 0.075 | 18.0 |"
 
 
 def test_consistent_subsets_all_and_two_mirrored_halves():

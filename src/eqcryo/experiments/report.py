@@ -9,6 +9,8 @@ images seen, the lowest MSE any evaluation reached, the final median geodesic er
 final mirror score (App. G's spurious planar symmetry; logged with ``track_mirror: true``), and
 the final pose MSE on as many training particles as held-out ones (memorisation shows as a
 training error well below the held-out one).
+Runs: one row per finished run (images to MSE < 0.1, how the run ended, final and lowest MSE,
+training-set error, resolution), the per-seed numbers behind the tables.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from ..training.rundir import RunDir
 from .grid import GridRun, run_status
 
 __all__ = ["RunResult", "read_run", "run_finished", "aggregate", "table1_markdown", "table2_markdown",
-           "diagnostics_markdown", "write_report"]
+           "diagnostics_markdown", "runs_markdown", "write_report"]
 
 CONVERGED = 0.1
 
@@ -45,6 +47,9 @@ class RunResult:
     geodesic_deg: float = math.nan  # final median geodesic error
     mirror_score: float = math.nan  # final best mirror-plane correlation of the map
     train_mse: float = math.nan  # final pose MSE on a sample of training particles
+    train_medse: float = math.nan  # final pose MedSE on the same sample
+    conv_images: float | None = None  # images seen at the first evaluation with MSE < 0.1
+    ended_by: str = ""  # "agreement rule at N images" when the run's own rule ended it, else ""
 
 
 def _f(x):
@@ -61,13 +66,21 @@ def read_run(path: Path, dataset: str, model: str, seed: int) -> RunResult | Non
         return None
     conv = next((r for r in rows if _f(r["pose_mse"]) < CONVERGED), None)
     last = rows[-1]
+    summary = RunDir(path).read_summary() or {}
+    agreement = summary.get("agreement")
+    ended_by = ""
+    if agreement and summary.get("images_seen") is not None:
+        ended_by = f"agreement rule at {summary['images_seen']:,} images"
+    elif agreement:
+        ended_by = "agreement rule"
     return RunResult(dataset, model, seed, _f(last["pose_mse"]), _f(last["pose_medse"]),
                      _f(last.get("resolution_0.5_angstrom")),
                      None if conv is None else _f(conv["train_seconds"]),
                      None if conv is None else int(_f(conv["step"])),
                      _f(last.get("images_seen")), min(_f(r["pose_mse"]) for r in rows),
                      _f(last.get("geodesic_median_deg")), _f(last.get("mirror_score")),
-                     _f(last.get("train_pose_mse")))
+                     _f(last.get("train_pose_mse")), _f(last.get("train_pose_medse")),
+                     None if conv is None else _f(conv.get("images_seen")), ended_by)
 
 
 def _ms(vals, fmt):
@@ -134,6 +147,21 @@ def diagnostics_markdown(results: list[RunResult]) -> str:
     return "\n".join(out)
 
 
+def runs_markdown(results: list[RunResult]) -> str:
+    """One row per run, in the given order: the per-seed numbers behind Tables 1 and 2."""
+    def num(x, fmt):
+        return "n/a" if x is None or math.isnan(x) else fmt.format(x)
+
+    out = ["| dataset | model | seed | images seen | images to MSE < 0.1 | ended by | MSE / MedSE | lowest MSE "
+           "| training-set MSE / MedSE | resolution (Å) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        conv = "–" if r.conv_seconds is None else num(r.conv_images, "{:,.0f}")
+        out.append(f"| {r.dataset} | {r.model} | {r.seed} | {num(r.images_seen, '{:,.0f}')} | {conv} | "
+                   f"{r.ended_by or 'budget'} | {r.mse:.3f} / {r.medse:.3f} | {r.min_mse:.3f} | "
+                   f"{num(r.train_mse, '{:.3f}')} / {num(r.train_medse, '{:.3f}')} | {num(r.resolution, '{:.1f}')} |")
+    return "\n".join(out)
+
+
 def run_finished(g: dict, spec: dict | None) -> bool:
     """Whether the run of ``grid.json`` entry ``g`` has finished: by the grid's own rule with the
     spec (its budget reached, or ended by its agreement rule), else by having a summary.json
@@ -165,5 +193,6 @@ def write_report(out_dir: str, spec: dict | None = None) -> str:
     if snr:
         md += "\n## Table 2 (SNR sweep, best seed)\n\n" + table2_markdown(results, snr) + "\n"
     md += "\n## Failure-mode indicators (mean over all seeds)\n\n" + diagnostics_markdown(results) + "\n"
+    md += "\n## Runs (finished, one row each)\n\n" + runs_markdown(results) + "\n"
     (out / "report.md").write_text(md)
     return md
