@@ -324,3 +324,41 @@ def test_convergence_figures_show_each_models_seeds_as_a_median_and_a_range(tmp_
 
     img = matplotlib.image.imread(d / "memorisation.png")[..., :3]
     assert (img.std(-1) > 0.1).sum() > 200  # coloured lines drawn, not an empty frame
+
+
+def test_snr_sweep_figure_has_one_panel_per_snr_level(tmp_path, capsys):
+    import matplotlib.image
+
+    d = tmp_path / "exp"
+    spec = {"steps": 3, "seeds": [0], "models": ["d4-l2"],
+            "datasets": {"hi": {"particles": "a.star", "snr": 1.0}, "lo": {"particles": "b.star", "snr": 0.25},
+                         "clean": {"particles": "c.star"}}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    d.mkdir()
+    (d / "experiment.json").write_text(json.dumps({"spec": str(tmp_path / "spec.yaml")}))
+    grid_json = []
+    for k, ds in enumerate(spec["datasets"]):
+        run = d / "runs" / f"{ds}__d4-l2__seed0"
+        run.mkdir(parents=True)
+        with open(run / "metrics.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["step", "train_seconds", "images_seen", "pose_mse", "pose_medse"])
+            for s in range(4):
+                w.writerow([s, 10.0 * s, 32 * s, 5.0 / (1 + s), 4.0 / (1 + s)])
+        RunDir(run).write_summary({"steps": 3, "train_seconds": 30.0})  # finished by the spec's rule
+        grid_json.append({"index": k, "dataset": ds, "model": "d4-l2", "seed": 0, "path": str(run)})
+    (d / "grid.json").write_text(json.dumps(grid_json))
+    assert main(["experiment", str(d), "--figures"]) == 0
+    assert f"wrote {d / 'snr_sweep.png'}" in capsys.readouterr().out
+    img = matplotlib.image.imread(d / "snr_sweep.png")[..., :3]
+    # two panels side by side (the data set without an snr is not one): each has a coloured line
+    coloured = (img.std(-1) > 0.1).any(0)
+    half = img.shape[1] // 2
+    assert coloured[:half].sum() > 20 and coloured[half:].sum() > 20
+    # one SNR level is no sweep
+    spec["datasets"].pop("lo")
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    (d / "snr_sweep.png").unlink()
+    (d / "grid.json").write_text(json.dumps([g for g in grid_json if g["dataset"] != "lo"]))
+    assert main(["experiment", str(d), "--figures"]) == 0
+    assert not (d / "snr_sweep.png").exists()

@@ -99,9 +99,10 @@ def run(args) -> int:
 
 def convergence_figures(d: Path) -> list[Path]:
     """DIR/convergence_<data set>_{images,seconds}.png: every model's seeds as a median and a band;
-    DIR/memorisation.png (held-out against training-set pose MSE per data set and model) when the
-    runs logged ``train_pose_mse``."""
-    from ..evaluation.figures import plot_convergence, plot_memorisation
+    DIR/snr_sweep.png (the same against images, one panel per SNR level) when the spec gives two or
+    more data sets an ``snr``; DIR/memorisation.png (held-out against training-set pose MSE per data
+    set and model) when the runs logged ``train_pose_mse``."""
+    from ..evaluation.figures import plot_convergence, plot_memorisation, plot_snr_sweep
     from ..training.rundir import RunDir
 
     if not (d / "grid.json").exists():
@@ -115,6 +116,7 @@ def convergence_figures(d: Path) -> list[Path]:
         print(f"{len(grid) - len(done)} of {len(grid)} runs are not finished and are left out of the figures")
     written = []
     gap: dict[str, list] = {}
+    by_images: dict[str, dict] = {}
     for ds in dict.fromkeys(g["dataset"] for g in done):
         runs = [(g["model"], RunDir(g["path"]).read_metrics()) for g in done if g["dataset"] == ds]
         for xkey, label, name in (("images_seen", "images seen", "images"),
@@ -127,11 +129,19 @@ def convergence_figures(d: Path) -> list[Path]:
                 out = d / f"convergence_{ds}_{name}.png"
                 plot_convergence(out, curves, label)
                 written.append(out)
+                if name == "images":
+                    by_images[ds] = curves
         for model, mm in runs:
             if "pose_mse" in mm and np.isfinite(mm.get("train_pose_mse", np.nan)).any():
                 gap.setdefault(f"{ds} {model}", []).append(
                     (mm["images_seen"], {"held-out": (mm["pose_mse"], mm["pose_medse"]),
                                          "training": (mm["train_pose_mse"], mm["train_pose_medse"])}))
+    snr = {ds: spec["datasets"][ds].get("snr") for ds in by_images} if spec else {}
+    swept = sorted((ds for ds in by_images if snr.get(ds) is not None), key=lambda ds: -snr[ds])
+    if len(swept) > 1:  # the paper's Table 2 as curves, the SNR levels side by side
+        out = d / "snr_sweep.png"
+        plot_snr_sweep(out, {f"SNR {snr[ds]:g}": by_images[ds] for ds in swept})
+        written.append(out)
     if gap:
         out = d / "memorisation.png"
         plot_memorisation(out, gap)

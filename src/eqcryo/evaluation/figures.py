@@ -124,6 +124,13 @@ def plot_convergence(path, curves: dict, xlabel: str, threshold: float = 0.1) ->
     as a line, the range of the seeds as a band (:func:`convergence_band`). ``curves``: model ->
     [(x (n,), mse (n,)), ...], one pair per seed."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
+    _draw_bands(ax, curves)
+    _log_mse_axes(ax, xlabel, "held-out pose MSE", threshold, "--")
+    _save(fig, path, dpi=120)
+
+
+def _draw_bands(ax, curves: dict) -> None:
+    """Per model (colour by its order in ``curves``), the median of its seeds and their range."""
     for k, (model, seeds) in enumerate(curves.items()):
         band = convergence_band(seeds)
         if band is None:
@@ -131,8 +138,23 @@ def plot_convergence(path, curves: dict, xlabel: str, threshold: float = 0.1) ->
         grid, med, lo, hi = band
         ax.fill_between(grid, lo, hi, color=f"C{k}", alpha=0.2, lw=0)
         ax.plot(grid, med, color=f"C{k}", label=f"{model} (median of {len(seeds)} seeds, range shaded)")
-    _log_mse_axes(ax, xlabel, "held-out pose MSE", threshold, "--")
-    _save(fig, path, dpi=120)
+
+
+def plot_snr_sweep(path, panels: dict, xlabel: str = "images seen", threshold: float = 0.1) -> None:
+    """The paper's Table 2 as curves: one panel per SNR level (in the order given), held-out pose
+    MSE against ``xlabel`` per model as in :func:`plot_convergence`, on one shared y axis.
+    ``panels``: title (e.g. "SNR 0.625") -> {model -> [(x (n,), mse (n,)), ...]}."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 0.8, 3.8), sharex=True, sharey=True,
+                             squeeze=False)
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    for i, (ax, (title, curves)) in enumerate(zip(axes[0], panels.items())):
+        _draw_bands(ax, curves)
+        _log_mse_axes(ax, xlabel, "held-out pose MSE" if i == 0 else "", threshold, "--")
+        ax.set_title(title, fontsize=10)
+        ax.xaxis.set_major_locator(MaxNLocator(4))  # six-digit counts: few ticks, written in thousands
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1000:g}k" if v else "0"))
+    _save(fig, path, dpi=110)
 
 
 def plot_memorisation(path, curves: dict, xlabel: str = "images seen") -> None:
