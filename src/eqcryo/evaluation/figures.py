@@ -6,6 +6,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from ..data.atomic import atomic_path  # noqa: E402
 from ..physics.fsc import format_resolution  # noqa: E402
@@ -146,8 +147,6 @@ def plot_snr_sweep(path, panels: dict, xlabel: str = "images seen", threshold: f
     ``panels``: title (e.g. "SNR 0.625") -> {model -> [(x (n,), mse (n,)), ...]}."""
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 0.8, 3.8), sharex=True, sharey=True,
                              squeeze=False)
-    from matplotlib.ticker import FuncFormatter, MaxNLocator
-
     for i, (ax, (title, curves)) in enumerate(zip(axes[0], panels.items())):
         _draw_bands(ax, curves)
         _log_mse_axes(ax, xlabel, "held-out pose MSE" if i == 0 else "", threshold, "--")
