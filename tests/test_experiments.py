@@ -362,3 +362,38 @@ def test_snr_sweep_figure_has_one_panel_per_snr_level(tmp_path, capsys):
     (d / "grid.json").write_text(json.dumps([g for g in grid_json if g["dataset"] != "lo"]))
     assert main(["experiment", str(d), "--figures"]) == 0
     assert not (d / "snr_sweep.png").exists()
+
+
+def test_a_moved_experiment_folder_reports_its_runs_with_the_recorded_spec(tmp_path, capsys):
+    # a grid run elsewhere (grid.json's paths point to a folder that no longer exists), copied here
+    spec = {"steps": 3, "seeds": [0, 1], "models": ["d4-l2"],
+            "datasets": {"hi": {"particles": "a.star", "snr": 1.0}, "lo": {"particles": "b.star", "snr": 0.25}}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    d = tmp_path / "copied"
+    d.mkdir()
+    (d / "experiment.json").write_text(json.dumps({"spec": str(tmp_path / "spec.yaml")}))
+    grid_json = []
+    for k, (ds, seed) in enumerate([("hi", 0), ("hi", 1), ("lo", 0), ("lo", 1)]):
+        name = f"{ds}__d4-l2__seed{seed}"
+        grid_json.append({"index": k, "dataset": ds, "model": "d4-l2", "seed": seed,
+                          "path": f"/cluster/scratch/exp/runs/{name}"})
+        if (ds, seed) == ("lo", 1):
+            continue  # never started
+        _metrics(d / "runs" / name, [3.0, 0.05 if ds == "hi" else 0.4])
+        RunDir(d / "runs" / name).write_summary({"steps": 3 if seed == 0 else 2})  # hi seed 1: budget not reached
+    (d / "grid.json").write_text(json.dumps(grid_json))
+    assert main(["experiment", "report", str(d)]) == 0
+    out = capsys.readouterr().out
+    # by the recorded spec's budget, hi seed 1 is unfinished: two runs in the tables, two left out
+    assert "2 of 4 runs are not finished" in out
+    runs = out.split("## Runs")[1].splitlines()
+    assert [r.split(" | ")[:3] for r in runs if r.startswith("| hi") or r.startswith("| lo")] == \
+        [["| hi", "d4-l2", "0"], ["| lo", "d4-l2", "0"]]
+    assert "## Table 2" in out  # the SNR levels came from the recorded spec
+    assert (d / "pose_error_hi_d4-l2.png").exists()
+    # --status reads the same folder
+    assert main(["experiment", str(d), "--status"]) == 0
+    assert "| 0 | hi | d4-l2 | 0 | done |" in capsys.readouterr().out
+    (d / "grid.json").write_text("[{\"index\": 0}]")
+    assert main(["experiment", "report", str(d)]) == 2
+    assert f"{d / 'grid.json'}: not a grid record" in capsys.readouterr().err

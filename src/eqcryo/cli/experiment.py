@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.errors import InputError
-from ..experiments.grid import load_spec, run_grid
+from ..experiments.grid import load_spec, read_grid, run_grid
 from ..experiments.report import run_finished, write_report
 from .common import nonneg_int, positive_int, verb_parser
 
@@ -30,7 +30,8 @@ def add_parser(sub):
     p.add_argument("target", help="SPEC.yaml, or the word 'report'")
     p.add_argument("dir", nargs="?", help="with 'report': the experiment folder")
     p.add_argument("-o", "--outdir", help="experiment folder (for a SPEC)")
-    p.add_argument("--spec", help="with 'report': the spec (for SNR labels)")
+    p.add_argument("--spec", help="with 'report': the spec (for the budget and the SNR labels; default: the one "
+                                   "the grid was run with, recorded in DIR/experiment.json)")
     p.add_argument("--jobs", type=positive_int, default=1, help="runs at once (default 1)")
     p.add_argument("--launcher", choices=["local", "slurm"],
                    help="run each cell as a job through submitit: local processes (at most --jobs at once; "
@@ -56,8 +57,6 @@ def run(args) -> int:
     if args.target == "report":
         if not args.dir:
             raise InputError("experiment report: give the experiment folder")
-        if not (Path(args.dir) / "grid.json").exists():
-            raise InputError(f"{args.dir}: no grid.json; is it an experiment folder?")
         spec = load_spec(args.spec) if args.spec else None
         print(write_report(args.dir, spec))
         _figures(Path(args.dir))
@@ -105,20 +104,15 @@ def convergence_figures(d: Path) -> list[Path]:
     from ..evaluation.figures import plot_convergence, plot_memorisation, plot_snr_sweep
     from ..training.rundir import RunDir
 
-    if not (d / "grid.json").exists():
-        raise InputError(f"{d}: no grid.json; is it an experiment folder?")
-    # (grid.json's paths are as the launch was given: the runs are found under DIR/runs)
-    grid = [{**g, "path": str(d / "runs" / Path(g["path"]).name)} for g in json.loads((d / "grid.json").read_text())]
-    record = d / "experiment.json"
-    spec = load_spec(json.loads(record.read_text())["spec"]) if record.exists() else None
+    grid, spec = read_grid(d)
     done = [g for g in grid if run_finished(g, spec)]  # a half-trained seed would cut every band short
     if len(done) < len(grid):
         print(f"{len(grid) - len(done)} of {len(grid)} runs are not finished and are left out of the figures")
     written = []
     gap: dict[str, list] = {}
     by_images: dict[str, dict] = {}
-    for ds in dict.fromkeys(g["dataset"] for g in done):
-        runs = [(g["model"], RunDir(g["path"]).read_metrics()) for g in done if g["dataset"] == ds]
+    for ds in dict.fromkeys(g.dataset for g in done):
+        runs = [(g.model, RunDir(g.path).read_metrics()) for g in done if g.dataset == ds]
         for xkey, label, name in (("images_seen", "images seen", "images"),
                                   ("train_seconds", "training time (s, wall)", "seconds")):
             curves: dict[str, list] = {}
@@ -157,26 +151,25 @@ def _figures(d: Path) -> None:
     from ..experiments.report import read_run
     from ..training.rundir import RunDir
 
-    grid = json.loads((d / "grid.json").read_text())
-    for ds in dict.fromkeys(g["dataset"] for g in grid):
-        for m in dict.fromkeys(g["model"] for g in grid):
+    grid, _ = read_grid(d)
+    for ds in dict.fromkeys(g.dataset for g in grid):
+        for m in dict.fromkeys(g.model for g in grid):
             series = []
             for g in grid:
-                mm = RunDir(g["path"]).read_metrics() if g["dataset"] == ds and g["model"] == m else {}
+                mm = RunDir(g.path).read_metrics() if g.dataset == ds and g.model == m else {}
                 if "pose_mse" in mm:
-                    series += [(f"seed {g['seed']} MSE", mm["train_seconds"], mm["pose_mse"]),
-                               (f"seed {g['seed']} MedSE", mm["train_seconds"], mm["pose_medse"])]
+                    series += [(f"seed {g.seed} MSE", mm["train_seconds"], mm["pose_mse"]),
+                               (f"seed {g.seed} MedSE", mm["train_seconds"], mm["pose_medse"])]
             if series:
                 plot_series(d / f"pose_error_{ds}_{m}.png", series, "pose error", hline=0.1)
         curves = []
         for m in ("d4-l2", "standard"):
-            found = [(read_run(Path(g["path"]), ds, m, g["seed"]), g) for g in grid
-                     if g["dataset"] == ds and g["model"] == m]
-            rs = [(r, g, RunDir(g["path"]).read_fsc()) for r, g in found if r is not None]
+            found = [(read_run(g.path, ds, m, g.seed), g) for g in grid if g.dataset == ds and g.model == m]
+            rs = [(r, g, RunDir(g.path).read_fsc()) for r, g in found if r is not None]
             rs = [x for x in rs if x[2] is not None]
             if rs:
                 r, g, fsc = min(rs, key=lambda x: x[0].mse)
-                curves.append((f"{m} seed {g['seed']}", fsc))
+                curves.append((f"{m} seed {g.seed}", fsc))
         if curves:
             from ..evaluation.figures import plot_fsc
             plot_fsc(d / f"fsc_best_{ds}.png", curves)
@@ -196,10 +189,9 @@ def _status(d: Path) -> int:
     """The cells of the experiment in folder ``d`` (its grid.json and the spec it was run with)."""
     from ..experiments.launch import cell_table
 
-    if not (d / "grid.json").exists():
-        raise InputError(f"{d}: no grid.json; is it an experiment folder (eqcryo experiment SPEC -o {d})?")
-    record = d / "experiment.json"
-    if not record.exists():
-        raise InputError(f"{record}: not found; the experiment was run before --status existed")
-    _print_table(cell_table(d, load_spec(json.loads(record.read_text())["spec"])))
+    _, spec = read_grid(d)
+    if spec is None:
+        raise InputError(f"{d / 'experiment.json'}: no spec recorded, or its file is gone; the cells' states "
+                         f"need the spec they were run with")
+    _print_table(cell_table(d, spec))
     return 0

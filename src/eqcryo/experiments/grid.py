@@ -38,7 +38,7 @@ from ..data.errors import InputError
 from ..training.config import DEFAULT_RECIPE, TrainConfig, make_config, to_nested
 from ..training.rundir import RunDir
 
-__all__ = ["GridRun", "load_spec", "grid_runs", "run_status", "run_one", "run_grid"]
+__all__ = ["GridRun", "load_spec", "grid_runs", "read_grid", "run_status", "run_one", "run_grid"]
 
 
 @dataclass
@@ -191,6 +191,30 @@ def write_grid_record(out: Path, spec_path: str, runs: list[GridRun]) -> None:
     (out / "grid.json").write_text(json.dumps([{"index": r.index, "dataset": r.dataset, "model": r.model,
                                                 "seed": r.seed, "path": str(r.path)} for r in runs], indent=2))
     (out / "experiment.json").write_text(json.dumps({"spec": str(Path(spec_path).resolve())}, indent=2))
+
+
+def read_grid(out: str | os.PathLike) -> tuple[list[GridRun], dict | None]:
+    """The cells of experiment folder ``out`` as its grid.json records them, and the spec they were
+    run with (DIR/experiment.json; None when the folder has none or the spec file is gone).
+
+    Each run is found under ``DIR/runs`` whatever path grid.json holds: the paths there are as the
+    launch was given (relative to its working folder, or absolute), and a folder copied off a
+    cluster or moved still reads."""
+    out = Path(out)
+    record = out / "grid.json"
+    if not record.exists():
+        raise InputError(f"{out}: no grid.json; is it an experiment folder (eqcryo experiment SPEC -o {out})?")
+    try:
+        cells = json.loads(record.read_text())
+        runs = [GridRun(int(g["index"]), str(g["dataset"]), str(g["model"]), int(g["seed"]),
+                        out / "runs" / Path(g["path"]).name) for g in cells]
+    except (ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{record}: not a grid record ({type(e).__name__}: {e})") from None
+    spec = None
+    if (out / "experiment.json").exists():
+        spec_path = Path(json.loads((out / "experiment.json").read_text())["spec"])
+        spec = load_spec(spec_path) if spec_path.exists() else None
+    return runs, spec
 
 
 def run_grid(spec_path: str, out: str, only: int | None = None, progress: bool = True,

@@ -16,15 +16,15 @@ training-set error, resolution), the per-seed numbers behind the tables.
 from __future__ import annotations
 
 import csv
-import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..training.rundir import RunDir
-from .grid import GridRun, run_status
+from .grid import GridRun, read_grid, run_status
 
 __all__ = ["RunResult", "read_run", "run_finished", "aggregate", "table1_markdown", "table2_markdown",
            "diagnostics_markdown", "runs_markdown", "write_report"]
@@ -162,23 +162,24 @@ def runs_markdown(results: list[RunResult]) -> str:
     return "\n".join(out)
 
 
-def run_finished(g: dict, spec: dict | None) -> bool:
-    """Whether the run of ``grid.json`` entry ``g`` has finished: by the grid's own rule with the
-    spec (its budget reached, or ended by its agreement rule), else by having a summary.json
-    (written only when training ends)."""
+def run_finished(run: GridRun, spec: dict | None) -> bool:
+    """Whether grid cell ``run`` has finished: by the grid's own rule with the spec (its budget
+    reached, or ended by its agreement rule), else by having a summary.json (written only when
+    training ends)."""
     if spec is not None:
-        run = GridRun(g["index"], g["dataset"], g["model"], g["seed"], Path(g["path"]))
         return run_status(run, spec) == "done"
-    return RunDir(g["path"]).read_summary() is not None
+    return RunDir(run.path).read_summary() is not None
 
 
-def write_report(out_dir: str, spec: dict | None = None) -> str:
+def write_report(out_dir: str | os.PathLike, spec: dict | None = None) -> str:
     """Collect every finished run of a grid folder; write ``table1.md/.csv`` (and ``table2.md``);
-    return Markdown. Unfinished runs are left out, and the count of them is said."""
+    return Markdown. Unfinished runs are left out, and the count of them is said. ``spec``
+    defaults to the one the grid was run with (DIR/experiment.json)."""
     out = Path(out_dir)
-    grid = json.loads((out / "grid.json").read_text())
+    grid, recorded = read_grid(out)
+    spec = spec if spec is not None else recorded
     finished = [g for g in grid if run_finished(g, spec)]
-    results = [r for r in (read_run(Path(g["path"]), g["dataset"], g["model"], g["seed"]) for g in finished) if r]
+    results = [r for r in (read_run(g.path, g.dataset, g.model, g.seed) for g in finished) if r]
     rows = aggregate(results)
     md = "## Table 1\n\n" + table1_markdown(rows) + "\n"
     if len(finished) < len(grid):  # a grid run in pieces: a half-trained run is not a result
