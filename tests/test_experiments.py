@@ -397,3 +397,19 @@ def test_a_moved_experiment_folder_reports_its_runs_with_the_recorded_spec(tmp_p
     (d / "grid.json").write_text("[{\"index\": 0}]")
     assert main(["experiment", "report", str(d)]) == 2
     assert f"{d / 'grid.json'}: not a grid record" in capsys.readouterr().err
+
+
+def test_snr_sweep_keeps_each_models_colour_across_panels(tmp_path):
+    import matplotlib.image
+
+    from eqcryo.evaluation.figures import plot_snr_sweep
+
+    x = np.linspace(0, 1000, 20)
+    curve = [(x, np.full(20, 1.0))]
+    # level 2 has runs of model b only: b is drawn in its level-1 colour (C1, orange), not C0 (blue)
+    plot_snr_sweep(tmp_path / "s.png", {"SNR 1": {"a": curve, "b": [(x, np.full(20, 3.0))]}, "SNR 0.25": {"b": curve}})
+    img = matplotlib.image.imread(tmp_path / "s.png")[..., :3]
+    right = img[:, img.shape[1] // 2:]
+    orange = (right[..., 0] > 0.8) & (right[..., 2] < 0.3)
+    blue = (right[..., 2] > 0.6) & (right[..., 0] < 0.3)
+    assert orange.sum() > 300 and blue.sum() < 30

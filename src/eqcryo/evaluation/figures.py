@@ -130,15 +130,18 @@ def plot_convergence(path, curves: dict, xlabel: str, threshold: float = 0.1) ->
     _save(fig, path, dpi=120)
 
 
-def _draw_bands(ax, curves: dict) -> None:
-    """Per model (colour by its order in ``curves``), the median of its seeds and their range."""
+def _draw_bands(ax, curves: dict, colours: dict | None = None) -> None:
+    """Per model, the median of its seeds and their range; colour from ``colours`` (model -> colour,
+    kept across panels) or by the model's order in ``curves``."""
     for k, (model, seeds) in enumerate(curves.items()):
         band = convergence_band(seeds)
         if band is None:
             continue
         grid, med, lo, hi = band
-        ax.fill_between(grid, lo, hi, color=f"C{k}", alpha=0.2, lw=0)
-        ax.plot(grid, med, color=f"C{k}", label=f"{model} (median of {len(seeds)} seeds, range shaded)")
+        c = (colours or {}).get(model, f"C{k}")
+        ax.fill_between(grid, lo, hi, color=c, alpha=0.2, lw=0)
+        what = "1 seed" if len(seeds) == 1 else f"median of {len(seeds)} seeds, range shaded"
+        ax.plot(grid, med, color=c, label=f"{model} ({what})")
 
 
 def plot_snr_sweep(path, panels: dict, xlabel: str = "images seen", threshold: float = 0.1) -> None:
@@ -147,8 +150,10 @@ def plot_snr_sweep(path, panels: dict, xlabel: str = "images seen", threshold: f
     ``panels``: title (e.g. "SNR 0.625") -> {model -> [(x (n,), mse (n,)), ...]}."""
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 0.8, 3.8), sharex=True, sharey=True,
                              squeeze=False)
+    # a model keeps its colour in every panel, whichever models a level has runs of
+    colours = {m: f"C{k}" for k, m in enumerate(dict.fromkeys(m for c in panels.values() for m in c))}
     for i, (ax, (title, curves)) in enumerate(zip(axes[0], panels.items())):
-        _draw_bands(ax, curves)
+        _draw_bands(ax, curves, colours)
         _log_mse_axes(ax, xlabel, "held-out pose MSE" if i == 0 else "", threshold, "--")
         ax.set_title(title, fontsize=10)
         ax.xaxis.set_major_locator(MaxNLocator(4))  # six-digit counts: few ticks, written in thousands
