@@ -397,6 +397,10 @@ def test_a_moved_experiment_folder_reports_its_runs_with_the_recorded_spec(tmp_p
     (d / "grid.json").write_text("[{\"index\": 0}]")
     assert main(["experiment", "report", str(d)]) == 2
     assert f"{d / 'grid.json'}: not a grid record" in capsys.readouterr().err
+    (d / "grid.json").write_text(json.dumps(grid_json))
+    (d / "experiment.json").write_text("{\"spec\": ")  # cut short
+    assert main(["experiment", str(d), "--figures"]) == 2
+    assert f"{d / 'experiment.json'}: not an experiment record" in capsys.readouterr().err
 
 
 def test_snr_sweep_keeps_each_models_colour_across_panels(tmp_path):

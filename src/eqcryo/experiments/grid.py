@@ -212,7 +212,10 @@ def read_grid(out: str | os.PathLike) -> tuple[list[GridRun], dict | None]:
         raise InputError(f"{record}: not a grid record ({type(e).__name__}: {e})") from None
     spec = None
     if (out / "experiment.json").exists():
-        spec_path = Path(json.loads((out / "experiment.json").read_text())["spec"])
+        try:
+            spec_path = Path(json.loads((out / "experiment.json").read_text())["spec"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise InputError(f"{out / 'experiment.json'}: not an experiment record ({type(e).__name__}: {e})") from None
         spec = load_spec(spec_path) if spec_path.exists() else None
     return runs, spec
 
