@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.errors import InputError
-from ..experiments.grid import load_spec, read_grid, run_grid
+from ..experiments.grid import load_spec, read_grid, recorded_spec, run_grid
 from ..experiments.report import run_finished, write_report
 from .common import nonneg_int, positive_int, verb_parser
 
@@ -104,7 +104,7 @@ def convergence_figures(d: Path) -> list[Path]:
     from ..evaluation.figures import plot_convergence, plot_memorisation, plot_snr_sweep
     from ..training.rundir import RunDir
 
-    grid, spec = read_grid(d)
+    grid, spec = read_grid(d), recorded_spec(d)
     done = [g for g in grid if run_finished(g, spec)]  # a half-trained seed would cut every band short
     if len(done) < len(grid):
         print(f"{len(grid) - len(done)} of {len(grid)} runs are not finished and are left out of the figures")
@@ -151,7 +151,7 @@ def _figures(d: Path) -> None:
     from ..experiments.report import read_run
     from ..training.rundir import RunDir
 
-    grid, _ = read_grid(d)
+    grid = read_grid(d)
     for ds in dict.fromkeys(g.dataset for g in grid):
         for m in dict.fromkeys(g.model for g in grid):
             series = []
@@ -189,7 +189,8 @@ def _status(d: Path) -> int:
     """The cells of the experiment in folder ``d`` (its grid.json and the spec it was run with)."""
     from ..experiments.launch import cell_table
 
-    _, spec = read_grid(d)
+    read_grid(d)  # an experiment folder, or a clear error
+    spec = recorded_spec(d)
     if spec is None:
         raise InputError(f"{d / 'experiment.json'}: no spec recorded, or its file is gone; the cells' states "
                          f"need the spec they were run with")

@@ -38,7 +38,7 @@ from ..data.errors import InputError
 from ..training.config import DEFAULT_RECIPE, TrainConfig, make_config, to_nested
 from ..training.rundir import RunDir
 
-__all__ = ["GridRun", "load_spec", "grid_runs", "read_grid", "run_status", "run_one", "run_grid"]
+__all__ = ["GridRun", "load_spec", "grid_runs", "read_grid", "recorded_spec", "run_status", "run_one", "run_grid"]
 
 
 @dataclass
@@ -193,9 +193,8 @@ def write_grid_record(out: Path, spec_path: str, runs: list[GridRun]) -> None:
     (out / "experiment.json").write_text(json.dumps({"spec": str(Path(spec_path).resolve())}, indent=2))
 
 
-def read_grid(out: str | os.PathLike) -> tuple[list[GridRun], dict | None]:
-    """The cells of experiment folder ``out`` as its grid.json records them, and the spec they were
-    run with (DIR/experiment.json; None when the folder has none or the spec file is gone).
+def read_grid(out: str | os.PathLike) -> list[GridRun]:
+    """The cells of experiment folder ``out`` as its grid.json records them.
 
     Each run is found under ``DIR/runs`` whatever path grid.json holds: the paths there are as the
     launch was given (relative to its working folder, or absolute), and a folder copied off a
@@ -205,19 +204,23 @@ def read_grid(out: str | os.PathLike) -> tuple[list[GridRun], dict | None]:
     if not record.exists():
         raise InputError(f"{out}: no grid.json; is it an experiment folder (eqcryo experiment SPEC -o {out})?")
     try:
-        cells = json.loads(record.read_text())
-        runs = [GridRun(int(g["index"]), str(g["dataset"]), str(g["model"]), int(g["seed"]),
-                        out / "runs" / Path(g["path"]).name) for g in cells]
+        return [GridRun(int(g["index"]), str(g["dataset"]), str(g["model"]), int(g["seed"]),
+                        out / "runs" / Path(g["path"]).name) for g in json.loads(record.read_text())]
     except (ValueError, KeyError, TypeError) as e:
         raise InputError(f"{record}: not a grid record ({type(e).__name__}: {e})") from None
-    spec = None
-    if (out / "experiment.json").exists():
-        try:
-            spec_path = Path(json.loads((out / "experiment.json").read_text())["spec"])
-        except (ValueError, KeyError, TypeError) as e:
-            raise InputError(f"{out / 'experiment.json'}: not an experiment record ({type(e).__name__}: {e})") from None
-        spec = load_spec(spec_path) if spec_path.exists() else None
-    return runs, spec
+
+
+def recorded_spec(out: str | os.PathLike) -> dict | None:
+    """The spec experiment folder ``out`` was run with (DIR/experiment.json); None when the folder
+    has no record or the spec file is gone."""
+    record = Path(out) / "experiment.json"
+    if not record.exists():
+        return None
+    try:
+        spec_path = Path(json.loads(record.read_text())["spec"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{record}: not an experiment record ({type(e).__name__}: {e})") from None
+    return load_spec(spec_path) if spec_path.exists() else None
 
 
 def run_grid(spec_path: str, out: str, only: int | None = None, progress: bool = True,

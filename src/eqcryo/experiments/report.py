@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..training.rundir import RunDir
-from .grid import GridRun, read_grid, run_status
+from .grid import GridRun, read_grid, recorded_spec, run_status
 
 __all__ = ["RunResult", "read_run", "run_finished", "aggregate", "table1_markdown", "table2_markdown",
            "diagnostics_markdown", "runs_markdown", "write_report"]
@@ -176,8 +176,8 @@ def write_report(out_dir: str | os.PathLike, spec: dict | None = None) -> str:
     return Markdown. Unfinished runs are left out, and the count of them is said. ``spec``
     defaults to the one the grid was run with (DIR/experiment.json)."""
     out = Path(out_dir)
-    grid, recorded = read_grid(out)
-    spec = spec if spec is not None else recorded
+    grid = read_grid(out)
+    spec = spec if spec is not None else recorded_spec(out)
     finished = [g for g in grid if run_finished(g, spec)]
     results = [r for r in (read_run(g.path, g.dataset, g.model, g.seed) for g in finished) if r]
     rows = aggregate(results)
