@@ -229,6 +229,19 @@ def test_ctrl_c_in_a_grid_is_a_message_not_a_traceback(spec_file, tmp_path, caps
     assert "interrupted at step 3" in err and "rerun this command" in err
 
 
+def test_a_grid_stopped_by_sigterm_exits_143_as_train_does(spec_file, tmp_path, capsys, monkeypatch):
+    """A scheduler that preempts a grid job with SIGTERM reads its exit status: 128 + 15."""
+    import eqcryo.experiments.grid as grid
+    from eqcryo.training.trainer import TrainingInterrupted
+
+    def preempted(*a, **k):
+        raise TrainingInterrupted("interrupted (SIGTERM) at step 3; a checkpoint was saved", signum=15)
+
+    monkeypatch.setattr(grid, "run_one", preempted)
+    assert main(["experiment", str(spec_file), "-o", str(tmp_path / "exp"), "--only", "0"]) == 143
+    assert "rerun this command" in capsys.readouterr().err
+
+
 def test_bad_spec_is_a_clear_error(tmp_path, capsys):
     p = tmp_path / "bad.yaml"
     p.write_text(yaml.safe_dump({"seeds": [0], "models": ["d4-l2"], "datasets": {}, "steps": 1,

@@ -88,10 +88,10 @@ def run(args) -> int:
     try:
         status = run_grid(args.target, args.outdir, only=args.only, progress=not args.no_progress,
                           threads=args.threads)
-    except TrainingInterrupted as e:  # Ctrl-C: the running cell saved a checkpoint
+    except TrainingInterrupted as e:  # Ctrl-C or a signal: the running cell saved a checkpoint
         print(f"eqcryo experiment: {e}; or rerun this command: finished cells are skipped and "
               f"this one resumes", file=sys.stderr)
-        return 130
+        return 128 + e.signum  # as `train`: a scheduler reads 143 as stopped by SIGTERM (preempted)
     print(json.dumps({"runs": len(status), "status": status}))
     return 0
 
