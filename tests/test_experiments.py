@@ -216,30 +216,20 @@ def test_grid_counts_a_run_ended_by_its_agreement_rule_as_done(spec_file, tmp_pa
     assert run_status(run0, spec) == "done"
 
 
-def test_ctrl_c_in_a_grid_is_a_message_not_a_traceback(spec_file, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("signum, status", [(2, 130), (15, 143)])  # Ctrl-C; a scheduler's SIGTERM
+def test_an_interrupted_grid_is_a_message_and_exits_128_plus_the_signal(spec_file, tmp_path, capsys,
+                                                                        monkeypatch, signum, status):
+    """As `train` does: a scheduler that preempts a grid job reads 143 (128 + SIGTERM)."""
     import eqcryo.experiments.grid as grid
     from eqcryo.training.trainer import TrainingInterrupted
 
     def interrupted(*a, **k):
-        raise TrainingInterrupted("interrupted at step 3; a checkpoint was saved")
+        raise TrainingInterrupted("interrupted at step 3; a checkpoint was saved", signum=signum)
 
     monkeypatch.setattr(grid, "run_one", interrupted)
-    assert main(["experiment", str(spec_file), "-o", str(tmp_path / "exp"), "--only", "0"]) == 130
+    assert main(["experiment", str(spec_file), "-o", str(tmp_path / "exp"), "--only", "0"]) == status
     err = capsys.readouterr().err
     assert "interrupted at step 3" in err and "rerun this command" in err
-
-
-def test_a_grid_stopped_by_sigterm_exits_143_as_train_does(spec_file, tmp_path, capsys, monkeypatch):
-    """A scheduler that preempts a grid job with SIGTERM reads its exit status: 128 + 15."""
-    import eqcryo.experiments.grid as grid
-    from eqcryo.training.trainer import TrainingInterrupted
-
-    def preempted(*a, **k):
-        raise TrainingInterrupted("interrupted (SIGTERM) at step 3; a checkpoint was saved", signum=15)
-
-    monkeypatch.setattr(grid, "run_one", preempted)
-    assert main(["experiment", str(spec_file), "-o", str(tmp_path / "exp"), "--only", "0"]) == 143
-    assert "rerun this command" in capsys.readouterr().err
 
 
 def test_bad_spec_is_a_clear_error(tmp_path, capsys):
