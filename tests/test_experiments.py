@@ -329,6 +329,31 @@ def test_convergence_figures_show_each_models_seeds_as_a_median_and_a_range(tmp_
     assert (img.std(-1) > 0.1).sum() > 200  # coloured lines drawn, not an empty frame
 
 
+def test_a_model_keeps_its_colour_in_every_data_sets_convergence_figure(tmp_path, monkeypatch):
+    import eqcryo.evaluation.figures as figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "plot_convergence",
+                        lambda path, curves, xlabel, colours=None: drawn.append((path.name, list(curves), colours)))
+    d = tmp_path / "exp"
+    grid_json = []
+    # data set "b" has no finished standard run: d4-l2 must not take standard's colour there
+    for k, (ds, model) in enumerate([("a", "standard"), ("a", "d4-l2"), ("b", "d4-l2")]):
+        run = d / "runs" / f"{ds}__{model}__seed0"
+        run.mkdir(parents=True)
+        (run / "metrics.csv").write_text("step,train_seconds,images_seen,pose_mse\n0,0,0,5\n1,10,320,4\n")
+        (run / "summary.json").write_text(json.dumps({"steps": 1, "train_seconds": 10.0}))
+        grid_json.append({"index": k, "dataset": ds, "model": model, "seed": 0, "path": f"x/{run.name}"})
+    (d / "grid.json").write_text(json.dumps(grid_json))
+    assert main(["experiment", str(d), "--figures"]) == 0
+    assert [(name, models) for name, models, _ in drawn] == [
+        ("convergence_a_images.png", ["standard", "d4-l2"]), ("convergence_a_seconds.png", ["standard", "d4-l2"]),
+        ("convergence_b_images.png", ["d4-l2"]), ("convergence_b_seconds.png", ["d4-l2"])]
+    colours = {name: c for name, _, c in drawn}
+    assert colours["convergence_b_images.png"]["d4-l2"] == colours["convergence_a_images.png"]["d4-l2"]
+    assert colours["convergence_a_images.png"]["d4-l2"] != colours["convergence_a_images.png"]["standard"]
+
+
 def test_snr_sweep_figure_has_one_panel_per_snr_level(tmp_path, capsys):
     import matplotlib.image
 

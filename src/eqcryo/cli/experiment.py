@@ -109,6 +109,8 @@ def convergence_figures(d: Path) -> list[Path]:
     if len(done) < len(grid):
         print(f"{len(grid) - len(done)} of {len(grid)} runs are not finished and are left out of the figures")
     written = []
+    # a model keeps its colour in every data set's figure, whichever models have finished runs there
+    colours = {m: f"C{k}" for k, m in enumerate(dict.fromkeys(g.model for g in grid))}
     gap: dict[str, list] = {}
     by_images: dict[str, dict] = {}
     for ds in dict.fromkeys(g.dataset for g in done):
@@ -121,7 +123,7 @@ def convergence_figures(d: Path) -> list[Path]:
                     curves.setdefault(model, []).append((mm[xkey], mm["pose_mse"]))
             if curves:
                 out = d / f"convergence_{ds}_{name}.png"
-                plot_convergence(out, curves, label)
+                plot_convergence(out, curves, label, colours=colours)
                 written.append(out)
                 if name == "images":
                     by_images[ds] = curves

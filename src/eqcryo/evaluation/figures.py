@@ -120,12 +120,14 @@ def convergence_band(seeds: list) -> tuple | None:
     return grid, np.median(ys, 0), ys.min(0), ys.max(0)
 
 
-def plot_convergence(path, curves: dict, xlabel: str, threshold: float = 0.1) -> None:
+def plot_convergence(path, curves: dict, xlabel: str, threshold: float = 0.1,
+                     colours: dict | None = None) -> None:
     """Held-out pose MSE against ``xlabel`` (images or seconds) per model: the median over its seeds
     as a line, the range of the seeds as a band (:func:`convergence_band`). ``curves``: model ->
-    [(x (n,), mse (n,)), ...], one pair per seed."""
+    [(x (n,), mse (n,)), ...], one pair per seed; ``colours``: model -> colour, to keep a model's
+    colour across figures."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    _draw_bands(ax, curves)
+    _draw_bands(ax, curves, colours)
     _log_mse_axes(ax, xlabel, "held-out pose MSE", threshold, "--")
     _save(fig, path, dpi=120)
 
