@@ -101,7 +101,7 @@ def convergence_figures(d: Path) -> list[Path]:
     DIR/snr_sweep.png (the same against images, one panel per SNR level) when the spec gives two or
     more data sets an ``snr``; DIR/memorisation.png (held-out against training-set pose MSE per data
     set and model) when the runs logged ``train_pose_mse``."""
-    from ..evaluation.figures import plot_convergence, plot_memorisation, plot_snr_sweep
+    from ..evaluation.figures import model_colours, plot_convergence, plot_memorisation, plot_snr_sweep
     from ..training.rundir import RunDir
 
     grid, spec = read_grid(d), recorded_spec(d)
@@ -110,7 +110,7 @@ def convergence_figures(d: Path) -> list[Path]:
         print(f"{len(grid) - len(done)} of {len(grid)} runs are not finished and are left out of the figures")
     written = []
     # a model keeps its colour in every data set's figure, whichever models have finished runs there
-    colours = {m: f"C{k}" for k, m in enumerate(dict.fromkeys(g.model for g in grid))}
+    colours = model_colours(g.model for g in grid)
     gap: dict[str, list] = {}
     by_images: dict[str, dict] = {}
     for ds in dict.fromkeys(g.dataset for g in done):
@@ -136,7 +136,7 @@ def convergence_figures(d: Path) -> list[Path]:
     swept = sorted((ds for ds in by_images if snr.get(ds) is not None), key=lambda ds: -snr[ds])
     if len(swept) > 1:  # the paper's Table 2 as curves, the SNR levels side by side
         out = d / "snr_sweep.png"
-        plot_snr_sweep(out, {f"SNR {snr[ds]:g}": by_images[ds] for ds in swept})
+        plot_snr_sweep(out, {f"SNR {snr[ds]:g}": by_images[ds] for ds in swept}, colours=colours)
         written.append(out)
     if gap:
         out = d / "memorisation.png"

@@ -120,6 +120,12 @@ def convergence_band(seeds: list) -> tuple | None:
     return grid, np.median(ys, 0), ys.min(0), ys.max(0)
 
 
+def model_colours(models) -> dict:
+    """model -> matplotlib cycle colour ("C0", "C1", ...) in the order given, each model once: the one
+    rule by which a model keeps its colour across figures and panels."""
+    return {m: f"C{k}" for k, m in enumerate(dict.fromkeys(models))}
+
+
 def plot_convergence(path, curves: dict, xlabel: str, threshold: float = 0.1,
                      colours: dict | None = None) -> None:
     """Held-out pose MSE against ``xlabel`` (images or seconds) per model: the median over its seeds
@@ -146,14 +152,16 @@ def _draw_bands(ax, curves: dict, colours: dict | None = None) -> None:
         ax.plot(grid, med, color=c, label=f"{model} ({what})")
 
 
-def plot_snr_sweep(path, panels: dict, xlabel: str = "images seen", threshold: float = 0.1) -> None:
+def plot_snr_sweep(path, panels: dict, xlabel: str = "images seen", threshold: float = 0.1,
+                   colours: dict | None = None) -> None:
     """The paper's Table 2 as curves: one panel per SNR level (in the order given), held-out pose
     MSE against ``xlabel`` per model as in :func:`plot_convergence`, on one shared y axis.
-    ``panels``: title (e.g. "SNR 0.625") -> {model -> [(x (n,), mse (n,)), ...]}."""
+    ``panels``: title (e.g. "SNR 0.625") -> {model -> [(x (n,), mse (n,)), ...]}; ``colours`` as in
+    :func:`plot_convergence` (by default :func:`model_colours` of the panels' models)."""
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 0.8, 3.8), sharex=True, sharey=True,
                              squeeze=False)
     # a model keeps its colour in every panel, whichever models a level has runs of
-    colours = {m: f"C{k}" for k, m in enumerate(dict.fromkeys(m for c in panels.values() for m in c))}
+    colours = colours or model_colours(m for c in panels.values() for m in c)
     for i, (ax, (title, curves)) in enumerate(zip(axes[0], panels.items())):
         _draw_bands(ax, curves, colours)
         _log_mse_axes(ax, xlabel, "held-out pose MSE" if i == 0 else "", threshold, "--")
