@@ -270,12 +270,21 @@ def test_a_budget_in_images_sets_each_runs_steps_from_its_batch_size(tmp_path, c
             "datasets": {"tiny": {"simulate": {"n": 80, "box": 32, "apix": 13.2, "seed": 1}}}}
     p = tmp_path / "grid.yaml"
     p.write_text(yaml.safe_dump(spec))
-    assert main(["experiment", str(p), "-o", str(tmp_path / "exp"), "--no-progress"]) == 0
-    s = json.loads((tmp_path / "exp" / "runs" / "tiny__d4-l2__seed0" / "summary.json").read_text())
-    assert s["steps"] == 3 and s["images_seen"] == 48
     capsys.readouterr()
     assert main(["experiment", str(p), "-o", str(tmp_path / "exp"), "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["started"] == 1
+    s = json.loads((tmp_path / "exp" / "runs" / "tiny__d4-l2__seed0" / "summary.json").read_text())
+    assert s["steps"] == 3 and s["images_seen"] == 48
+    assert main(["experiment", str(p), "-o", str(tmp_path / "exp"), "--no-progress"]) == 0
     assert '"runs": 0' in capsys.readouterr().out  # done: nothing ran again
+    # a larger budget resumes the run; the last line says so, not the cell's old "interrupted"
+    p.write_text(yaml.safe_dump({**spec, "images": 56}))
+    assert main(["experiment", str(p), "-o", str(tmp_path / "exp"), "--only", "0", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out.splitlines()[-1]) == {"runs": 1, "started": 0, "resumed": 1, "already_done": 0}
+    assert "interrupted" not in out
+    assert main(["experiment", str(p), "-o", str(tmp_path / "exp"), "--only", "0", "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["already_done"] == 1
     p.write_text(yaml.safe_dump({**spec, "steps": 3}))
     assert main(["experiment", str(p), "-o", str(tmp_path / "exp2")]) == 2
     assert "give images or steps, not both" in capsys.readouterr().err

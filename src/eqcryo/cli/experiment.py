@@ -92,7 +92,9 @@ def run(args) -> int:
         print(f"eqcryo experiment: {e}; or rerun this command: finished cells are skipped and "
               f"this one resumes", file=sys.stderr)
         return 128 + e.signum  # as `train`: a scheduler reads 143 as stopped by SIGTERM (preempted)
-    print(json.dumps({"runs": len(status), "status": status}))
+    # what this command did to each cell it reached (a cell's status *before*: "interrupted" = resumed)
+    print(json.dumps({"runs": len(status), "started": status.count("new"),
+                      "resumed": status.count("interrupted"), "already_done": status.count("done")}))
     return 0
 
 
