@@ -270,7 +270,6 @@ def test_a_budget_in_images_sets_each_runs_steps_from_its_batch_size(tmp_path, c
             "datasets": {"tiny": {"simulate": {"n": 80, "box": 32, "apix": 13.2, "seed": 1}}}}
     p = tmp_path / "grid.yaml"
     p.write_text(yaml.safe_dump(spec))
-    capsys.readouterr()
     assert main(["experiment", str(p), "-o", str(tmp_path / "exp"), "--no-progress"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["started"] == 1
     s = json.loads((tmp_path / "exp" / "runs" / "tiny__d4-l2__seed0" / "summary.json").read_text())
