@@ -68,9 +68,9 @@ def test_progress_bar_redirected_to_a_file_does_not_redraw_every_step(tiny, tmp_
 
 
 @pytest.mark.slow
-def test_resume_drops_evaluations_logged_after_the_checkpoint(tiny, tmp_path):
+def test_resume_drops_evaluations_logged_after_the_checkpoint(tiny, tmp_path, capsys):
     """A run killed after its last checkpoint: the evaluations it logged later are redone by
-    the resumed run, so they are dropped rather than duplicated."""
+    the resumed run, so they are dropped rather than duplicated; its log says where it picks up."""
     out = tmp_path / "r"
     Trainer(_cfg(tiny, out, steps=4)).run(progress=False)
     with open(out / "metrics.csv", newline="") as fh:
@@ -84,7 +84,10 @@ def test_resume_drops_evaluations_logged_after_the_checkpoint(tiny, tmp_path):
     with open(out / "metrics.csv", newline="") as fh:
         assert [int(r["step"]) for r in csv.DictReader(fh)] == [0, 4]
     assert list(np.load(out / "eval_poses.npz")["steps"]) == [0, 4]
+    capsys.readouterr()
     again.run(progress=False)
+    err = capsys.readouterr().err
+    assert f"at step 4 ({4 * again.cfg.optimisation.batch_size} images seen" in err and "stage ab initio: start" in err
     with open(out / "metrics.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [int(r["step"]) for r in rows] == [0, 4, 6] and float(rows[-1]["loss"]) != 123.0

@@ -291,6 +291,9 @@ class Trainer:
         self.clock_base = self.clock.train_seconds  # (a resumed run: the training time before this process)
         self.clock.start()
         wall0 = time.perf_counter()
+        if self.step and self.dist.is_main:  # the stage times below count from 0 in this process
+            print(f"resumed from {self.run_dir / RunDir.CHECKPOINT} at step {self.step} ({self.images_seen} images "
+                  f"seen, {self.clock_base:.0f} s of training)", file=sys.stderr)
         self.stage("ab initio", self.data.box, self.data.n, wall0)
         if self.step == 0 and self.dist.is_main and not (self.run_dir / RunDir.METRICS).exists():
             self.evaluate()
